@@ -1,0 +1,256 @@
+//! The server endpoint: one per UDP socket. It routes each datagram to the
+//! connection of its source address, creates connections on SYN, keeps their
+//! timers in one queue and hands out their datagrams in turn.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::RngCore;
+
+use crate::config::ServerConfig;
+use crate::conn::{CloseReason, ServerConn};
+use crate::wire::{Flags, Header};
+
+/// What happened on the server, for logs and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A SYN from a new client created a connection.
+    Accepted {
+        /// The client.
+        peer: SocketAddr,
+    },
+    /// A connection ended and was freed.
+    Closed {
+        /// The client.
+        peer: SocketAddr,
+        /// Why it ended.
+        reason: CloseReason,
+        /// Page bytes the client acknowledged.
+        acked: u64,
+        /// Datagrams sent again.
+        retransmissions: u64,
+    },
+}
+
+/// Counters of the whole endpoint, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Datagrams handed to [`Server::handle`].
+    pub datagrams_received: u64,
+    /// Shorter than a header.
+    pub malformed: u64,
+    /// Decoded, but fit no connection (no connection and not a SYN, or not
+    /// acceptable in the connection's state).
+    pub unexpected: u64,
+    /// SYNs dropped because `max_connections` were open.
+    pub refused_max_connections: u64,
+    /// Connections created.
+    pub accepted: u64,
+    /// Connections whose client acknowledged the whole page.
+    pub completed: u64,
+    /// Connections given up on (idle timeout).
+    pub given_up: u64,
+    /// Datagrams produced by [`Server::poll_transmit`].
+    pub datagrams_sent: u64,
+    /// Page bytes sent, retransmissions included.
+    pub payload_bytes_sent: u64,
+    /// Datagrams sent again.
+    pub retransmissions: u64,
+}
+
+/// A server: the page, the connections, no sockets and no clock.
+///
+/// Drive it like quinn-proto's endpoint: feed datagrams with
+/// [`handle`](Self::handle) and expired timers with
+/// [`handle_timeout`](Self::handle_timeout); after each, drain
+/// [`poll_transmit`](Self::poll_transmit) and
+/// [`poll_event`](Self::poll_event); sleep until
+/// [`poll_timeout`](Self::poll_timeout).
+pub struct Server {
+    config: ServerConfig,
+    page: Arc<[u8]>,
+    /// Draws initial sequence numbers; a CSPRNG outside tests.
+    isn_rng: Box<dyn RngCore + Send>,
+    conns: HashMap<SocketAddr, Slot>,
+    /// Connection deadlines, earliest first. An entry is live only while it
+    /// equals its connection's `scheduled`; others are skipped when popped.
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    /// Connections that may have a datagram to send, in turn.
+    ready: VecDeque<SocketAddr>,
+    events: VecDeque<ServerEvent>,
+    stats: ServerStats,
+}
+
+#[derive(Debug)]
+struct Slot {
+    conn: ServerConn,
+    scheduled: Option<Instant>,
+    in_ready: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("page_len", &self.page.len())
+            .field("connections", &self.conns.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server for `page`, shared by every connection. `isn_rng` draws the
+    /// initial sequence numbers (PROTOCOL.md §2: a CSPRNG).
+    pub fn new(config: ServerConfig, page: Arc<[u8]>, isn_rng: Box<dyn RngCore + Send>) -> Self {
+        Server {
+            config,
+            page,
+            isn_rng,
+            conns: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// Processes one datagram received from `peer`.
+    pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams_received += 1;
+        let Ok((header, _payload)) = Header::decode(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let open = self.conns.len();
+        let accepted = match self.conns.entry(peer) {
+            Entry::Occupied(mut slot) => slot.get_mut().conn.handle(now, header),
+            Entry::Vacant(vacant) => {
+                // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
+                let is_syn = header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK);
+                if !is_syn {
+                    false
+                } else if open >= self.config.max_connections {
+                    self.stats.refused_max_connections += 1;
+                    return;
+                } else {
+                    let isn = self.isn_rng.next_u32();
+                    let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, now);
+                    vacant.insert(Slot { conn, scheduled: None, in_ready: false });
+                    self.stats.accepted += 1;
+                    self.events.push_back(ServerEvent::Accepted { peer });
+                    true
+                }
+            }
+        };
+        if !accepted {
+            self.stats.unexpected += 1;
+        }
+        self.after_activity(peer);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, peer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.conns.get_mut(&peer) else { continue };
+            if slot.scheduled != Some(at) {
+                continue; // stale entry
+            }
+            slot.scheduled = None;
+            slot.conn.handle_timeout(now);
+            self.after_activity(peer);
+        }
+    }
+
+    /// Re-files a connection after anything happened to it: frees it when
+    /// closed, else queues its transmit and its timer.
+    fn after_activity(&mut self, peer: SocketAddr) {
+        let Some(slot) = self.conns.get_mut(&peer) else { return };
+        if let Some(reason) = slot.conn.close_reason() {
+            let conn = &slot.conn;
+            match reason {
+                CloseReason::Completed => self.stats.completed += 1,
+                CloseReason::IdleTimeout(_) => self.stats.given_up += 1,
+            }
+            self.events.push_back(ServerEvent::Closed {
+                peer,
+                reason,
+                acked: conn.acked(),
+                retransmissions: conn.stats.retransmissions,
+            });
+            self.conns.remove(&peer);
+            return;
+        }
+        if slot.conn.wants_transmit() && !slot.in_ready {
+            slot.in_ready = true;
+            self.ready.push_back(peer);
+        }
+        if let Some(at) = slot.conn.poll_timeout() {
+            // One live heap entry per connection; an earlier deadline
+            // replaces it, a later one waits for the current entry to fire.
+            if slot.scheduled.is_none_or(|s| at < s) {
+                slot.scheduled = Some(at);
+                self.timers.push(Reverse((at, peer)));
+            }
+        }
+    }
+
+    /// Writes the next datagram to send into `buf` (cleared first) and
+    /// returns its destination, or `None` when nothing is waiting.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<SocketAddr> {
+        while let Some(peer) = self.ready.pop_front() {
+            let Some(slot) = self.conns.get_mut(&peer) else { continue };
+            slot.in_ready = false;
+            let before = slot.conn.stats;
+            if slot.conn.poll_transmit(now, buf) {
+                let after = slot.conn.stats;
+                self.stats.datagrams_sent += 1;
+                self.stats.payload_bytes_sent += after.payload_bytes_sent - before.payload_bytes_sent;
+                self.stats.retransmissions += after.retransmissions - before.retransmissions;
+                self.after_activity(peer);
+                return Some(peer);
+            }
+        }
+        None
+    }
+
+    /// The earliest deadline at which [`handle_timeout`](Self::handle_timeout)
+    /// should run. It may be early (a stale entry), never late.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// Open connections (half-open ones included).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections past the handshake.
+    pub fn established_count(&self) -> usize {
+        self.conns.values().filter(|s| s.conn.is_established()).count()
+    }
+
+    /// The page being served.
+    pub fn page(&self) -> &Arc<[u8]> {
+        &self.page
+    }
+}

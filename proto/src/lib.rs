@@ -1,0 +1,25 @@
+//! The sans-IO core of the anon transfer protocol.
+//!
+//! Nothing in this crate opens a socket or reads a clock: datagrams and the
+//! current time go in, datagrams and the next timer deadline come out. The
+//! drivers in the `anon` crate move them to and from a UDP socket; the
+//! simulator in `anon-sim` moves them over a seeded, lossy virtual network.
+//!
+//! # Layout
+//!
+//! - [`wire`]: the 12-byte header, flags and wrapping sequence numbers.
+//! - [`recovery`]: RTT estimation and the retransmission timeout (RFC 6298).
+//! - [`conn`]: the client and server connection state machines.
+//! - [`endpoint`]: the server endpoint, which routes datagrams to
+//!   connections by source address and multiplexes their timers.
+//! - [`config`]: tunables and defaults.
+
+pub mod config;
+pub mod conn;
+pub mod endpoint;
+pub mod recovery;
+pub mod wire;
+
+pub use config::{ClientConfig, Linger, ServerConfig};
+pub use conn::{ClientConn, ClientEvent, ClientStats, CloseReason, ConnectionError};
+pub use endpoint::{Server, ServerEvent, ServerStats};

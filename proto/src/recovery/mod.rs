@@ -1,0 +1,5 @@
+//! Loss recovery: RTT estimation and retransmission timers.
+
+mod rtt;
+
+pub use rtt::{RtoConfig, RttEstimator};
