@@ -8,9 +8,9 @@ use crate::recovery::RtoConfig;
 /// (PROTOCOL.md §3, like TCP's TIME-WAIT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Linger {
-    /// Three retransmission timeouts of the client's own estimate, within the
-    /// given bounds: long enough to see the server's first two retransmissions
-    /// of a FIN whose FIN|ACK was lost.
+    /// Four retransmission timeouts of the client's own estimate, within the
+    /// given bounds: the server's first two retransmissions of a FIN whose
+    /// FIN|ACK was lost come after one and three RTOs; one more is margin.
     Adaptive {
         /// Shortest linger.
         min: Duration,

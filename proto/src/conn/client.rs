@@ -209,7 +209,7 @@ impl ClientConn {
             self.send_new(Header::new(self.last.seq + 1, self.rcv_nxt, Flags::ACK | Flags::FIN));
             let linger = match self.config.linger {
                 Linger::Fixed(d) => d,
-                Linger::Adaptive { min, max } => (self.rtt.rto() * 3).clamp(min, max),
+                Linger::Adaptive { min, max } => (self.rtt.rto() * 4).clamp(min, max),
             };
             self.state = State::TimeWait { until: now + linger };
             self.events.push_back(ClientEvent::Finished { len: self.received });

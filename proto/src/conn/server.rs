@@ -139,6 +139,8 @@ impl ServerConn {
         self.sample_rtt(now);
         self.peer_seq = h.seq;
         self.state = State::Established;
+        // RFC 6298 §5.2: the SYN|ACK is acknowledged, stop its timer.
+        self.rto_deadline = None;
         self.next_segment();
         true
     }

@@ -1,0 +1,218 @@
+//! The baseline exchange over the simulated network: exact traces, every
+//! page-size edge, loss up to 30%, duplication, reordering, wrap-around and
+//! targeted loss of every control packet.
+
+mod common;
+
+use std::time::Duration;
+
+use anon_proto::wire::Flags;
+use anon_sim::{LinkConfig, SERVER_ADDR, Setup, Sim, page, seeds};
+use common::*;
+
+const SIZES: [usize; 6] = [0, 1, 511, 512, 513, 1541];
+
+/// PROTOCOL.md §2 with the assignment's numbers: ISNs 12345 and 100 and a
+/// 1541-byte page give exactly this exchange (with 613, not the typo 614).
+#[test]
+fn assignment_sample_exact_exchange() {
+    let mut setup = Setup::new(1, LinkConfig::clean(Duration::from_millis(5)), page(1541, 7));
+    setup.client_isn = Some(12345);
+    setup.server_isn = Some(100);
+    let mut sim = Sim::new(setup);
+    sim.trace = Some(Vec::new());
+    let report = sim.run(Duration::from_secs(60), 10_000);
+    check(&sim, &report, &page(1541, 7), 1, 1);
+
+    let server_log = [
+        "RECV 12345 0 SYN",
+        "SEND 100 12346 ACK SYN",
+        "RECV 12346 101 ACK",
+        "SEND 101 12347 ACK",
+        "RECV 12347 613 ACK",
+        "SEND 613 12348 ACK",
+        "RECV 12348 1125 ACK",
+        "SEND 1125 12349 ACK",
+        "RECV 12349 1637 ACK",
+        "SEND 1637 12350 ACK FIN",
+        "RECV 12350 1642 ACK FIN",
+    ];
+    assert_eq!(sim.server_log, server_log);
+    let client_log: Vec<String> = server_log
+        .iter()
+        .map(|l| if let Some(rest) = l.strip_prefix("RECV") { format!("SEND{rest}") } else { l.replacen("SEND", "RECV", 1) })
+        .collect();
+    assert_eq!(sim.clients[0].log, client_log);
+
+    // Payload sizes on the wire: 0 for control packets, 512, 512, 512, 5.
+    let sizes: Vec<usize> = sim.trace.unwrap().iter().map(|(_, _, len)| *len).collect();
+    assert_eq!(sizes, [0, 0, 0, 512, 0, 512, 0, 512, 0, 5, 0]);
+}
+
+#[test]
+fn empty_page_is_one_fin_segment() {
+    let mut setup = Setup::new(2, LinkConfig::clean(Duration::from_millis(1)), Vec::new());
+    setup.client_isn = Some(7);
+    setup.server_isn = Some(1000);
+    let (sim, _) = run_and_check(setup);
+    assert_eq!(sim.server_log[3], "SEND 1001 9 ACK FIN");
+    assert_eq!(sim.server_log[4], "RECV 9 1001 ACK FIN");
+    assert_eq!(sim.server_log.len(), 5);
+}
+
+#[test]
+fn multiple_of_512_ends_with_full_fin_segment() {
+    let mut setup = Setup::new(3, LinkConfig::clean(Duration::from_millis(1)), page(1024, 3));
+    setup.client_isn = Some(0);
+    setup.server_isn = Some(0);
+    let mut sim = Sim::new(setup);
+    sim.trace = Some(Vec::new());
+    let report = sim.run(Duration::from_secs(60), 10_000);
+    check(&sim, &report, &page(1024, 3), 1, 3);
+    let data: Vec<(Flags, usize)> = sim
+        .trace
+        .unwrap()
+        .into_iter()
+        .filter(|(from, _, len)| *from == SERVER_ADDR && *len > 0)
+        .map(|(_, h, len)| (h.flags, len))
+        .collect();
+    assert_eq!(data, [(Flags::ACK, 512), (Flags::ACK | Flags::FIN, 512)]);
+}
+
+#[test]
+fn clean_link_every_size() {
+    for size in SIZES.into_iter().chain([1 << 20]) {
+        for seed in seeds(5) {
+            run_and_check(Setup::new(seed, LinkConfig::clean(Duration::from_millis(20)), page(size, seed)));
+        }
+    }
+}
+
+/// Hundreds of seeds per small size at 10% and 30% loss with duplication,
+/// jitter and reordering.
+#[test]
+fn hostile_link_small_pages() {
+    for loss in [0.1, 0.3] {
+        for &size in &SIZES {
+            for seed in seeds(200) {
+                let mut setup = Setup::new(seed, LinkConfig::hostile(loss), page(size, seed));
+                patient(&mut setup);
+                run_and_check(setup);
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_link_one_mebibyte() {
+    for (loss, count) in [(0.05, 10), (0.3, 4)] {
+        for seed in seeds(count) {
+            let mut setup = Setup::new(seed, LinkConfig::hostile(loss), page(1 << 20, seed));
+            patient(&mut setup);
+            run_and_check(setup);
+        }
+    }
+}
+
+/// Sequence numbers of both sides wrap past 2^32 during the transfer.
+#[test]
+fn sequence_numbers_wrap_around() {
+    for &size in SIZES.iter().chain(&[1 << 20]) {
+        for seed in seeds(if size > 4096 { 3 } else { 50 }) {
+            let mut setup = Setup::new(seed, LinkConfig::hostile(0.1), page(size, seed));
+            patient(&mut setup);
+            setup.client_isn = Some(u32::MAX - (seed as u32 % 4));
+            setup.server_isn = Some(u32::MAX - 700 - seed as u32);
+            run_and_check(setup);
+        }
+    }
+}
+
+/// Each control packet lost once, twice and three times in a row, on an
+/// otherwise clean link, with the default (non-patient) settings.
+#[test]
+fn targeted_loss_of_handshake_and_fin() {
+    let kinds: [(&str, fn(&anon_sim::Datagram) -> bool); 5] = [
+        ("SYN", is_syn),
+        ("SYN|ACK", is_syn_ack),
+        ("handshake ACK", is_client_ack),
+        ("FIN", is_server_fin),
+        ("FIN|ACK", is_client_fin_ack),
+    ];
+    for (name, pred) in kinds {
+        for n in 1..=3 {
+            for size in [0, 1541] {
+                let mut setup = Setup::new(n as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 1));
+                if name == "FIN|ACK" && n == 3 {
+                    // Three lost FIN|ACKs outlast the adaptive TIME-WAIT by design.
+                    patient(&mut setup);
+                }
+                let page_bytes = setup.page.clone();
+                let mut sim = Sim::new(setup);
+                sim.net.set_filter(drop_first(n, pred));
+                let report = sim.run(Duration::from_secs(2 * 3600), 100_000);
+                assert_eq!(sim.net.dropped, n as u64, "{name} x{n}: filter did not fire");
+                check(&sim, &report, &page_bytes, 1, n as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn many_clients_share_one_server() {
+    for seed in seeds(5) {
+        let mut setup = Setup::new(seed, LinkConfig::hostile(0.1), page(100_000, seed));
+        patient(&mut setup);
+        setup.clients = 20;
+        let (sim, report) = run_and_check(setup);
+        assert_eq!(report.server.accepted, 20);
+        assert_eq!(sim.server.connection_count(), 0);
+    }
+}
+
+/// Stop-and-wait: the server never has more than one data segment out, so
+/// the bytes it sends on a clean link are exactly the page.
+#[test]
+fn clean_link_sends_each_byte_once() {
+    let (sim, report) = run_and_check(Setup::new(9, LinkConfig::clean(Duration::from_millis(30)), page(100_000, 9)));
+    assert_eq!(report.server.payload_bytes_sent, 100_000);
+    assert_eq!(report.server.retransmissions, 0);
+    assert_eq!(sim.clients[0].conn.stats().retransmissions, 0);
+    // 196 segments, one round trip each plus the handshake's.
+    let rtt = Duration::from_millis(60);
+    assert!(report.elapsed >= rtt * 197, "{:?}", report.elapsed);
+}
+
+#[test]
+fn client_gives_up_without_server_answer() {
+    let mut setup = Setup::new(1, LinkConfig::clean(Duration::from_millis(10)), page(10, 1));
+    setup.link.loss = 1.0;
+    let mut sim = Sim::new(setup);
+    let report = sim.run(Duration::from_secs(600), 100_000);
+    let outcome = report.outcomes[0].clone();
+    assert!(matches!(outcome, Some(Err(anon_proto::ConnectionError::ConnectTimeout(_)))), "{outcome:?}");
+    // The default connect timeout is 10 s; SYNs at 0, 1, 3, 7 s.
+    assert!(report.elapsed <= Duration::from_secs(11));
+    assert_eq!(sim.net.sent, 4);
+}
+
+#[test]
+fn server_gives_up_on_vanished_client() {
+    // The client vanishes after the handshake: everything it sends later is lost.
+    let mut setup = Setup::new(1, LinkConfig::clean(Duration::from_millis(10)), page(5000, 1));
+    setup.server.idle_timeout = Duration::from_secs(5);
+    let mut sim = Sim::new(setup);
+    let mut handshake_done = false;
+    sim.net.set_filter(Box::new(move |d, _| {
+        if d.to != SERVER_ADDR || is_syn(d) {
+            return false;
+        }
+        // Let the handshake ACK through, then nothing.
+        std::mem::replace(&mut handshake_done, true)
+    }));
+    // Freed at the idle timeout after the last thing it heard, not later.
+    let report = sim.run(Duration::from_millis(5100), 100_000);
+    assert_eq!(report.server.given_up, 1, "{report:?}");
+    assert_eq!(report.server.completed, 0);
+    assert_eq!(sim.server.connection_count(), 0);
+}

@@ -1,0 +1,79 @@
+//! Helpers shared by the simulation tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use anon_proto::wire::{Flags, Header};
+use anon_proto::{ClientConfig, Linger, ServerConfig};
+use anon_sim::{Datagram, DropFilter, Report, SERVER_ADDR, Setup, Sim};
+
+/// Settings under which even 30% loss each way must finish: waits far longer
+/// than any backoff the loss can cause, in virtual time (which costs nothing).
+pub fn patient(setup: &mut Setup) {
+    let long = Duration::from_secs(3600);
+    setup.server = ServerConfig { idle_timeout: long, ..ServerConfig::default() };
+    setup.client = ClientConfig {
+        connect_timeout: long,
+        idle_timeout: long,
+        linger: Linger::Fixed(long),
+        ..ClientConfig::default()
+    };
+}
+
+/// Runs a scenario to the end and checks that every client got the page
+/// byte-exact and that the server completed and freed every connection.
+pub fn run_and_check(setup: Setup) -> (Sim, Report) {
+    let seed = setup.seed;
+    let page = setup.page.clone();
+    let clients = setup.clients;
+    let mut sim = Sim::new(setup);
+    let report = sim.run(Duration::from_secs(24 * 3600), 50_000_000);
+    check(&sim, &report, &page, clients, seed);
+    (sim, report)
+}
+
+pub fn check(sim: &Sim, report: &Report, page: &[u8], clients: usize, seed: u64) {
+    let ctx = format!("seed {seed} (replay with ANON_SIM_SEED={seed}), page {} bytes", page.len());
+    assert!(report.quiescent, "{ctx}: did not finish: {report:?}");
+    for (i, c) in sim.clients.iter().enumerate() {
+        assert_eq!(c.conn.outcome(), Some(&Ok(())), "{ctx}: client {i} failed");
+        assert!(c.data == page, "{ctx}: client {i} got {} bytes, not the page", c.data.len());
+    }
+    assert_eq!(report.server.completed, clients as u64, "{ctx}: server completions: {report:?}");
+    assert_eq!(report.server.given_up, 0, "{ctx}: server gave up: {report:?}");
+}
+
+/// Which packet of the exchange a datagram is.
+pub fn is_syn(d: &Datagram) -> bool {
+    flags(d) == Some(Flags::SYN)
+}
+pub fn is_syn_ack(d: &Datagram) -> bool {
+    flags(d) == Some(Flags::SYN | Flags::ACK)
+}
+/// A client's pure ACK (the handshake ACK is the first one).
+pub fn is_client_ack(d: &Datagram) -> bool {
+    d.to == SERVER_ADDR && flags(d) == Some(Flags::ACK)
+}
+pub fn is_server_fin(d: &Datagram) -> bool {
+    d.from == SERVER_ADDR && flags(d).is_some_and(|f| f.contains(Flags::FIN))
+}
+pub fn is_client_fin_ack(d: &Datagram) -> bool {
+    d.to == SERVER_ADDR && flags(d) == Some(Flags::ACK | Flags::FIN)
+}
+
+fn flags(d: &Datagram) -> Option<Flags> {
+    Header::decode(&d.bytes).ok().map(|(h, _)| h.flags)
+}
+
+/// Drops the first `n` datagrams that match `pred`.
+pub fn drop_first(n: usize, pred: fn(&Datagram) -> bool) -> DropFilter {
+    let mut left = n;
+    Box::new(move |d, _| {
+        if left > 0 && pred(d) {
+            left -= 1;
+            true
+        } else {
+            false
+        }
+    })
+}
