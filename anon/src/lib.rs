@@ -1,1 +1,17 @@
-pub fn x(){}
+//! Drivers and programs around the sans-IO core in `anon-proto`.
+//!
+//! # Layout
+//!
+//! - [`driver`]: the UDP socket loops, one for the server endpoint and one for
+//!   a client connection. They own the socket and the clock and move
+//!   datagrams between them and the core.
+//! - [`fetch`]: downloads the page the server serves (http, https, file).
+//! - [`packet_log`]: the `SEND`/`RECV` log file (PROTOCOL.md §4).
+//! - [`cli`]: command lines of both programs, exit codes and error reporting.
+//!
+//! The binaries in `src/bin` only parse arguments and call [`cli`].
+
+pub mod cli;
+pub mod driver;
+pub mod fetch;
+pub mod packet_log;

@@ -1,0 +1,342 @@
+//! Command lines of `anonserver` and `anonclient` (PROTOCOL.md §5), their
+//! exit codes, and the glue from arguments to drivers.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anon_proto::recovery::RtoConfig;
+use anon_proto::{ClientConfig, Server, ServerConfig};
+use clap::Parser;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::driver;
+use crate::driver::client::{FetchFailed, Output};
+use crate::fetch::{FetchLimits, Source, fetch};
+use crate::packet_log::PacketLog;
+
+/// Exit statuses of both programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Success; for the server, a clean stop on SIGINT or SIGTERM.
+    Ok = 0,
+    /// The transfer failed: no answer, refused, or the server went silent.
+    Transfer = 1,
+    /// Bad command line (the argument parser uses 2 as well).
+    Usage = 2,
+    /// The socket could not be set up: port in use or not permitted,
+    /// server name not resolvable.
+    Network = 3,
+    /// The server could not download the page.
+    Download = 4,
+    /// A local file (log, output) could not be written.
+    LocalFile = 5,
+    /// Interrupted by SIGINT or SIGTERM (client).
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0    success (anonserver: stopped by SIGINT or SIGTERM)
+  1    the transfer failed: no answer, connection refused, or the server went silent
+  2    bad command line
+  3    the socket could not be set up (port in use or not permitted, unknown host)
+  4    the page could not be downloaded
+  5    a local file (log, output) could not be written
+  130  interrupted by SIGINT or SIGTERM (anonclient)";
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("port 0 is not a port a client can reach; use 1-65535".into()),
+        Ok(p) if p <= 65535 => Ok(p as u16),
+        Ok(_) => Err("ports go up to 65535".into()),
+        Err(_) => Err(format!("{s:?} is not a port number (1-65535)")),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0) {
+        return Err("must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// anonserver: download a web page once, then serve it over UDP to any number
+/// of anonclients at once, until SIGINT or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(version, after_help = format!("Example:\n  anonserver -p 30000 -l /tmp/server.log -w www.example.com\n\n{EXIT_CODES}"))]
+pub struct ServerArgs {
+    /// UDP port to listen on (1-65535).
+    #[arg(short, long, value_parser = parse_port)]
+    pub port: u16,
+    /// Packet log file, appended to: one line per datagram sent or received.
+    /// `-s` is accepted as well, as in the assignment.
+    #[arg(short, long = "log", short_alias = 's', value_name = "LOGFILE")]
+    pub log: PathBuf,
+    /// The page to serve: an http or https URL (redirects are followed), a bare
+    /// host meaning http://, a file:// URL, or a local file.
+    #[arg(short, long = "web", value_name = "URL")]
+    pub web: String,
+    /// Address to listen on (default: every IPv6 and IPv4 address).
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// Give up a connection whose client has been silent this long.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    pub idle_timeout: Duration,
+    /// Refuse new connections beyond this many.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Refuse a page larger than this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_page_size: u64,
+    /// Deadline for downloading the page.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
+    pub download_timeout: Duration,
+}
+
+/// anonclient: fetch the page an anonserver serves and write it to a file.
+///
+/// The file appears only once the whole page has arrived (it is written
+/// beside OUTFILE and renamed): a failed transfer leaves no partial file.
+#[derive(Debug, Parser)]
+#[command(version, after_help = format!("Example:\n  anonclient -s 192.168.2.1 -p 30000 -l /tmp/client.log -f page.html\n\n{EXIT_CODES}"))]
+pub struct ClientArgs {
+    /// The server's IPv4 or IPv6 address (or host name).
+    #[arg(short, long, value_name = "SERVER-IP")]
+    pub server: String,
+    /// The server's UDP port (1-65535).
+    #[arg(short, long, value_parser = parse_port)]
+    pub port: u16,
+    /// Packet log file, appended to: one line per datagram sent or received.
+    #[arg(short, long = "log", value_name = "LOGFILE")]
+    pub log: PathBuf,
+    /// Where to write the page.
+    #[arg(short, long = "file", value_name = "OUTFILE")]
+    pub file: PathBuf,
+    /// Give up when the server has not answered the handshake after this long.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    pub connect_timeout: Duration,
+    /// Give up when the server has been silent this long during the transfer.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    pub timeout: Duration,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Logs diagnostics to stderr; `RUST_LOG` overrides the level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn fail(program: &str, code: Exit, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{program}: {msg}");
+    code.into()
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `anonserver`'s main.
+pub fn server_main(args: ServerArgs) -> ExitCode {
+    const ME: &str = "anonserver";
+    // The port comes first (PROTOCOL.md §5): nothing else happens when it is
+    // unusable.
+    let socket = match driver::udp::bind_server(args.bind, args.port) {
+        Ok(s) => s,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot listen on UDP port {}: {e}", args.port)),
+    };
+    let log = match PacketLog::open(&args.log) {
+        Ok(l) => l,
+        Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", args.log.display())),
+    };
+    let limits = FetchLimits { max_bytes: args.max_page_size, timeout: args.download_timeout };
+    let page = match Source::parse(&args.web).and_then(|source| fetch(&source, limits)) {
+        Ok(p) => p,
+        Err(e) => return fail(ME, Exit::Download, format_args!("cannot download {}: {e}", args.web)),
+    };
+    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!("serving {} ({} bytes) on udp {local}", args.web, page.len());
+
+    let config = ServerConfig {
+        rto: RtoConfig::default(),
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    let server = Server::new(config, Arc::from(page), Box::new(StdRng::from_os_rng()));
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
+    };
+    let result = rt.block_on(async {
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        driver::server::run(socket, server, log, stop_signal()).await
+    });
+    match result {
+        Ok(stats) => {
+            tracing::info!(
+                completed = stats.completed,
+                given_up = stats.given_up,
+                malformed = stats.malformed,
+                retransmissions = stats.retransmissions,
+                "stopped"
+            );
+            Exit::Ok.into()
+        }
+        Err(e) => fail(ME, Exit::Network, format_args!("socket error: {e}")),
+    }
+}
+
+fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    // Brackets are allowed around IPv6 literals, as in URLs.
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))
+}
+
+/// `anonclient`'s main.
+pub fn client_main(args: ClientArgs) -> ExitCode {
+    const ME: &str = "anonclient";
+    let server = match resolve(&args.server, args.port) {
+        Ok(a) => a,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", args.server)),
+    };
+    // Local files first: a transfer that could not be saved is not started.
+    let log = match PacketLog::open(&args.log) {
+        Ok(l) => l,
+        Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", args.log.display())),
+    };
+    let output = match Output::create(&args.file) {
+        Ok(o) => o,
+        Err(e) => return fail(ME, Exit::LocalFile, e),
+    };
+    let socket = match driver::udp::connect_client(server) {
+        Ok(s) => s,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot reach {server}: {e}")),
+    };
+    let config = ClientConfig {
+        rto: RtoConfig::default(),
+        connect_timeout: args.connect_timeout,
+        idle_timeout: args.timeout,
+        linger: ClientConfig::default().linger,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
+    };
+    let result = rt.block_on(async {
+        let socket = tokio::net::UdpSocket::from_std(socket).map_err(FetchFailed::Socket)?;
+        driver::client::run(server, socket, config, log, output, stop_signal()).await
+    });
+    match result {
+        Ok(summary) => {
+            if !args.quiet {
+                let secs = summary.elapsed.as_secs_f64();
+                eprintln!(
+                    "{ME}: wrote {} bytes to {} in {secs:.3} s ({:.1} KB/s)",
+                    summary.bytes,
+                    args.file.display(),
+                    summary.bytes as f64 / secs.max(1e-9) / 1000.0
+                );
+            }
+            Exit::Ok.into()
+        }
+        Err(e @ FetchFailed::Connection(_)) => fail(ME, Exit::Transfer, format_args!("{server}: {e}")),
+        Err(e @ FetchFailed::Output { .. }) => fail(ME, Exit::LocalFile, e),
+        Err(e @ FetchFailed::Socket(_)) => fail(ME, Exit::Transfer, e),
+        Err(FetchFailed::Interrupted) => fail(ME, Exit::Interrupted, "interrupted; no file written"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        ServerArgs::command().debug_assert();
+        ClientArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn assignment_command_lines_parse() {
+        let s = ServerArgs::try_parse_from(["anonserver", "-p", "30000", "-l", "/tmp/logfile", "-w", "www.nytimes.com"]).unwrap();
+        assert_eq!((s.port, s.web.as_str()), (30000, "www.nytimes.com"));
+        let s = ServerArgs::try_parse_from(["anonserver", "-p", "30000", "-s", "/tmp/log", "-w", "x"]).unwrap();
+        assert_eq!(s.log, PathBuf::from("/tmp/log"));
+        let c = ClientArgs::try_parse_from(["anonclient", "-s", "192.168.2.1", "-p", "6543", "-l", "LOGFILE", "-f", "test.txt"]).unwrap();
+        assert_eq!((c.server.as_str(), c.port, c.file.to_str()), ("192.168.2.1", 6543, Some("test.txt")));
+    }
+
+    #[test]
+    fn bad_ports_are_refused() {
+        for bad in ["0", "65536", "-1", "http", "", "99999999999"] {
+            assert!(ServerArgs::try_parse_from(["anonserver", "-p", bad, "-l", "l", "-w", "w"]).is_err(), "{bad}");
+        }
+        assert_eq!(parse_port("65535"), Ok(65535));
+        assert_eq!(parse_port("1"), Ok(1));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "-1", "nan", "inf", "x"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolves_literals() {
+        assert_eq!(resolve("::1", 5).unwrap(), "[::1]:5".parse().unwrap());
+        assert_eq!(resolve("[::1]", 5).unwrap(), "[::1]:5".parse().unwrap());
+        assert_eq!(resolve("127.0.0.1", 5).unwrap(), "127.0.0.1:5".parse().unwrap());
+    }
+}
