@@ -66,7 +66,7 @@ fn parse_port(s: &str) -> Result<u16, String> {
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(secs > 0.0) {
+    if secs.is_nan() || secs <= 0.0 {
         return Err("must be more than 0 seconds".into());
     }
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
@@ -308,11 +308,24 @@ mod tests {
 
     #[test]
     fn assignment_command_lines_parse() {
-        let s = ServerArgs::try_parse_from(["anonserver", "-p", "30000", "-l", "/tmp/logfile", "-w", "www.nytimes.com"]).unwrap();
+        let s =
+            ServerArgs::try_parse_from(["anonserver", "-p", "30000", "-l", "/tmp/logfile", "-w", "www.nytimes.com"])
+                .unwrap();
         assert_eq!((s.port, s.web.as_str()), (30000, "www.nytimes.com"));
         let s = ServerArgs::try_parse_from(["anonserver", "-p", "30000", "-s", "/tmp/log", "-w", "x"]).unwrap();
         assert_eq!(s.log, PathBuf::from("/tmp/log"));
-        let c = ClientArgs::try_parse_from(["anonclient", "-s", "192.168.2.1", "-p", "6543", "-l", "LOGFILE", "-f", "test.txt"]).unwrap();
+        let c = ClientArgs::try_parse_from([
+            "anonclient",
+            "-s",
+            "192.168.2.1",
+            "-p",
+            "6543",
+            "-l",
+            "LOGFILE",
+            "-f",
+            "test.txt",
+        ])
+        .unwrap();
         assert_eq!((c.server.as_str(), c.port, c.file.to_str()), ("192.168.2.1", 6543, Some("test.txt")));
     }
 

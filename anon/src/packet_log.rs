@@ -120,9 +120,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\n");
         log.flush_if_due(now + FLUSH_INTERVAL);
         assert_eq!(log.flush_deadline(), None);
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "earlier\nSEND 100 12346 ACK SYN\nRECV 12346 101 ACK\n"
-        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\nSEND 100 12346 ACK SYN\nRECV 12346 101 ACK\n");
     }
 }

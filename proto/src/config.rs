@@ -35,11 +35,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            rto: RtoConfig::default(),
-            idle_timeout: Duration::from_secs(30),
-            max_connections: 100_000,
-        }
+        ServerConfig { rto: RtoConfig::default(), idle_timeout: Duration::from_secs(30), max_connections: 100_000 }
     }
 }
 
@@ -62,10 +58,7 @@ impl Default for ClientConfig {
             rto: RtoConfig::default(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
-            linger: Linger::Adaptive {
-                min: Duration::from_millis(200),
-                max: Duration::from_secs(10),
-            },
+            linger: Linger::Adaptive { min: Duration::from_millis(200), max: Duration::from_secs(10) },
         }
     }
 }

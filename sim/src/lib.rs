@@ -247,8 +247,7 @@ impl Sim {
                 }
             }
         }
-        let quiescent =
-            self.server.connection_count() == 0 && self.clients.iter().all(|c| c.conn.outcome().is_some());
+        let quiescent = self.server.connection_count() == 0 && self.clients.iter().all(|c| c.conn.outcome().is_some());
         Report {
             elapsed: self.now - self.start,
             steps,

@@ -2,6 +2,9 @@
 //! page-size edge, loss up to 30%, duplication, reordering, wrap-around and
 //! targeted loss of every control packet.
 
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
@@ -40,7 +43,9 @@ fn assignment_sample_exact_exchange() {
     assert_eq!(sim.server_log, server_log);
     let client_log: Vec<String> = server_log
         .iter()
-        .map(|l| if let Some(rest) = l.strip_prefix("RECV") { format!("SEND{rest}") } else { l.replacen("SEND", "RECV", 1) })
+        .map(|l| {
+            if let Some(rest) = l.strip_prefix("RECV") { format!("SEND{rest}") } else { l.replacen("SEND", "RECV", 1) }
+        })
         .collect();
     assert_eq!(sim.clients[0].log, client_log);
 
@@ -132,7 +137,8 @@ fn sequence_numbers_wrap_around() {
 /// otherwise clean link, with the default (non-patient) settings.
 #[test]
 fn targeted_loss_of_handshake_and_fin() {
-    let kinds: [(&str, fn(&anon_sim::Datagram) -> bool); 5] = [
+    type Kind = (&'static str, fn(&anon_sim::Datagram) -> bool);
+    let kinds: [Kind; 5] = [
         ("SYN", is_syn),
         ("SYN|ACK", is_syn_ack),
         ("handshake ACK", is_client_ack),

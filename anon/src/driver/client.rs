@@ -48,7 +48,7 @@ pub struct FetchSummary {
 }
 
 /// The temporary file the page streams into; dropped (and so deleted)
-/// unless [`Output::commit`] renames it over OUTFILE.
+/// unless the page completes and it is renamed over OUTFILE.
 #[derive(Debug)]
 pub struct Output {
     path: PathBuf,

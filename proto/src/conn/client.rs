@@ -38,7 +38,9 @@ enum State {
     /// Receiving the page.
     Established,
     /// FIN received and answered; answering retransmitted FINs until `until`.
-    TimeWait { until: Instant },
+    TimeWait {
+        until: Instant,
+    },
     Closed,
 }
 
@@ -283,14 +285,12 @@ impl ClientConn {
                 };
                 self.close(Err(err));
             }
-            State::SynSent => {
-                if self.rto_deadline.is_some_and(|t| now >= t) {
-                    // RFC 6298 §5.4–5.5: retransmit the SYN, back off.
-                    self.rtt.on_timeout();
-                    self.rto_deadline = None;
-                    self.send_due = true;
-                    self.last_resent = true;
-                }
+            State::SynSent if self.rto_deadline.is_some_and(|t| now >= t) => {
+                // RFC 6298 §5.4–5.5: retransmit the SYN, back off.
+                self.rtt.on_timeout();
+                self.rto_deadline = None;
+                self.send_due = true;
+                self.last_resent = true;
             }
             State::TimeWait { until } if now >= until => self.close(Ok(())),
             _ => {}

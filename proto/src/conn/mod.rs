@@ -6,8 +6,8 @@ mod server;
 use std::time::Duration;
 
 pub use client::{ClientConn, ClientEvent, ClientStats};
-pub(crate) use server::ServerConn;
 pub use server::CloseReason;
+pub(crate) use server::ServerConn;
 
 /// Why a connection failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

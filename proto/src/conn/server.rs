@@ -224,10 +224,7 @@ impl ServerConn {
         }
         self.send_due = false;
         let start = usize::try_from(self.flight.offset).unwrap_or(usize::MAX);
-        let payload = start
-            .checked_add(self.flight.len)
-            .and_then(|end| self.page.get(start..end))
-            .unwrap_or(&[]);
+        let payload = start.checked_add(self.flight.len).and_then(|end| self.page.get(start..end)).unwrap_or(&[]);
         buf.clear();
         self.flight.header.encode(payload, buf);
         self.stats.datagrams_sent += 1;

@@ -119,11 +119,9 @@ impl Header {
     /// payload that follows.
     pub fn decode(datagram: &[u8]) -> Result<(Header, &[u8]), DecodeError> {
         let too_short = DecodeError::TooShort(datagram.len());
-        let (Some(seq), Some(ack), Some(word)) = (
-            read_u32(datagram, field::SEQ),
-            read_u32(datagram, field::ACK),
-            read_u32(datagram, field::FLAGS),
-        ) else {
+        let (Some(seq), Some(ack), Some(word)) =
+            (read_u32(datagram, field::SEQ), read_u32(datagram, field::ACK), read_u32(datagram, field::FLAGS))
+        else {
             return Err(too_short);
         };
         let payload = datagram.get(HEADER_LEN..).ok_or(too_short)?;

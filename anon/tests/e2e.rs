@@ -1,0 +1,265 @@
+//! End to end: the real binaries on loopback, against a local HTTP origin
+//! that the test starts. Every wait is bounded.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anon_tools::origin::Origin;
+use anon_tools::process::{Proc, ServerProcess, free_udp_port, spawn_client};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_anonserver");
+const CLIENT: &str = env!("CARGO_BIN_EXE_anonclient");
+const READY: Duration = Duration::from_secs(30);
+const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
+
+fn page(len: usize, salt: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ salt).collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Every line of a packet log has the PROTOCOL.md §4 form.
+fn assert_log_format(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    for line in text.lines() {
+        let mut words = line.split(' ');
+        assert!(matches!(words.next(), Some("SEND" | "RECV")), "{line:?}");
+        assert!(words.next().unwrap().parse::<u32>().is_ok(), "{line:?}");
+        assert!(words.next().unwrap().parse::<u32>().is_ok(), "{line:?}");
+        let flags: Vec<&str> = words.collect();
+        let order = ["ACK", "SYN", "FIN"];
+        let mut last = None;
+        for f in &flags {
+            let pos = order.iter().position(|o| o == f);
+            assert!(pos.is_some() && pos > last, "{line:?}");
+            last = pos;
+        }
+    }
+    text.lines().count()
+}
+
+fn fetch(port: u16, dir: &Path, name: &str, extra: &[&str]) -> (Proc, PathBuf, PathBuf) {
+    let out = dir.join(format!("{name}.out"));
+    let log = dir.join(format!("{name}.log"));
+    let proc = spawn_client(Path::new(CLIENT), port, &log, &out, extra).unwrap();
+    (proc, out, log)
+}
+
+#[test]
+fn twenty_concurrent_clients_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(300_000, 1);
+    let origin = Origin::serve(body.clone()).unwrap();
+    // Through a redirect, as real pages often are.
+    let server_log = dir.path().join("server.log");
+    let mut server = ServerProcess::start(Path::new(SERVER), &server_log, &origin.redirect_url(), &[], READY).unwrap();
+
+    let clients: Vec<_> = (0..20).map(|i| fetch(server.port, dir.path(), &format!("c{i}"), &[])).collect();
+    let mut client_lines = 0;
+    for (mut proc, out, log) in clients {
+        let status = proc.wait(CLIENT_DEADLINE).unwrap();
+        assert!(status.success(), "client failed: {:?}", proc.stderr);
+        assert!(std::fs::read(&out).unwrap() == body, "{} differs from the page", out.display());
+        client_lines += assert_log_format(&log);
+    }
+    let status = server.stop(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{:?}", server.proc.stderr);
+    // The log is complete once the server has exited: every datagram either
+    // side sent was logged by its sender and, loss aside, its receiver.
+    let server_lines = assert_log_format(&server_log);
+    assert!(server_lines >= 20 * (2 * (300_000 / 512) + 4), "{server_lines}");
+    assert!(client_lines >= server_lines * 9 / 10, "{client_lines} vs {server_lines}");
+    let stopped = server.proc.stderr.iter().find(|l| l.contains("stopped")).unwrap();
+    assert!(stopped.contains("completed=20"), "{stopped}");
+    // No stray temporary files beside the outputs.
+    assert!(files_in(dir.path()).iter().all(|n| !n.ends_with(".part")));
+}
+
+#[test]
+fn malformed_storm_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(400_000, 2);
+    let origin = Origin::serve(body.clone()).unwrap();
+    let server_log = dir.path().join("server.log");
+    let mut server = ServerProcess::start(Path::new(SERVER), &server_log, &origin.url(), &[], READY).unwrap();
+    let port = server.port;
+
+    let clients: Vec<_> = (0..5).map(|i| fetch(port, dir.path(), &format!("c{i}"), &[])).collect();
+    // A bounded storm from 16 sockets: short datagrams, headers with every
+    // flag combination and random numbers, oversized junk.
+    let storm = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        let sockets: Vec<UdpSocket> = (0..16).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let mut x: u32 = 0x1234_5678;
+        let started = Instant::now();
+        for i in 0..60_000u32 {
+            if started.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let datagram: Vec<u8> = match i % 4 {
+                0 => x.to_be_bytes()[..(x % 12) as usize % 5].to_vec(),
+                1 => [x.to_be_bytes(), x.rotate_left(7).to_be_bytes(), (x % 8).to_be_bytes()].concat(),
+                2 => vec![0xff; 1400],
+                _ => [x.to_be_bytes(), x.to_be_bytes(), (x | 0xffff_fff8).to_be_bytes(), [1, 2, 3, 4]].concat(),
+            };
+            let s = &sockets[(x % 16) as usize];
+            if s.send_to(&datagram, ("127.0.0.1", port)).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    for (mut proc, out, _) in clients {
+        let status = proc.wait(CLIENT_DEADLINE).unwrap();
+        assert!(status.success(), "client failed during the storm: {:?}", proc.stderr);
+        assert!(std::fs::read(&out).unwrap() == body);
+    }
+    let sent = storm.join().unwrap();
+    assert!(sent > 10_000, "storm too small: {sent}");
+    // After the storm the server still serves new clients.
+    let (mut proc, out, _) = fetch(port, dir.path(), "after", &[]);
+    assert!(proc.wait(CLIENT_DEADLINE).unwrap().success());
+    assert!(std::fs::read(&out).unwrap() == body);
+
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    let stopped = server.proc.stderr.iter().find(|l| l.contains("stopped")).unwrap().clone();
+    assert!(stopped.contains("completed=6"), "{stopped}");
+    let malformed: u64 = stopped.split("malformed=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(malformed > 1000, "{stopped}");
+}
+
+fn run_server(args: &[&str]) -> (Option<i32>, Vec<String>, Duration) {
+    let mut proc = Proc::spawn(Command::new(SERVER).args(args)).unwrap();
+    let status = proc.wait(Duration::from_secs(30)).unwrap();
+    (status.code(), proc.stderr.clone(), proc.age())
+}
+
+#[test]
+fn bad_port_exits_nonzero_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let log = log.to_str().unwrap();
+    for bad in ["0", "65536", "-5", "http", ""] {
+        let (code, stderr, _) = run_server(&["-p", bad, "-l", log, "-w", "file:///dev/null"]);
+        assert_eq!(code, Some(2), "port {bad:?}: {stderr:?}");
+        assert!(stderr.iter().any(|l| l.contains("port") || l.contains("-p")), "port {bad:?}: {stderr:?}");
+    }
+    // A port in use: refused before the page is even looked at.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stderr, _) =
+        run_server(&["-p", &port, "-l", log, "-w", "http://192.0.2.1/never", "--bind", "127.0.0.1"]);
+    assert_eq!(code, Some(3), "{stderr:?}");
+    assert_eq!(stderr.len(), 1, "one line: {stderr:?}");
+    assert!(stderr[0].contains(&format!("cannot listen on UDP port {port}")), "{stderr:?}");
+    assert!(!Path::new(log).exists(), "nothing happens after a bad port");
+}
+
+#[test]
+fn page_that_cannot_be_downloaded_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let log = log.to_str().unwrap();
+    let origin = Origin::serve(b"x".to_vec()).unwrap();
+    let port = free_udp_port().unwrap().to_string();
+    let missing_file = format!("file://{}", dir.path().join("none.html").display());
+    for url in [origin.missing_url(), missing_file, "gopher://x".to_string()] {
+        let (code, stderr, _) = run_server(&["-p", &port, "-l", log, "-w", &url, "--bind", "127.0.0.1"]);
+        assert_eq!(code, Some(4), "{url}: {stderr:?}");
+        assert_eq!(stderr.len(), 1, "{url}: one line: {stderr:?}");
+        assert!(stderr[0].starts_with("anonserver: cannot download"), "{stderr:?}");
+    }
+    // Too large for the limit.
+    let (code, stderr, _) = run_server(&["-p", &port, "-l", log, "-w", &origin.url(), "--max-page-size", "0"]);
+    assert_eq!(code, Some(4), "{stderr:?}");
+    assert!(stderr[0].contains("larger than the limit"), "{stderr:?}");
+}
+
+#[test]
+fn no_server_client_fails_within_deadline_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listening: the kernel's port-unreachable ends it at once.
+    let port = free_udp_port().unwrap();
+    let (mut proc, out, _) = fetch(port, dir.path(), "refused", &[]);
+    let status = proc.wait(Duration::from_secs(15)).unwrap();
+    assert_eq!(status.code(), Some(1), "{:?}", proc.stderr);
+    assert!(proc.stderr.iter().any(|l| l.contains("connection refused")), "{:?}", proc.stderr);
+    assert!(!out.exists());
+
+    // Something listening that never answers: the connect deadline ends it.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (mut proc, out, log) = fetch(port, dir.path(), "silent", &["--connect-timeout", "1.5"]);
+    let status = proc.wait(Duration::from_secs(15)).unwrap();
+    assert_eq!(status.code(), Some(1), "{:?}", proc.stderr);
+    assert!(proc.age() >= Duration::from_millis(1500) && proc.age() < Duration::from_secs(5), "{:?}", proc.age());
+    assert!(proc.stderr.iter().any(|l| l.contains("no answer from the server")), "{:?}", proc.stderr);
+    assert!(!out.exists());
+    // SYN at 0 and 1 s, each logged.
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.ends_with(" SYN")).count(), 2);
+    // Only the two logs remain: no output, no temporary file.
+    assert_eq!(files_in(dir.path()), ["refused.log", "silent.log"]);
+}
+
+#[test]
+fn ipv6_and_ipv4_clients_of_one_dual_stack_server() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this host");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(5000, 3);
+    let page_file = dir.path().join("page.html");
+    std::fs::write(&page_file, &body).unwrap();
+    // A local path as the page, and the default dual-stack socket.
+    let server_log = dir.path().join("server.log");
+    let mut server =
+        ServerProcess::start(Path::new(SERVER), &server_log, page_file.to_str().unwrap(), &["--bind", "::"], READY)
+            .unwrap();
+    for (name, addr) in [("v6", "::1"), ("v4", "127.0.0.1")] {
+        let out = dir.path().join(name);
+        let mut proc = Proc::spawn(
+            Command::new(CLIENT)
+                .args(["-s", addr, "-p", &server.port.to_string(), "-l"])
+                .arg(dir.path().join(format!("{name}.log")))
+                .arg("-f")
+                .arg(&out),
+        )
+        .unwrap();
+        assert!(proc.wait(CLIENT_DEADLINE).unwrap().success(), "{name}: {:?}", proc.stderr);
+        assert!(std::fs::read(&out).unwrap() == body, "{name}");
+    }
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn sigint_stops_server_cleanly_with_log_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::serve(page(2000, 4)).unwrap();
+    let server_log = dir.path().join("server.log");
+    std::fs::write(&server_log, "line from an earlier run\n").unwrap();
+    let mut server = ServerProcess::start(Path::new(SERVER), &server_log, &origin.url(), &[], READY).unwrap();
+    let (mut proc, _, client_log) = fetch(server.port, dir.path(), "c", &[]);
+    assert!(proc.wait(CLIENT_DEADLINE).unwrap().success());
+    server.proc.signal("INT").unwrap();
+    let status = server.proc.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Appended, not truncated; every line the client logged has its twin.
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    assert!(log.starts_with("line from an earlier run\n"));
+    let client = std::fs::read_to_string(&client_log).unwrap();
+    assert_eq!(log.lines().count() - 1, client.lines().count(), "server:\n{log}\nclient:\n{client}");
+}
