@@ -4,11 +4,11 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anon_proto::recovery::RtoConfig;
 use anon_proto::{ClientConfig, Server, ServerConfig};
+use bytes::Bytes;
 use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -205,7 +205,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
     };
-    let server = Server::new(config, Arc::from(page), Box::new(StdRng::from_os_rng()));
+    let server = Server::new(config, Bytes::from(page), Box::new(StdRng::from_os_rng()));
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),

@@ -7,9 +7,9 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use rand::RngCore;
 
 use crate::config::ServerConfig;
@@ -73,7 +73,7 @@ pub struct ServerStats {
 /// [`poll_timeout`](Self::poll_timeout).
 pub struct Server {
     config: ServerConfig,
-    page: Arc<[u8]>,
+    page: Bytes,
     /// Draws initial sequence numbers; a CSPRNG outside tests.
     isn_rng: Box<dyn RngCore + Send>,
     conns: HashMap<SocketAddr, Slot>,
@@ -106,7 +106,7 @@ impl fmt::Debug for Server {
 impl Server {
     /// A server for `page`, shared by every connection. `isn_rng` draws the
     /// initial sequence numbers (PROTOCOL.md §2: a CSPRNG).
-    pub fn new(config: ServerConfig, page: Arc<[u8]>, isn_rng: Box<dyn RngCore + Send>) -> Self {
+    pub fn new(config: ServerConfig, page: Bytes, isn_rng: Box<dyn RngCore + Send>) -> Self {
         Server {
             config,
             page,
@@ -139,7 +139,7 @@ impl Server {
                     return;
                 } else {
                     let isn = self.isn_rng.next_u32();
-                    let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, now);
+                    let conn = ServerConn::new(&self.config, self.page.clone(), isn, header.seq, now);
                     vacant.insert(Slot { conn, scheduled: None, in_ready: false });
                     self.stats.accepted += 1;
                     self.events.push_back(ServerEvent::Accepted { peer });
@@ -250,7 +250,7 @@ impl Server {
     }
 
     /// The page being served.
-    pub fn page(&self) -> &Arc<[u8]> {
+    pub fn page(&self) -> &Bytes {
         &self.page
     }
 }

@@ -9,11 +9,11 @@
 mod network;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anon_proto::wire::Header;
 use anon_proto::{ClientConfig, ClientConn, ConnectionError, Server, ServerConfig, ServerStats};
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
@@ -144,7 +144,7 @@ impl Sim {
             Some(isn) => Box::new(FixedIsn(isn)),
             None => Box::new(StdRng::seed_from_u64(rng.next_u64())),
         };
-        let page: Arc<[u8]> = setup.page.into();
+        let page = Bytes::from(setup.page);
         let server = Server::new(setup.server, page, server_isn);
         let clients = (0..setup.clients)
             .map(|i| SimClient {

@@ -4,8 +4,9 @@
 //! The sender keeps byte offsets into the shared page, never a copy of it, so
 //! a connection costs the same whatever the page size.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::config::ServerConfig;
 use crate::recovery::RttEstimator;
@@ -54,7 +55,7 @@ pub struct ConnStats {
 #[derive(Debug)]
 pub(crate) struct ServerConn {
     state: State,
-    page: Arc<[u8]>,
+    page: Bytes,
     /// Our initial sequence number: page byte `i` has sequence `isn + 1 + i`.
     isn: Seq,
     /// The client's initial sequence number.
@@ -76,7 +77,7 @@ pub(crate) struct ServerConn {
 impl ServerConn {
     /// A connection for a client whose SYN carried `peer_isn`; the SYN|ACK is
     /// ready to be sent.
-    pub(crate) fn new(config: &ServerConfig, page: Arc<[u8]>, isn: u32, peer_isn: Seq, now: Instant) -> Self {
+    pub(crate) fn new(config: &ServerConfig, page: Bytes, isn: u32, peer_isn: Seq, now: Instant) -> Self {
         let isn = Seq(isn);
         ServerConn {
             state: State::SynReceived,

@@ -1,0 +1,220 @@
+//! Measurements quoted in the README and issue notes, each from one run of
+//! one command, with every figure and its reference measured together.
+//!
+//! - `anon-bench throughput`: a page over baseline mode on loopback with the
+//!   release binaries, against the same page over TCP (HTTP from the local
+//!   origin) in the same run.
+//! - `anon-bench memory`: server memory with many connections open at once,
+//!   for a small and a large page, to show what a connection costs.
+//!
+//! Run through `bash scripts/bench.sh …`, which builds in release mode first.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anon_proto::wire::{Flags, Header, Seq};
+use anon_tools::origin::Origin;
+use anon_tools::process::{ServerProcess, bin_dir, spawn_client};
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Folder with anonserver and anonclient (default: beside this program).
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// Baseline-mode transfer time on loopback, with TCP as the reference.
+    Throughput {
+        /// Page size in bytes.
+        #[arg(long, default_value_t = 10 << 20)]
+        size: usize,
+        /// Transfers of each kind; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Server memory with this many connections open at once.
+    Memory {
+        /// Connections to hold open.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let bins = match args.bin_dir.map_or_else(bin_dir, Ok) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("anon-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match args.what {
+        What::Throughput { size, runs } => throughput(&bins, size, runs.max(1)),
+        What::Memory { connections } => memory(&bins, connections),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("anon-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn random_page(size: usize) -> Vec<u8> {
+    let mut page = vec![0u8; size];
+    rand::rng().fill_bytes(&mut page);
+    page
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
+    let page = random_page(size);
+    let origin = Origin::serve(page.clone())?;
+    let dir = tempfile::tempdir()?;
+    let mut server = ServerProcess::start(
+        &bins.join("anonserver"),
+        &dir.path().join("s.log"),
+        &origin.url(),
+        &[],
+        Duration::from_secs(60),
+    )?;
+
+    let mut ours = Vec::new();
+    for i in 0..runs {
+        let out = dir.path().join(format!("out{i}"));
+        let mut client = spawn_client(&bins.join("anonclient"), server.port, &dir.path().join("c.log"), &out, &[])?;
+        if !client.wait(Duration::from_secs(600))?.success() {
+            return Err(io::Error::other(format!("client failed: {:?}", client.stderr)));
+        }
+        if std::fs::read(&out)? != page {
+            return Err(io::Error::other("fetched page differs"));
+        }
+        // The client's own figure: first SYN to last byte, without TIME-WAIT.
+        let secs = client
+            .stderr
+            .iter()
+            .find_map(|l| l.split(" in ").nth(1)?.split(' ').next()?.parse::<f64>().ok())
+            .ok_or_else(|| io::Error::other(format!("no time in {:?}", client.stderr)))?;
+        ours.push(Duration::from_secs_f64(secs));
+    }
+    server.stop(Duration::from_secs(10))?;
+
+    let agent = ureq::Agent::new_with_defaults();
+    let mut tcp = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let body = agent
+            .get(&origin.url())
+            .call()
+            .map_err(io::Error::other)?
+            .body_mut()
+            .read_to_vec()
+            .map_err(io::Error::other)?;
+        tcp.push(start.elapsed());
+        if body != page {
+            return Err(io::Error::other("TCP page differs"));
+        }
+    }
+    let (ours, tcp) = (median(ours), median(tcp));
+    let rate = |d: Duration| size as f64 * 8.0 / d.as_secs_f64() / 1e6;
+    let segments = size.div_ceil(512);
+    println!("page {size} bytes, loopback, median of {runs}");
+    println!("{:<28} {:>10} {:>12}", "transport", "time", "Mbit/s");
+    println!("{:<28} {:>9.3}s {:>12.1}", "anon baseline (stop-and-wait)", ours.as_secs_f64(), rate(ours));
+    println!("{:<28} {:>9.3}s {:>12.1}", "TCP (HTTP from the origin)", tcp.as_secs_f64(), rate(tcp));
+    println!("ratio anon/TCP time: {:.1}", ours.as_secs_f64() / tcp.as_secs_f64());
+    println!("per 512-byte segment: {:.1} us (one round trip each)", ours.as_secs_f64() * 1e6 / segments as f64);
+    Ok(())
+}
+
+/// Resident and peak memory of a process, in KiB, from /proc.
+fn rss_kib(pid: u32) -> io::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Completes `n` handshakes from `n` sockets and then goes silent, so the
+/// server holds `n` established connections. Returns the sockets.
+fn open_connections(server: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
+    let mut sockets = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        s.connect(server)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let isn = Seq(i as u32 * 7919);
+        let mut d = Vec::new();
+        Header::new(isn, Seq(0), Flags::SYN).encode(&[], &mut d);
+        s.send(&d)?;
+        sockets.push(s);
+    }
+    let mut buf = [0u8; 2048];
+    for (i, s) in sockets.iter().enumerate() {
+        let isn = Seq(i as u32 * 7919);
+        let n = s.recv(&mut buf)?;
+        let (h, _) = Header::decode(buf.get(..n).unwrap_or_default()).map_err(io::Error::other)?;
+        if !h.flags.contains(Flags::SYN | Flags::ACK) || h.ack != isn + 1 {
+            return Err(io::Error::other(format!("unexpected answer {h:?}")));
+        }
+        let mut d = Vec::new();
+        Header::new(isn + 1, h.seq + 1, Flags::ACK).encode(&[], &mut d);
+        s.send(&d)?;
+    }
+    // The first data segment on every socket shows the server has taken the
+    // handshake ACK: all connections are established.
+    for s in &sockets {
+        let n = s.recv(&mut buf)?;
+        let (h, _) = Header::decode(buf.get(..n).unwrap_or_default()).map_err(io::Error::other)?;
+        if h.flags.contains(Flags::SYN) {
+            return Err(io::Error::other("handshake ACK not taken"));
+        }
+    }
+    Ok(sockets)
+}
+
+fn memory(bins: &Path, connections: usize) -> io::Result<()> {
+    println!("server memory with {connections} connections held open after their handshake");
+    println!("{:>12} {:>12} {:>12} {:>12} {:>14}", "page bytes", "idle KiB", "loaded KiB", "peak KiB", "B/connection");
+    for size in [1024, 10 << 20] {
+        let dir = tempfile::tempdir()?;
+        let page_file = dir.path().join("page");
+        std::fs::write(&page_file, random_page(size))?;
+        let mut server = ServerProcess::start(
+            &bins.join("anonserver"),
+            &dir.path().join("s.log"),
+            page_file.to_str().unwrap_or_default(),
+            &["--idle-timeout", "120"],
+            Duration::from_secs(60),
+        )?;
+        let pid = server.proc.pid();
+        let (idle, _) = rss_kib(pid)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+        let sockets = open_connections(addr, connections)?;
+        let (loaded, peak) = rss_kib(pid)?;
+        let per_conn = (loaded.saturating_sub(idle)) * 1024 / connections.max(1) as u64;
+        println!("{size:>12} {idle:>12} {loaded:>12} {peak:>12} {per_conn:>14}");
+        drop(sockets);
+        server.stop(Duration::from_secs(10))?;
+    }
+    Ok(())
+}
