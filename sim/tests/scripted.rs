@@ -1,0 +1,294 @@
+//! The state machines packet by packet, as smoltcp's socket tests do: hand
+//! crafted datagrams in, exact datagrams out. Plus property tests that feed
+//! both sides arbitrary datagrams at arbitrary times.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anon_proto::wire::{Flags, HEADER_LEN, Header, Seq};
+use anon_proto::{ClientConfig, ClientConn, Server, ServerConfig};
+use anon_sim::{FixedIsn, client_addr};
+use bytes::Bytes;
+use proptest::prelude::*;
+
+const ACK: Flags = Flags::ACK;
+const SYN: Flags = Flags::SYN;
+const FIN: Flags = Flags::FIN;
+
+fn dgram(seq: u32, ack: u32, flags: Flags, payload: &[u8]) -> Vec<u8> {
+    let mut d = Vec::new();
+    Header::new(Seq(seq), Seq(ack), flags).encode(payload, &mut d);
+    d
+}
+
+fn server(page: &[u8]) -> Server {
+    Server::new(ServerConfig::default(), Bytes::copy_from_slice(page), Box::new(FixedIsn(100)))
+}
+
+fn sends(s: &mut Server, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while let Some(to) = s.poll_transmit(now, &mut buf) {
+        out.push((to, buf.clone()));
+    }
+    out
+}
+
+fn client_sends(c: &mut ClientConn, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while c.poll_transmit(now, &mut buf) {
+        out.push(buf.clone());
+    }
+    out
+}
+
+fn page(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// A server with one client past the handshake; returns the first data
+/// segment it sent.
+fn established(page_len: usize) -> (Server, SocketAddr, Instant, Vec<u8>) {
+    let now = Instant::now();
+    let peer = client_addr(0);
+    let mut s = server(&page(page_len));
+    s.handle(now, peer, &dgram(5000, 0, SYN, &[]));
+    assert_eq!(sends(&mut s, now), [(peer, dgram(100, 5001, ACK | SYN, &[]))]);
+    s.handle(now, peer, &dgram(5001, 101, ACK, &[]));
+    let first = sends(&mut s, now);
+    assert_eq!(first.len(), 1);
+    (s, peer, now, first[0].1.clone())
+}
+
+#[test]
+fn server_duplicate_syn_gets_the_same_syn_ack() {
+    let now = Instant::now();
+    let peer = client_addr(0);
+    let mut s = server(b"hello");
+    s.handle(now, peer, &dgram(5000, 0, SYN, &[]));
+    let first = sends(&mut s, now);
+    s.handle(now, peer, &dgram(5000, 0, SYN, &[]));
+    assert_eq!(sends(&mut s, now), first);
+    // A SYN with another ISN from the same address fits nothing.
+    s.handle(now, peer, &dgram(9, 0, SYN, &[]));
+    assert!(sends(&mut s, now).is_empty());
+    assert_eq!(s.stats().unexpected, 1);
+    assert_eq!(s.connection_count(), 1);
+}
+
+#[test]
+fn server_data_segments_and_fin() {
+    let (mut s, peer, now, first) = established(600);
+    assert_eq!(first, dgram(101, 5002, ACK, &page(600)[..512]));
+    s.handle(now, peer, &dgram(5002, 613, ACK, &[]));
+    assert_eq!(sends(&mut s, now), [(peer, dgram(613, 5003, ACK | FIN, &page(600)[512..]))]);
+    s.handle(now, peer, &dgram(5003, 701, ACK | FIN, &[]));
+    assert_eq!(s.connection_count(), 0);
+    assert_eq!(s.stats().completed, 1);
+}
+
+#[test]
+fn server_old_and_duplicate_acks_change_nothing() {
+    let (mut s, peer, now, _) = established(2000);
+    s.handle(now, peer, &dgram(5002, 613, ACK, &[]));
+    let second = sends(&mut s, now);
+    assert_eq!(second.len(), 1);
+    // The same ACK again, the handshake ACK again: no new segment.
+    s.handle(now, peer, &dgram(5002, 613, ACK, &[]));
+    s.handle(now, peer, &dgram(5001, 101, ACK, &[]));
+    assert!(sends(&mut s, now).is_empty());
+    // An ACK for data never sent fits nothing.
+    let before = s.stats().unexpected;
+    s.handle(now, peer, &dgram(5003, 613 + 513, ACK, &[]));
+    assert!(sends(&mut s, now).is_empty());
+    assert_eq!(s.stats().unexpected, before + 1);
+    // The real next ACK moves on.
+    s.handle(now, peer, &dgram(5003, 1125, ACK, &[]));
+    let third = sends(&mut s, now);
+    assert_eq!(third[0].1[..12], dgram(1125, 5004, ACK, &[])[..]);
+}
+
+#[test]
+fn server_retransmits_unchanged_with_backoff() {
+    let (mut s, _peer, now, first) = established(2000);
+    let rto = s.poll_timeout().unwrap() - now;
+    assert_eq!(rto, Duration::from_millis(50), "RTO floor after a zero-length RTT sample");
+    let t1 = now + rto;
+    s.handle_timeout(t1);
+    let again = sends(&mut s, t1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1, first, "a retransmission is the same packet");
+    // RFC 6298 §5.5: the next timeout is twice as long.
+    assert_eq!(s.poll_timeout().unwrap() - t1, rto * 2);
+    assert_eq!(s.stats().retransmissions, 1);
+}
+
+#[test]
+fn server_drops_what_fits_no_connection() {
+    let now = Instant::now();
+    let mut s = server(b"x");
+    for len in 0..HEADER_LEN {
+        s.handle(now, client_addr(1), &vec![0xff; len]);
+    }
+    s.handle(now, client_addr(1), &dgram(1, 2, ACK, &[]));
+    s.handle(now, client_addr(1), &dgram(1, 2, FIN, &[]));
+    s.handle(now, client_addr(1), &dgram(1, 2, SYN | ACK, &[]));
+    assert!(sends(&mut s, now).is_empty());
+    assert_eq!(s.connection_count(), 0);
+    assert_eq!(s.stats().malformed, HEADER_LEN as u64);
+    assert_eq!(s.stats().unexpected, 3);
+}
+
+#[test]
+fn server_refuses_connections_beyond_the_limit() {
+    let now = Instant::now();
+    let config = ServerConfig { max_connections: 2, ..ServerConfig::default() };
+    let mut s = Server::new(config, Bytes::from_static(b"x"), Box::new(FixedIsn(1)));
+    for i in 0..5 {
+        s.handle(now, client_addr(i), &dgram(7, 0, SYN, &[]));
+    }
+    assert_eq!(s.connection_count(), 2);
+    assert_eq!(sends(&mut s, now).len(), 2);
+    assert_eq!(s.stats().refused_max_connections, 3);
+}
+
+fn connected_client() -> (ClientConn, Instant) {
+    let now = Instant::now();
+    let mut c = ClientConn::new(ClientConfig::default(), 5000, now);
+    assert_eq!(client_sends(&mut c, now), [dgram(5000, 0, SYN, &[])]);
+    // Data before the handshake, and a SYN|ACK for another ISN: ignored.
+    c.handle(now, &dgram(101, 5001, ACK, b"early"));
+    c.handle(now, &dgram(100, 4242, ACK | SYN, &[]));
+    assert!(client_sends(&mut c, now).is_empty());
+    c.handle(now, &dgram(100, 5001, ACK | SYN, &[]));
+    assert_eq!(client_sends(&mut c, now), [dgram(5001, 101, ACK, &[])]);
+    (c, now)
+}
+
+#[test]
+fn client_acks_in_order_and_repeats_for_old_data() {
+    let (mut c, now) = connected_client();
+    c.handle(now, &dgram(101, 5002, ACK, b"abc"));
+    assert_eq!(client_sends(&mut c, now), [dgram(5002, 104, ACK, &[])]);
+    // The same segment again: the same ACK again, unchanged.
+    c.handle(now, &dgram(101, 5002, ACK, b"abc"));
+    assert_eq!(client_sends(&mut c, now), [dgram(5002, 104, ACK, &[])]);
+    // Overlap: only the new tail is taken.
+    c.handle(now, &dgram(102, 5003, ACK, b"bcde"));
+    assert_eq!(client_sends(&mut c, now), [dgram(5003, 106, ACK, &[])]);
+    // A gap: nothing taken, the last ACK repeated.
+    c.handle(now, &dgram(200, 5004, ACK, b"zz"));
+    assert_eq!(client_sends(&mut c, now), [dgram(5003, 106, ACK, &[])]);
+    assert_eq!(c.readable(), b"abcde");
+    // A duplicate SYN|ACK after data: our latest packet again.
+    c.handle(now, &dgram(100, 5001, ACK | SYN, &[]));
+    assert_eq!(client_sends(&mut c, now), [dgram(5003, 106, ACK, &[])]);
+    // The FIN: FIN|ACK, and the same FIN|ACK for a retransmitted FIN.
+    c.handle(now, &dgram(106, 5004, ACK | FIN, b"f"));
+    assert_eq!(client_sends(&mut c, now), [dgram(5004, 107, ACK | FIN, &[])]);
+    assert!(c.is_finished());
+    c.handle(now, &dgram(106, 5004, ACK | FIN, b"f"));
+    assert_eq!(client_sends(&mut c, now), [dgram(5004, 107, ACK | FIN, &[])]);
+    assert_eq!(c.readable(), b"abcdef");
+    // TIME-WAIT ends by itself with success.
+    let end = c.poll_timeout().unwrap();
+    c.handle_timeout(end);
+    assert_eq!(c.outcome(), Some(&Ok(())));
+}
+
+#[test]
+fn client_syn_backoff_and_connect_timeout() {
+    let now = Instant::now();
+    let config = ClientConfig { connect_timeout: Duration::from_secs(4), ..ClientConfig::default() };
+    let mut c = ClientConn::new(config, 1, now);
+    let mut t = now;
+    let mut syns = 0;
+    while c.outcome().is_none() {
+        syns += client_sends(&mut c, t).len();
+        t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+    }
+    // SYNs at 0, 1 s and 3 s (RFC 6298: initial RTO 1 s, doubled each time).
+    assert_eq!(syns, 3);
+    assert_eq!(t - now, Duration::from_secs(4));
+    assert!(matches!(c.outcome(), Some(Err(anon_proto::ConnectionError::ConnectTimeout(_)))));
+}
+
+fn arb_datagram() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..40),
+        (any::<u32>(), any::<u32>(), 0u32..8, proptest::collection::vec(any::<u8>(), 0..600))
+            .prop_map(|(s, a, f, p)| dgram(s, a, Flags::from_word(f), &p)),
+        // Numbers near what the peers use, to reach deeper states.
+        (0u32..2000, 0u32..2000, 0u32..8, 0usize..600).prop_map(|(s, a, f, n)| dgram(
+            s,
+            a,
+            Flags::from_word(f),
+            &vec![7; n]
+        )),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any datagrams, from a few peers, at any times: no panic, every
+    /// datagram out decodes, no SYN|ACK is larger than a header, the
+    /// connection limit holds, timers stay bounded.
+    #[test]
+    fn server_survives_arbitrary_input(
+        steps in proptest::collection::vec((0usize..4, arb_datagram(), 0u64..3000), 1..60)
+    ) {
+        let config = ServerConfig { max_connections: 3, ..ServerConfig::default() };
+        let mut s = Server::new(config, Bytes::from(page(1300)), Box::new(FixedIsn(0)));
+        let mut now = Instant::now();
+        for (peer, d, dt) in steps {
+            now += Duration::from_millis(dt);
+            s.handle(now, client_addr(peer), &d);
+            s.handle_timeout(now);
+            for (_, out) in sends(&mut s, now) {
+                let (h, payload) = Header::decode(&out).unwrap();
+                prop_assert!(payload.len() <= 512);
+                if h.flags.contains(SYN) {
+                    prop_assert_eq!(out.len(), HEADER_LEN);
+                }
+            }
+            prop_assert!(s.connection_count() <= 3);
+            // Every wait is bounded: nothing is scheduled past the idle timeout.
+            if let Some(t) = s.poll_timeout() {
+                prop_assert!(t <= now + ServerConfig::default().idle_timeout);
+            }
+        }
+    }
+
+    /// Any datagrams at any times: no panic, and what the client hands out
+    /// is always a prefix of what in-order delivery would give.
+    #[test]
+    fn client_survives_arbitrary_input(
+        steps in proptest::collection::vec((arb_datagram(), 0u64..3000), 1..60)
+    ) {
+        let mut now = Instant::now();
+        let mut c = ClientConn::new(ClientConfig::default(), 1000, now);
+        let _ = client_sends(&mut c, now);
+        c.handle(now, &dgram(0, 1001, ACK | SYN, &[]));
+        let mut total = 0;
+        for (d, dt) in steps {
+            now += Duration::from_millis(dt);
+            c.handle(now, &d);
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+            for out in client_sends(&mut c, now) {
+                prop_assert_eq!(out.len(), HEADER_LEN);
+            }
+            total += c.readable().len();
+            let n = c.readable().len();
+            c.consume(n);
+            prop_assert_eq!(total as u64, c.received());
+        }
+    }
+}
