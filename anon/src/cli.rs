@@ -35,7 +35,7 @@ pub enum Exit {
     Download = 4,
     /// A local file (log, output) could not be written.
     LocalFile = 5,
-    /// Interrupted by SIGINT or SIGTERM (client).
+    /// Interrupted by SIGINT or SIGTERM before the page was complete (client).
     Interrupted = 130,
 }
 
@@ -53,7 +53,7 @@ Exit status:
   3    the socket could not be set up (port in use or not permitted, unknown host)
   4    the page could not be downloaded
   5    a local file (log, output) could not be written
-  130  interrupted by SIGINT or SIGTERM (anonclient)";
+  130  interrupted by SIGINT or SIGTERM before the page was complete (anonclient)";
 
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u32>() {
@@ -64,10 +64,21 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// Shortest duration any option takes: a millisecond.
+const MIN_SECS: f64 = 0.001;
+/// Longest duration any option takes.
+const MAX_SECS: f64 = 7.0 * 24.0 * 3600.0;
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if secs.is_nan() || secs <= 0.0 {
         return Err("must be more than 0 seconds".into());
+    }
+    if secs < MIN_SECS {
+        return Err(format!("at least {MIN_SECS} seconds"));
+    }
+    if secs > MAX_SECS {
+        return Err(format!("at most {MAX_SECS} seconds (a week)"));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
@@ -152,31 +163,51 @@ fn fail(program: &str, code: Exit, msg: impl std::fmt::Display) -> ExitCode {
     code.into()
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+/// SIGINT and SIGTERM, handled from the moment this is created (tokio's
+/// `ctrl_c` would register only on its first poll): a signal from then on
+/// stops the program cleanly instead of killing it.
+struct StopSignals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+impl StopSignals {
+    /// Registers the handlers; needs to run inside the runtime.
+    fn register() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Completes on the first signal.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+}
+
+/// A single-threaded runtime with the stop signals registered in it.
+fn runtime_with_signals() -> std::io::Result<(tokio::runtime::Runtime, StopSignals)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let signals = {
+        let _guard = rt.enter();
+        StopSignals::register()?
+    };
+    Ok((rt, signals))
 }
 
 /// `anonserver`'s main.
@@ -197,6 +228,12 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(ME, Exit::Download, format_args!("cannot download {}: {e}", args.web)),
     };
+    // Signals are handled before the server says it is ready, so a stop
+    // request from then on always flushes the log.
+    let (rt, signals) = match runtime_with_signals() {
+        Ok(r) => r,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
+    };
     let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!("serving {} ({} bytes) on udp {local}", args.web, page.len());
 
@@ -206,13 +243,9 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         max_connections: args.max_connections,
     };
     let server = Server::new(config, Bytes::from(page), Box::new(StdRng::from_os_rng()));
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
-    };
     let result = rt.block_on(async {
         let socket = tokio::net::UdpSocket::from_std(socket)?;
-        driver::server::run(socket, server, log, stop_signal()).await
+        driver::server::run(socket, server, log, signals.recv()).await
     });
     match result {
         Ok(stats) => {
@@ -244,6 +277,12 @@ fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
 /// `anonclient`'s main.
 pub fn client_main(args: ClientArgs) -> ExitCode {
     const ME: &str = "anonclient";
+    // Signals first: from the moment a temporary file exists, SIGINT or
+    // SIGTERM must remove it rather than kill the process.
+    let (rt, signals) = match runtime_with_signals() {
+        Ok(r) => r,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
+    };
     let server = match resolve(&args.server, args.port) {
         Ok(a) => a,
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", args.server)),
@@ -267,13 +306,9 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         idle_timeout: args.timeout,
         linger: ClientConfig::default().linger,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
-    };
     let result = rt.block_on(async {
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(FetchFailed::Socket)?;
-        driver::client::run(server, socket, config, log, output, stop_signal()).await
+        driver::client::run(server, socket, config, log, output, signals.recv()).await
     });
     match result {
         Ok(summary) => {
@@ -341,7 +376,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["0", "-1", "nan", "inf", "x"] {
+        for bad in ["0", "-1", "nan", "inf", "x", "1e30", "604801", "1e-10"] {
             assert!(parse_secs(bad).is_err(), "{bad}");
         }
     }

@@ -55,6 +55,23 @@ fn fetch(port: u16, dir: &Path, name: &str, extra: &[&str]) -> (Proc, PathBuf, P
     (proc, out, log)
 }
 
+/// A client that reports its progress on stderr (debug level), so a test can
+/// wait for "connecting" and "connected".
+fn fetch_verbose(port: u16, dir: &Path, name: &str, extra: &[&str]) -> (Proc, PathBuf) {
+    let out = dir.join(format!("{name}.out"));
+    let proc = Proc::spawn(
+        Command::new(CLIENT)
+            .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-l"])
+            .arg(dir.join(format!("{name}.log")))
+            .arg("-f")
+            .arg(&out)
+            .args(extra)
+            .env("RUST_LOG", "debug"),
+    )
+    .unwrap();
+    (proc, out)
+}
+
 #[test]
 fn twenty_concurrent_clients_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,8 +244,7 @@ fn ipv6_and_ipv4_clients_of_one_dual_stack_server() {
     // A local path as the page, and the default dual-stack socket.
     let server_log = dir.path().join("server.log");
     let mut server =
-        ServerProcess::start(Path::new(SERVER), &server_log, page_file.to_str().unwrap(), &["--bind", "::"], READY)
-            .unwrap();
+        ServerProcess::start_on(Path::new(SERVER), None, &server_log, page_file.to_str().unwrap(), &[], READY).unwrap();
     for (name, addr) in [("v6", "::1"), ("v4", "127.0.0.1")] {
         let out = dir.path().join(name);
         let mut proc = Proc::spawn(
@@ -262,4 +278,57 @@ fn sigint_stops_server_cleanly_with_log_flushed() {
     assert!(log.starts_with("line from an earlier run\n"));
     let client = std::fs::read_to_string(&client_log).unwrap();
     assert_eq!(log.lines().count() - 1, client.lines().count(), "server:\n{log}\nclient:\n{client}");
+}
+
+#[test]
+fn server_killed_mid_transfer_client_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Large enough that the transfer is still running when the server dies.
+    let origin = Origin::serve(page(20 << 20, 5)).unwrap();
+    let server_log = dir.path().join("server.log");
+    let server = ServerProcess::start(Path::new(SERVER), &server_log, &origin.url(), &[], READY).unwrap();
+    let (mut client, out) = fetch_verbose(server.port, dir.path(), "c", &["--timeout", "2"]);
+    // Kill the server once the transfer has begun.
+    client.wait_for_line("connected", READY).unwrap();
+    server.proc.signal("KILL").unwrap();
+    let killed = Instant::now();
+    let status = client.wait(Duration::from_secs(15)).unwrap();
+    assert_eq!(status.code(), Some(1), "{:?}", client.stderr);
+    assert!(killed.elapsed() < Duration::from_secs(5), "gave up after {:?}", killed.elapsed());
+    assert!(client.stderr.iter().any(|l| l.contains("went silent")), "{:?}", client.stderr);
+    assert!(!out.exists());
+    assert!(files_in(dir.path()).iter().all(|n| !n.ends_with(".part")), "{:?}", files_in(dir.path()));
+
+    // A new server on the same port serves new clients at once.
+    let port = server.port.to_string();
+    let body = page(3000, 6);
+    let origin = Origin::serve(body.clone()).unwrap();
+    let mut again = Proc::spawn(Command::new(SERVER).args(["-p", &port, "-l"]).arg(&server_log).args([
+        "-w",
+        &origin.url(),
+        "--bind",
+        "127.0.0.1",
+    ]))
+    .unwrap();
+    again.wait_for_line("serving", READY).unwrap();
+    let (mut client, out, _) = fetch(server.port, dir.path(), "again", &[]);
+    assert!(client.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", client.stderr);
+    assert!(std::fs::read(&out).unwrap() == body);
+}
+
+#[test]
+fn interrupted_client_exits_130_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A server that never answers keeps the client in its handshake.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (mut client, out) = fetch_verbose(port, dir.path(), "c", &[]);
+    // Once it is connecting, its temporary file exists and its signal
+    // handlers are in place.
+    client.wait_for_line("connecting", READY).unwrap();
+    client.signal("INT").unwrap();
+    let status = client.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(130), "{:?}", client.stderr);
+    assert!(!out.exists());
+    assert_eq!(files_in(dir.path()), ["c.log"]);
 }

@@ -10,7 +10,10 @@ use crate::recovery::RtoConfig;
 pub enum Linger {
     /// Four retransmission timeouts of the client's own estimate, within the
     /// given bounds: the server's first two retransmissions of a FIN whose
-    /// FIN|ACK was lost come after one and three RTOs; one more is margin.
+    /// FIN|ACK was lost come after one and three of its RTOs; one more is
+    /// margin. The server's estimate can be well above the client's (a lost
+    /// handshake ACK inflates its first sample), hence a floor of one
+    /// second, the RFC 6298 initial RTO.
     Adaptive {
         /// Shortest linger.
         min: Duration,
@@ -58,7 +61,7 @@ impl Default for ClientConfig {
             rto: RtoConfig::default(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
-            linger: Linger::Adaptive { min: Duration::from_millis(200), max: Duration::from_secs(10) },
+            linger: Linger::Adaptive { min: Duration::from_secs(1), max: Duration::from_secs(10) },
         }
     }
 }

@@ -127,12 +127,26 @@ impl Server {
             return;
         };
         let open = self.conns.len();
+        let bare_syn = header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK);
         let accepted = match self.conns.entry(peer) {
-            Entry::Occupied(mut slot) => slot.get_mut().conn.handle(now, header),
+            Entry::Occupied(mut slot) => {
+                let slot = slot.get_mut();
+                match slot.conn.half_open_isn() {
+                    // A new SYN from an address whose handshake is incomplete:
+                    // the client restarted (or a late duplicate opened this
+                    // one). Start over, as TCP does in SYN-RECEIVED.
+                    Some(isn) if bare_syn && isn != header.seq => {
+                        let isn = self.isn_rng.next_u32();
+                        slot.conn = ServerConn::new(&self.config, self.page.clone(), isn, header.seq, now);
+                        self.stats.accepted += 1;
+                        true
+                    }
+                    _ => slot.conn.handle(now, header),
+                }
+            }
             Entry::Vacant(vacant) => {
                 // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
-                let is_syn = header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK);
-                if !is_syn {
+                if !bare_syn {
                     false
                 } else if open >= self.config.max_connections {
                     self.stats.refused_max_connections += 1;
@@ -221,6 +235,12 @@ impl Server {
             }
         }
         None
+    }
+
+    /// Whether a connection has a datagram waiting for
+    /// [`poll_transmit`](Self::poll_transmit).
+    pub fn has_pending_transmit(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// The earliest deadline at which [`handle_timeout`](Self::handle_timeout)

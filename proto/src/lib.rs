@@ -13,11 +13,13 @@
 //! - [`endpoint`]: the server endpoint, which routes datagrams to
 //!   connections by source address and multiplexes their timers.
 //! - [`config`]: tunables and defaults.
+//! - [`time`]: deadline arithmetic that cannot overflow.
 
 pub mod config;
 pub mod conn;
 pub mod endpoint;
 pub mod recovery;
+pub mod time;
 pub mod wire;
 
 pub use config::{ClientConfig, Linger, ServerConfig};

@@ -77,6 +77,8 @@ pub struct Sim {
     /// When set, every datagram offered to the link: sender, header and
     /// payload length.
     pub trace: Option<Vec<(SocketAddr, Header, usize)>>,
+    /// Prefix log lines with the virtual time in seconds (for debugging).
+    pub timestamps: bool,
     buf: Vec<u8>,
 }
 
@@ -163,12 +165,18 @@ impl Sim {
             clients,
             net: Network::new(setup.link, StdRng::seed_from_u64(setup.seed)),
             trace: None,
+            timestamps: false,
             buf: Vec::with_capacity(2048),
         }
     }
 
-    fn log_line(dir: &str, datagram: &[u8]) -> Option<String> {
-        Header::decode(datagram).ok().map(|(h, _)| format!("{dir} {}", h.log_fields()))
+    fn log_line(&self, dir: &str, datagram: &[u8]) -> Option<String> {
+        let (h, _) = Header::decode(datagram).ok()?;
+        Some(if self.timestamps {
+            format!("{:9.3} {dir} {}", (self.now - self.start).as_secs_f64(), h.log_fields())
+        } else {
+            format!("{dir} {}", h.log_fields())
+        })
     }
 
     fn record(trace: &mut Option<Vec<(SocketAddr, Header, usize)>>, from: SocketAddr, datagram: &[u8]) {
@@ -181,13 +189,21 @@ impl Sim {
     fn flush_transmits(&mut self) {
         let now = self.now;
         while let Some(to) = self.server.poll_transmit(now, &mut self.buf) {
-            self.server_log.extend(Self::log_line("SEND", &self.buf));
+            let line = self.log_line("SEND", &self.buf);
+            self.server_log.extend(line);
             Self::record(&mut self.trace, SERVER_ADDR, &self.buf);
             self.net.send(now, SERVER_ADDR, to, &self.buf);
         }
-        for c in &mut self.clients {
+        for i in 0..self.clients.len() {
+            let Some(c) = self.clients.get_mut(i) else { continue };
             while c.conn.poll_transmit(now, &mut self.buf) {
-                c.log.extend(Self::log_line("SEND", &self.buf));
+                let (h, _) = Header::decode(&self.buf)
+                    .unwrap_or((Header::new(Default::default(), Default::default(), Default::default()), &[]));
+                c.log.push(if self.timestamps {
+                    format!("{:9.3} SEND {}", (now - self.start).as_secs_f64(), h.log_fields())
+                } else {
+                    format!("SEND {}", h.log_fields())
+                });
                 Self::record(&mut self.trace, c.addr, &self.buf);
                 self.net.send(now, c.addr, SERVER_ADDR, &self.buf);
             }
@@ -232,11 +248,12 @@ impl Sim {
             self.now = self.now.max(next);
             let now = self.now;
             while let Some(d) = self.net.pop_due(now) {
+                let line = self.log_line("RECV", &d.bytes);
                 if d.to == SERVER_ADDR {
-                    self.server_log.extend(Self::log_line("RECV", &d.bytes));
+                    self.server_log.extend(line);
                     self.server.handle(now, d.from, &d.bytes);
                 } else if let Some(c) = self.clients.iter_mut().find(|c| c.addr == d.to) {
-                    c.log.extend(Self::log_line("RECV", &d.bytes));
+                    c.log.extend(line);
                     c.conn.handle(now, &d.bytes);
                 }
             }

@@ -222,3 +222,62 @@ fn server_gives_up_on_vanished_client() {
     assert_eq!(report.server.completed, 0);
     assert_eq!(sim.server.connection_count(), 0);
 }
+
+/// The programs' own defaults (timeouts, adaptive TIME-WAIT), not the patient
+/// test settings, under moderate loss with duplication and reordering.
+#[test]
+fn default_settings_under_moderate_loss() {
+    for &size in &[0, 1541, 100_000] {
+        for seed in seeds(100) {
+            run_and_check(Setup::new(seed, LinkConfig::hostile(0.05), page(size, seed)));
+        }
+    }
+}
+
+/// Losses of several control packets in one connection.
+#[test]
+fn combined_control_packet_losses() {
+    type Pred = fn(&anon_sim::Datagram) -> bool;
+    let combos: [&[Pred]; 4] = [
+        &[is_syn, is_syn_ack, is_client_ack],
+        &[is_syn_ack, is_server_fin],
+        &[is_client_ack, is_client_fin_ack],
+        &[is_syn, is_syn_ack, is_client_ack, is_server_fin, is_client_fin_ack],
+    ];
+    for (i, combo) in combos.into_iter().enumerate() {
+        for size in [0, 512, 1541] {
+            let setup = Setup::new(i as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 2));
+            let page_bytes = setup.page.clone();
+            let mut sim = Sim::new(setup);
+            let mut filters: Vec<anon_sim::DropFilter> = combo.iter().map(|&p| drop_first(1, p)).collect();
+            sim.net.set_filter(Box::new(move |d, n| filters.iter_mut().any(|f| f(d, n))));
+            let report = sim.run(Duration::from_secs(600), 100_000);
+            assert_eq!(sim.net.dropped, combo.len() as u64, "combo {i}, size {size}");
+            check(&sim, &report, &page_bytes, 1, i as u64);
+        }
+    }
+}
+
+/// The server vanishes mid-transfer: the client gives up at its idle
+/// timeout with an error, having delivered only a prefix of the page.
+#[test]
+fn client_gives_up_when_server_vanishes() {
+    let mut setup = Setup::new(4, LinkConfig::clean(Duration::from_millis(10)), page(100_000, 4));
+    setup.client.idle_timeout = Duration::from_secs(3);
+    let mut sim = Sim::new(setup);
+    // Everything from the server after its 20th datagram is lost.
+    let mut from_server = 0;
+    sim.net.set_filter(Box::new(move |d, _| {
+        if d.from == SERVER_ADDR {
+            from_server += 1;
+        }
+        d.from == SERVER_ADDR && from_server > 20
+    }));
+    let report = sim.run(Duration::from_secs(600), 100_000);
+    let outcome = report.outcomes[0].clone();
+    assert!(matches!(outcome, Some(Err(anon_proto::ConnectionError::IdleTimeout(_)))), "{outcome:?}");
+    let c = &sim.clients[0];
+    assert!(!c.conn.is_finished());
+    assert_eq!(c.data.len(), 19 * 512);
+    assert!(c.data[..] == page(100_000, 4)[..19 * 512]);
+}

@@ -73,11 +73,64 @@ fn server_duplicate_syn_gets_the_same_syn_ack() {
     let first = sends(&mut s, now);
     s.handle(now, peer, &dgram(5000, 0, SYN, &[]));
     assert_eq!(sends(&mut s, now), first);
-    // A SYN with another ISN from the same address fits nothing.
+    // A SYN with another ISN from the same address while the handshake is
+    // incomplete: the client restarted, the handshake starts over.
     s.handle(now, peer, &dgram(9, 0, SYN, &[]));
+    assert_eq!(sends(&mut s, now), [(peer, dgram(100, 10, ACK | SYN, &[]))]);
+    assert_eq!(s.connection_count(), 1);
+    assert_eq!(s.stats().accepted, 2);
+    // The old handshake's ACK no longer fits; the new one does.
+    s.handle(now, peer, &dgram(5001, 101, ACK, &[]));
     assert!(sends(&mut s, now).is_empty());
+    s.handle(now, peer, &dgram(10, 101, ACK, &[]));
+    assert_eq!(sends(&mut s, now), [(peer, dgram(101, 11, ACK | FIN, b"hello"))]);
+    // Once established, a stray SYN changes nothing.
+    s.handle(now, peer, &dgram(77, 0, SYN, &[]));
+    assert!(sends(&mut s, now).is_empty());
+}
+
+#[test]
+fn server_sends_at_most_three_syn_acks_per_syn() {
+    let now = Instant::now();
+    let peer = client_addr(0);
+    let mut s = server(b"hello");
+    s.handle(now, peer, &dgram(5000, 0, SYN, &[]));
+    let mut syn_acks = sends(&mut s, now).len();
+    let mut t = now;
+    while let Some(next) = s.poll_timeout() {
+        t = next;
+        s.handle_timeout(t);
+        syn_acks += sends(&mut s, t).len();
+    }
+    assert_eq!(syn_acks, 3, "no amplification beyond 3x for a forged SYN");
+    assert_eq!(s.connection_count(), 0, "freed at the idle timeout");
+    assert_eq!(t - now, ServerConfig::default().idle_timeout);
+}
+
+#[test]
+fn server_accepts_a_tcp_style_fin_ack() {
+    let (mut s, peer, now, _) = established(100);
+    // FIN counted as a sequence number: 101 + 100 + 1.
+    s.handle(now, peer, &dgram(5002, 202, ACK | FIN, &[]));
+    assert_eq!(s.stats().completed, 1);
+    // But a plain ACK one past the end is for data never sent.
+    let (mut s, peer, now, _) = established(100);
+    s.handle(now, peer, &dgram(5002, 202, ACK, &[]));
     assert_eq!(s.stats().unexpected, 1);
     assert_eq!(s.connection_count(), 1);
+}
+
+#[test]
+fn client_repeats_a_lost_handshake_ack_on_its_own_timer() {
+    let (mut c, now) = connected_client();
+    let t = c.poll_timeout().unwrap();
+    assert!(t - now <= Duration::from_secs(1));
+    c.handle_timeout(t);
+    assert_eq!(client_sends(&mut c, t), [dgram(5001, 101, ACK, &[])]);
+    // The first segment stops that timer: only the idle deadline is left.
+    c.handle(t, &dgram(101, 5002, ACK, b"abc"));
+    let _ = client_sends(&mut c, t);
+    assert_eq!(c.poll_timeout().unwrap() - t, ClientConfig::default().idle_timeout);
 }
 
 #[test]
@@ -218,17 +271,27 @@ fn client_syn_backoff_and_connect_timeout() {
     assert!(matches!(c.outcome(), Some(Err(anon_proto::ConnectionError::ConnectTimeout(_)))));
 }
 
+/// The byte a well-behaved server would send at sequence number `seq`, so
+/// that what the client delivers can be checked against its position.
+fn byte_at(seq: u32) -> u8 {
+    (seq % 251) as u8
+}
+
 fn arb_datagram() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..40),
-        (any::<u32>(), any::<u32>(), 0u32..8, proptest::collection::vec(any::<u8>(), 0..600))
-            .prop_map(|(s, a, f, p)| dgram(s, a, Flags::from_word(f), &p)),
+        (any::<u32>(), any::<u32>(), 0u32..8, 0usize..600).prop_map(|(s, a, f, n)| dgram(
+            s,
+            a,
+            Flags::from_word(f),
+            &(0..n as u32).map(|i| byte_at(s.wrapping_add(i))).collect::<Vec<_>>()
+        )),
         // Numbers near what the peers use, to reach deeper states.
         (0u32..2000, 0u32..2000, 0u32..8, 0usize..600).prop_map(|(s, a, f, n)| dgram(
             s,
             a,
             Flags::from_word(f),
-            &vec![7; n]
+            &(0..n as u32).map(|i| byte_at(s + i)).collect::<Vec<_>>()
         )),
     ]
 }
@@ -253,6 +316,11 @@ proptest! {
             for (_, out) in sends(&mut s, now) {
                 let (h, payload) = Header::decode(&out).unwrap();
                 prop_assert!(payload.len() <= 512);
+                // Data is the page at the segment's offset (server ISN 0).
+                if !payload.is_empty() {
+                    let offset = h.seq.get().wrapping_sub(1) as usize;
+                    prop_assert_eq!(payload, &page(1300)[offset..offset + payload.len()]);
+                }
                 if h.flags.contains(SYN) {
                     prop_assert_eq!(out.len(), HEADER_LEN);
                 }
@@ -266,7 +334,8 @@ proptest! {
     }
 
     /// Any datagrams at any times: no panic, and what the client hands out
-    /// is always a prefix of what in-order delivery would give.
+    /// is always the byte stream in order: byte `i` is the one sent at
+    /// sequence number `Is + 1 + i`.
     #[test]
     fn client_survives_arbitrary_input(
         steps in proptest::collection::vec((arb_datagram(), 0u64..3000), 1..60)
@@ -285,10 +354,12 @@ proptest! {
             for out in client_sends(&mut c, now) {
                 prop_assert_eq!(out.len(), HEADER_LEN);
             }
+            for (i, &byte) in c.readable().iter().enumerate() {
+                prop_assert_eq!(byte, byte_at(1 + (total + i) as u32));
+            }
             total += c.readable().len();
             let n = c.readable().len();
             c.consume(n);
-            prop_assert_eq!(total as u64, c.received());
         }
     }
 }

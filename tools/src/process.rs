@@ -123,11 +123,24 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `anonserver` on a free port with the given log and page, plus
-    /// `extra` arguments, and waits (at most `ready_within`) until it says it
-    /// is serving. It listens on 127.0.0.1 unless `extra` has a `--bind`.
+    /// Starts `anonserver` on a free port of 127.0.0.1 with the given log
+    /// and page, plus `extra` arguments, and waits (at most `ready_within`)
+    /// until it says it is serving.
     pub fn start(
         bin: &Path,
+        log: &Path,
+        page_url: &str,
+        extra: &[&str],
+        ready_within: Duration,
+    ) -> io::Result<ServerProcess> {
+        Self::start_on(bin, Some("127.0.0.1"), log, page_url, extra, ready_within)
+    }
+
+    /// Like [`start`](Self::start), on `bind` (`None`: the server's default,
+    /// every address).
+    pub fn start_on(
+        bin: &Path,
+        bind: Option<&str>,
         log: &Path,
         page_url: &str,
         extra: &[&str],
@@ -136,8 +149,8 @@ impl ServerProcess {
         let port = free_udp_port()?;
         let mut cmd = Command::new(bin);
         cmd.args(["-p", &port.to_string(), "-l"]).arg(log).args(["-w", page_url]);
-        if !extra.contains(&"--bind") {
-            cmd.args(["--bind", "127.0.0.1"]);
+        if let Some(bind) = bind {
+            cmd.args(["--bind", bind]);
         }
         let mut proc = Proc::spawn(cmd.args(extra).env("RUST_LOG", "info"))?;
         proc.wait_for_line("serving", ready_within)?;

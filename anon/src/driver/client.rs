@@ -57,18 +57,25 @@ pub struct Output {
 
 impl Output {
     /// Creates the temporary file in OUTFILE's folder, so the final rename
-    /// stays within one file system and is atomic.
+    /// stays within one file system and is atomic. Fails at once, before any
+    /// network traffic, if OUTFILE cannot be a file there.
     pub fn create(path: &Path) -> Result<Output, FetchFailed> {
+        let err = |source| FetchFailed::Output { path: path.to_path_buf(), source };
+        let Some(name) = path.file_name() else {
+            return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "not a file name")));
+        };
+        if path.is_dir() {
+            return Err(err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory")));
+        }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".part")
             .tempfile_in(dir)
-            .map_err(|source| FetchFailed::Output { path: path.to_path_buf(), source })?;
+            .map_err(err)?;
         Ok(Output { path: path.to_path_buf(), temp: BufWriter::with_capacity(1 << 16, temp) })
     }
 
@@ -76,15 +83,39 @@ impl Output {
         self.temp.write_all(data).map_err(|source| FetchFailed::Output { path: self.path.clone(), source })
     }
 
-    /// Flushes, syncs and renames the complete page over OUTFILE.
+    /// Flushes, syncs and renames the complete page over OUTFILE, with the
+    /// permissions a newly created file would get (the temporary file is
+    /// private to its owner until then).
     fn commit(self) -> Result<(), FetchFailed> {
         let path = self.path;
         let err = |source| FetchFailed::Output { path: path.clone(), source };
         let temp = self.temp.into_inner().map_err(|e| err(e.into_error()))?;
+        set_default_mode(temp.as_file()).map_err(err)?;
         temp.as_file().sync_all().map_err(err)?;
         temp.persist(&path).map_err(|e| err(e.error))?;
         Ok(())
     }
+}
+
+#[cfg(unix)]
+fn set_default_mode(file: &std::fs::File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
+}
+
+#[cfg(not(unix))]
+fn set_default_mode(_: &std::fs::File) -> io::Result<()> {
+    Ok(())
+}
+
+/// The process's umask, read from /proc (Linux 4.7+); 022 where unknown.
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
 }
 
 /// Fetches the page from `server` into `output`. Returns once the
@@ -108,6 +139,24 @@ pub async fn run(
     tracing::debug!(%server, "connecting");
     let result = loop {
         let now = Instant::now();
+        // Datagrams that arrived while the loop was busy (syncing the file,
+        // say) go before timers: a retransmitted FIN that came during the
+        // sync is answered even if TIME-WAIT ran out meanwhile.
+        loop {
+            match socket.try_recv(&mut rx) {
+                Ok(n) => {
+                    let datagram = rx.get(..n).unwrap_or_default();
+                    log.record(now, Direction::Recv, datagram);
+                    conn.handle(now, datagram);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if on_socket_error(&mut conn, &e) {
+                        break;
+                    }
+                }
+            }
+        }
         conn.handle_timeout(now);
         while conn.poll_transmit(now, &mut tx) {
             log.record(now, Direction::Send, &tx);
@@ -151,20 +200,18 @@ pub async fn run(
         tokio::select! {
             biased;
             () = &mut interrupt => {
+                if finished_at.is_some() {
+                    // The page is safely in place; only TIME-WAIT is cut short.
+                    break Ok(());
+                }
                 log.flush();
                 return Err(FetchFailed::Interrupted);
             }
-            r = socket.recv(&mut rx) => match r {
-                Ok(n) => {
-                    let now = Instant::now();
-                    let datagram = rx.get(..n).unwrap_or_default();
-                    log.record(now, Direction::Recv, datagram);
-                    conn.handle(now, datagram);
+            ready = socket.readable() => {
+                if let Err(e) = ready {
+                    return Err(FetchFailed::Socket(e));
                 }
-                Err(e) => {
-                    on_socket_error(&mut conn, &e);
-                }
-            },
+            }
             () = sleep => {}
         }
     };

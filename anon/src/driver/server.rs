@@ -11,10 +11,12 @@ use super::MAX_DATAGRAM;
 use super::udp::display_addr;
 use crate::packet_log::{Direction, PacketLog};
 
-/// Datagrams taken from the socket per wake-up before timers and transmits
-/// get their turn (as quinn's work limiter does), so a flood cannot starve
-/// retransmissions.
+/// Datagrams taken from the socket, and datagrams sent, per wake-up before
+/// the other side gets its turn (as quinn's work limiter does): a flood of
+/// input cannot starve retransmissions, and a burst of timers cannot starve
+/// the socket.
 const RECV_BUDGET: usize = 256;
+const SEND_BUDGET: usize = 256;
 
 /// Serves until `shutdown` completes, then flushes the log and returns the
 /// endpoint's counters.
@@ -30,7 +32,8 @@ pub async fn run(
     loop {
         let now = Instant::now();
         server.handle_timeout(now);
-        while let Some(dest) = server.poll_transmit(now, &mut tx) {
+        for _ in 0..SEND_BUDGET {
+            let Some(dest) = server.poll_transmit(now, &mut tx) else { break };
             log.record(now, Direction::Send, &tx);
             if let Err(e) = socket.send_to(&tx, dest).await {
                 // The retransmission timer covers a datagram the kernel refused.
@@ -40,7 +43,9 @@ pub async fn run(
         report_events(&mut server);
         log.flush_if_due(now);
 
-        let deadline = [server.poll_timeout(), log.flush_deadline()].into_iter().flatten().min();
+        // Sends left over from the budget: come straight back after reading.
+        let pending = server.has_pending_transmit().then_some(now);
+        let deadline = [server.poll_timeout(), log.flush_deadline(), pending].into_iter().flatten().min();
         let sleep = async {
             match deadline {
                 Some(t) => tokio::time::sleep_until(t.into()).await,

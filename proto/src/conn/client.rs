@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::ConnectionError;
 use crate::config::{ClientConfig, Linger};
 use crate::recovery::RttEstimator;
+use crate::time::after;
 use crate::wire::{Flags, Header, Seq};
 
 /// What happened on a client connection, for the driver to act on.
@@ -107,7 +108,7 @@ impl ClientConn {
         let isn = Seq(isn);
         let rtt = RttEstimator::new(config.rto);
         ClientConn {
-            give_up_at: now + config.connect_timeout,
+            give_up_at: after(now, config.connect_timeout),
             config,
             state: State::SynSent,
             connected: false,
@@ -142,7 +143,7 @@ impl ClientConn {
         };
         if accepted {
             if matches!(self.state, State::Established) {
-                self.give_up_at = now + self.config.idle_timeout;
+                self.give_up_at = after(now, self.config.idle_timeout);
             }
         } else {
             self.stats.datagrams_dropped += 1;
@@ -155,13 +156,12 @@ impl ClientConn {
         if !(h.flags.contains(Flags::SYN | Flags::ACK) && h.ack == self.isn + 1) {
             return false;
         }
-        if let (Some(sent), false) = (self.last_sent_at, self.last_resent) {
-            self.rtt.on_sample(now.saturating_duration_since(sent));
-        }
+        self.sample_rtt(now);
         self.peer_isn = h.seq;
         self.rcv_nxt = h.seq + 1;
         self.state = State::Established;
         self.connected = true;
+        // The timer now guards the handshake ACK until the first segment.
         self.rto_deadline = None;
         self.events.push_back(ClientEvent::Connected);
         self.send_new(Header::new(self.isn + 1, self.rcv_nxt, Flags::ACK));
@@ -193,14 +193,14 @@ impl ClientConn {
             self.resend();
             return false;
         }
+        // The server has our handshake ACK: its timer is no longer needed.
+        self.rto_deadline = None;
         let already = offset.unsigned_abs() as usize;
         let fresh = payload.get(already..).unwrap_or(&[]);
         self.stats.duplicate_bytes += (payload.len() - fresh.len()) as u64;
         if !fresh.is_empty() {
-            if let (Some(sent), false) = (self.last_sent_at, self.last_resent) {
-                // Our last ACK drew this new segment: one round trip.
-                self.rtt.on_sample(now.saturating_duration_since(sent));
-            }
+            // Our last ACK drew this new segment: one round trip.
+            self.sample_rtt(now);
             self.readable.extend_from_slice(fresh);
             self.rcv_nxt = self.rcv_nxt + fresh.len() as u32;
             self.received += fresh.len() as u64;
@@ -211,9 +211,9 @@ impl ClientConn {
             self.send_new(Header::new(self.last.seq + 1, self.rcv_nxt, Flags::ACK | Flags::FIN));
             let linger = match self.config.linger {
                 Linger::Fixed(d) => d,
-                Linger::Adaptive { min, max } => (self.rtt.rto() * 4).clamp(min, max),
+                Linger::Adaptive { min, max } => self.rtt.rto().saturating_mul(4).clamp(min, max.max(min)),
             };
-            self.state = State::TimeWait { until: now + linger };
+            self.state = State::TimeWait { until: after(now, linger) };
             self.events.push_back(ClientEvent::Finished { len: self.received });
         } else if !fresh.is_empty() {
             self.send_new(Header::new(self.last.seq + 1, self.rcv_nxt, Flags::ACK));
@@ -222,6 +222,20 @@ impl ClientConn {
             self.resend();
         }
         true
+    }
+
+    /// Takes an RTT sample from our last packet to what it drew, unless the
+    /// packet was sent again (Karn's rule) or the sample is as long as the
+    /// RTO: then the answer was most likely the server's retransmission,
+    /// which the client cannot tell apart, and the sample would inflate
+    /// TIME-WAIT.
+    fn sample_rtt(&mut self, now: Instant) {
+        if let (Some(sent), false) = (self.last_sent_at, self.last_resent) {
+            let rtt = now.saturating_duration_since(sent);
+            if rtt < self.rtt.rto() {
+                self.rtt.on_sample(rtt);
+            }
+        }
     }
 
     /// Queues a new packet; it becomes the one a retransmission repeats.
@@ -256,9 +270,12 @@ impl ClientConn {
         } else if self.last_sent_at.is_none() {
             self.last_sent_at = Some(now);
         }
-        if self.state == State::SynSent {
-            // RFC 6298 §5.1/§5.6: (re)arm the timer with the current RTO.
-            self.rto_deadline = Some(now + self.rtt.rto());
+        if self.state == State::SynSent || self.awaiting_first_segment() {
+            // RFC 6298 §5.1/§5.6: (re)arm the timer with the current RTO. It
+            // guards the SYN, then the handshake ACK: the server stops
+            // repeating its SYN|ACK after a few tries (no amplification), so
+            // a lost handshake ACK must be repeated from this side.
+            self.rto_deadline = Some(after(now, self.rtt.rto()));
         }
         true
     }
@@ -267,8 +284,9 @@ impl ClientConn {
     /// must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::SynSent => Some(self.rto_deadline.map_or(self.give_up_at, |t| t.min(self.give_up_at))),
-            State::Established => Some(self.give_up_at),
+            State::SynSent | State::Established => {
+                Some(self.rto_deadline.map_or(self.give_up_at, |t| t.min(self.give_up_at)))
+            }
             State::TimeWait { until } => Some(until),
             State::Closed => None,
         }
@@ -285,8 +303,8 @@ impl ClientConn {
                 };
                 self.close(Err(err));
             }
-            State::SynSent if self.rto_deadline.is_some_and(|t| now >= t) => {
-                // RFC 6298 §5.4–5.5: retransmit the SYN, back off.
+            State::SynSent | State::Established if self.rto_deadline.is_some_and(|t| now >= t) => {
+                // RFC 6298 §5.4–5.5: retransmit the SYN or handshake ACK, back off.
                 self.rtt.on_timeout();
                 self.rto_deadline = None;
                 self.send_due = true;
@@ -325,6 +343,11 @@ impl ClientConn {
     /// Marks the first `n` readable bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         self.readable.drain(..n.min(self.readable.len()));
+    }
+
+    /// Established, with nothing received from the server since its SYN|ACK.
+    fn awaiting_first_segment(&self) -> bool {
+        self.state == State::Established && self.last.seq == self.isn + 1
     }
 
     /// Whether the handshake has completed (it may have ended since).

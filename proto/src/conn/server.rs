@@ -10,7 +10,15 @@ use bytes::Bytes;
 
 use crate::config::ServerConfig;
 use crate::recovery::RttEstimator;
+use crate::time::after;
 use crate::wire::{BASELINE_SEGMENT, Flags, Header, Seq};
+
+/// SYN|ACK retransmissions on the server's own timer, per connection. With
+/// the first transmission that makes at most three SYN|ACKs per SYN (the
+/// bound QUIC sets on unvalidated peers, RFC 9000 §8.1), so a forged SYN
+/// cannot make the server send much to its victim. A client whose handshake
+/// ACK keeps getting lost repeats it on its own timer.
+const MAX_SYN_ACK_RETRANSMITS: u32 = 2;
 
 /// Why a server connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +48,15 @@ struct Flight {
     len: usize,
     /// When it was first sent, for an RTT sample.
     sent_at: Option<Instant>,
-    /// Sent more than once: no RTT sample (Karn's rule, RFC 6298 §3).
+    /// Sent more than once (counted as a retransmission).
     retransmitted: bool,
+    /// Sent again on the timer: no RTT sample (Karn's rule, RFC 6298 §3).
+    /// A SYN|ACK repeated at once for a duplicate SYN does not count: the
+    /// time since the first transmission is then a sample that can only be
+    /// a little long, which is the safe side, and without it a duplicated
+    /// SYN would leave the server at the initial 1 s RTO, far above the
+    /// client's estimate and its TIME-WAIT.
+    timed_out: bool,
 }
 
 /// Counters of one server connection.
@@ -69,6 +84,8 @@ pub(crate) struct ServerConn {
     send_due: bool,
     rtt: RttEstimator,
     rto_deadline: Option<Instant>,
+    /// SYN|ACKs sent again on the timer so far.
+    syn_ack_retransmits: u32,
     idle_timeout: Duration,
     idle_deadline: Instant,
     pub(crate) stats: ConnStats,
@@ -92,12 +109,14 @@ impl ServerConn {
                 len: 0,
                 sent_at: None,
                 retransmitted: false,
+                timed_out: false,
             },
             send_due: true,
             rtt: RttEstimator::new(config.rto),
             rto_deadline: None,
+            syn_ack_retransmits: 0,
             idle_timeout: config.idle_timeout,
-            idle_deadline: now + config.idle_timeout,
+            idle_deadline: after(now, config.idle_timeout),
             stats: ConnStats::default(),
         }
     }
@@ -120,7 +139,7 @@ impl ServerConn {
             State::Closed(_) => false,
         };
         if accepted {
-            self.idle_deadline = now + self.idle_timeout;
+            self.idle_deadline = after(now, self.idle_timeout);
         }
         accepted
     }
@@ -134,7 +153,8 @@ impl ServerConn {
             }
             return false;
         }
-        if !(h.flags.contains(Flags::ACK) && h.ack == self.isn + 1) {
+        // The handshake ACK: it acknowledges our SYN and follows the client's.
+        if !(h.flags.contains(Flags::ACK) && h.ack == self.isn + 1 && h.seq == self.peer_isn + 1) {
             return false;
         }
         self.sample_rtt(now);
@@ -154,14 +174,17 @@ impl ServerConn {
         let una = self.seq_of(self.snd_una);
         let advance = h.ack.since(una);
         let flight_len = self.flight.len as i32;
-        if advance < 0 || advance > flight_len {
+        if advance < 0 || advance > flight_len + i32::from(h.flags.contains(Flags::FIN)) {
             // Acknowledges data we never sent, or older than what is
             // acknowledged already: not for this connection state.
             return false;
         }
         let fin_flight = self.flight.header.flags.contains(Flags::FIN);
-        if advance == flight_len && fin_flight && h.flags.contains(Flags::FIN) {
-            // The client's FIN|ACK covers the last byte and our FIN.
+        let fin_acked = fin_flight && h.flags.contains(Flags::FIN);
+        if fin_acked && (advance == flight_len || advance == flight_len + 1) {
+            // The client's FIN|ACK covers the last byte and our FIN. A client
+            // that counts the FIN as a sequence number, as TCP does, acks one
+            // more: that is the same completion.
             self.sample_rtt(now);
             self.snd_una = self.page_len();
             self.close(CloseReason::Completed);
@@ -185,7 +208,7 @@ impl ServerConn {
     }
 
     fn sample_rtt(&mut self, now: Instant) {
-        if let (Some(sent), false) = (self.flight.sent_at, self.flight.retransmitted) {
+        if let (Some(sent), false) = (self.flight.sent_at, self.flight.timed_out) {
             self.rtt.on_sample(now.saturating_duration_since(sent));
         }
     }
@@ -202,6 +225,7 @@ impl ServerConn {
             len,
             sent_at: None,
             retransmitted: false,
+            timed_out: false,
         };
         self.send_due = true;
     }
@@ -238,7 +262,7 @@ impl ServerConn {
         }
         // RFC 6298 §5.1: start the timer if it is not running.
         if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rtt.rto());
+            self.rto_deadline = Some(after(now, self.rtt.rto()));
         }
         true
     }
@@ -259,10 +283,18 @@ impl ServerConn {
             return;
         }
         if self.rto_deadline.is_some_and(|t| now >= t) {
+            self.rto_deadline = None;
+            if self.state == State::SynReceived {
+                if self.syn_ack_retransmits >= MAX_SYN_ACK_RETRANSMITS {
+                    // Silent from now on; the idle timeout frees the state.
+                    return;
+                }
+                self.syn_ack_retransmits += 1;
+            }
             // RFC 6298 §5.4–5.6: retransmit the earliest unacknowledged
             // segment, double the RTO, restart the timer when it is sent.
             self.rtt.on_timeout();
-            self.rto_deadline = None;
+            self.flight.timed_out = true;
             self.resend();
         }
     }
@@ -276,6 +308,11 @@ impl ServerConn {
             State::Closed(reason) => Some(reason),
             _ => None,
         }
+    }
+
+    /// The client's ISN while the handshake is incomplete.
+    pub(crate) fn half_open_isn(&self) -> Option<Seq> {
+        (self.state == State::SynReceived).then_some(self.peer_isn)
     }
 
     pub(crate) fn is_established(&self) -> bool {

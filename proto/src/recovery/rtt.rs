@@ -61,8 +61,8 @@ impl RttEstimator {
             // RFC 6298 §2.3, alpha = 1/8, beta = 1/4
             Some(srtt) => {
                 let err = srtt.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + err) / 4;
-                self.srtt = Some((srtt * 7 + rtt) / 8);
+                self.rttvar = (self.rttvar.saturating_mul(3).saturating_add(err)) / 4;
+                self.srtt = Some((srtt.saturating_mul(7).saturating_add(rtt)) / 8);
             }
         }
         // A new measurement "collapses" a backed-off RTO back to the value
@@ -74,9 +74,9 @@ impl RttEstimator {
     pub fn base_rto(&self) -> Duration {
         let raw = match self.srtt {
             None => self.config.initial,
-            Some(srtt) => srtt + self.config.granularity.max(self.rttvar * 4),
+            Some(srtt) => srtt.saturating_add(self.config.granularity.max(self.rttvar.saturating_mul(4))),
         };
-        raw.clamp(self.config.min, self.config.max)
+        raw.clamp(self.config.min, self.config.max.max(self.config.min))
     }
 
     /// The RTO to arm the timer with now, backoff included.

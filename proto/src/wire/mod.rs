@@ -2,6 +2,7 @@
 //!
 //! Everything here checks lengths before reading; nothing panics on any input.
 
+pub mod ext;
 mod header;
 mod seq;
 
