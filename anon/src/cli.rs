@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anon_proto::recovery::RtoConfig;
+use anon_proto::cc::Algorithm;
 use anon_proto::{ClientConfig, Server, ServerConfig};
 use bytes::Bytes;
 use clap::Parser;
@@ -114,6 +114,21 @@ pub struct ServerArgs {
     /// Deadline for downloading the page.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
     pub download_timeout: Duration,
+    /// Refuse fast-mode offers: every client gets the baseline exchange.
+    #[arg(long)]
+    pub no_fast: bool,
+    /// Congestion control of fast-mode connections.
+    #[arg(long, value_enum, default_value_t = Congestion::Bbr)]
+    pub congestion: Congestion,
+}
+
+/// Congestion controllers a server can use in fast mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Congestion {
+    /// Model-based; holds its rate under random loss (default).
+    Bbr,
+    /// Loss-based, RFC 9438.
+    Cubic,
 }
 
 /// anonclient: fetch the page an anonserver serves and write it to a file.
@@ -144,6 +159,9 @@ pub struct ClientArgs {
     /// Print nothing on success.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Do not offer fast mode: ask for the assignment's baseline exchange.
+    #[arg(long)]
+    pub no_fast: bool,
 }
 
 /// Logs diagnostics to stderr; `RUST_LOG` overrides the level.
@@ -238,9 +256,14 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     tracing::info!("serving {} ({} bytes) on udp {local}", args.web, page.len());
 
     let config = ServerConfig {
-        rto: RtoConfig::default(),
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        fast: !args.no_fast,
+        congestion: match args.congestion {
+            Congestion::Bbr => Algorithm::Bbr,
+            Congestion::Cubic => Algorithm::Cubic,
+        },
+        ..ServerConfig::default()
     };
     let server = Server::new(config, Bytes::from(page), Box::new(StdRng::from_os_rng()));
     let result = rt.block_on(async {
@@ -300,11 +323,12 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot reach {server}: {e}")),
     };
+    let defaults = ClientConfig::default();
     let config = ClientConfig {
-        rto: RtoConfig::default(),
         connect_timeout: args.connect_timeout,
         idle_timeout: args.timeout,
-        linger: ClientConfig::default().linger,
+        fast: if args.no_fast { None } else { defaults.fast },
+        ..defaults
     };
     let result = rt.block_on(async {
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(FetchFailed::Socket)?;
@@ -326,6 +350,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         Err(e @ FetchFailed::Connection(_)) => fail(ME, Exit::Transfer, format_args!("{server}: {e}")),
         Err(e @ FetchFailed::Output { .. }) => fail(ME, Exit::LocalFile, e),
         Err(e @ FetchFailed::Socket(_)) => fail(ME, Exit::Transfer, e),
+        Err(e @ FetchFailed::Integrity(_)) => fail(ME, Exit::Transfer, e),
         Err(FetchFailed::Interrupted) => fail(ME, Exit::Interrupted, "interrupted; no file written"),
     }
 }

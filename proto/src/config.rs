@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use crate::cc::Algorithm;
 use crate::recovery::RtoConfig;
+use crate::wire::ext;
 
 /// How long a client keeps answering retransmitted FINs after its FIN|ACK
 /// (PROTOCOL.md §3, like TCP's TIME-WAIT).
@@ -34,11 +36,25 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// New connections beyond this many are refused (their SYN is dropped).
     pub max_connections: usize,
+    /// Accept fast-mode offers (docs/PROTOCOL.md §6); when false, every
+    /// client gets the baseline exchange.
+    pub fast: bool,
+    /// Congestion controller of fast-mode connections.
+    pub congestion: Algorithm,
+    /// Largest fast-mode segment payload the server sends.
+    pub max_segment: u16,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { rto: RtoConfig::default(), idle_timeout: Duration::from_secs(30), max_connections: 100_000 }
+        ServerConfig {
+            rto: RtoConfig::default(),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            fast: true,
+            congestion: Algorithm::default(),
+            max_segment: ext::MAX_SEGMENT,
+        }
     }
 }
 
@@ -53,6 +69,33 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// TIME-WAIT after the FIN|ACK.
     pub linger: Linger,
+    /// Fast mode to offer in the SYN, or `None` for the baseline exchange.
+    pub fast: Option<FastClient>,
+}
+
+/// What a client offers and how it acknowledges in fast mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastClient {
+    /// Largest segment payload it accepts.
+    pub max_segment: u16,
+    /// Bytes it buffers beyond its cumulative acknowledgment: the bound on
+    /// its reassembly memory.
+    pub recv_window: u32,
+    /// Acknowledge at least every this many in-order segments.
+    pub ack_every: u32,
+    /// Longest an in-order segment waits for its acknowledgment.
+    pub max_ack_delay: Duration,
+}
+
+impl Default for FastClient {
+    fn default() -> Self {
+        FastClient {
+            max_segment: ext::MAX_SEGMENT,
+            recv_window: 8 << 20,
+            ack_every: 2,
+            max_ack_delay: Duration::from_millis(5),
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -62,6 +105,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             linger: Linger::Adaptive { min: Duration::from_secs(1), max: Duration::from_secs(10) },
+            fast: Some(FastClient::default()),
         }
     }
 }

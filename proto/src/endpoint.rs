@@ -7,13 +7,15 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use rand::RngCore;
 
 use crate::config::ServerConfig;
-use crate::conn::{CloseReason, ServerConn};
+use crate::conn::{CloseReason, Mode, ServerConn};
+use crate::page::Page;
 use crate::wire::{Flags, Header};
 
 /// What happened on the server, for logs and counters.
@@ -23,6 +25,8 @@ pub enum ServerEvent {
     Accepted {
         /// The client.
         peer: SocketAddr,
+        /// The mode the handshake settles.
+        mode: Mode,
     },
     /// A connection ended and was freed.
     Closed {
@@ -51,6 +55,8 @@ pub struct ServerStats {
     pub refused_max_connections: u64,
     /// Connections created.
     pub accepted: u64,
+    /// Of those, connections in fast mode.
+    pub accepted_fast: u64,
     /// Connections whose client acknowledged the whole page.
     pub completed: u64,
     /// Connections given up on (idle timeout).
@@ -73,7 +79,7 @@ pub struct ServerStats {
 /// [`poll_timeout`](Self::poll_timeout).
 pub struct Server {
     config: ServerConfig,
-    page: Bytes,
+    page: Arc<Page>,
     /// Draws initial sequence numbers; a CSPRNG outside tests.
     isn_rng: Box<dyn RngCore + Send>,
     conns: HashMap<SocketAddr, Slot>,
@@ -109,7 +115,7 @@ impl Server {
     pub fn new(config: ServerConfig, page: Bytes, isn_rng: Box<dyn RngCore + Send>) -> Self {
         Server {
             config,
-            page,
+            page: Arc::new(Page::new(page)),
             isn_rng,
             conns: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -122,7 +128,7 @@ impl Server {
     /// Processes one datagram received from `peer`.
     pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
         self.stats.datagrams_received += 1;
-        let Ok((header, _payload)) = Header::decode(datagram) else {
+        let Ok((header, payload)) = Header::decode(datagram) else {
             self.stats.malformed += 1;
             return;
         };
@@ -137,11 +143,12 @@ impl Server {
                     // one). Start over, as TCP does in SYN-RECEIVED.
                     Some(isn) if bare_syn && isn != header.seq => {
                         let isn = self.isn_rng.next_u32();
-                        slot.conn = ServerConn::new(&self.config, self.page.clone(), isn, header.seq, now);
+                        slot.conn =
+                            ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, payload, now);
                         self.stats.accepted += 1;
                         true
                     }
-                    _ => slot.conn.handle(now, header),
+                    _ => slot.conn.handle(now, header, payload),
                 }
             }
             Entry::Vacant(vacant) => {
@@ -153,10 +160,12 @@ impl Server {
                     return;
                 } else {
                     let isn = self.isn_rng.next_u32();
-                    let conn = ServerConn::new(&self.config, self.page.clone(), isn, header.seq, now);
+                    let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, payload, now);
+                    let mode = conn.mode();
                     vacant.insert(Slot { conn, scheduled: None, in_ready: false });
                     self.stats.accepted += 1;
-                    self.events.push_back(ServerEvent::Accepted { peer });
+                    self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
+                    self.events.push_back(ServerEvent::Accepted { peer, mode });
                     true
                 }
             }
@@ -164,29 +173,36 @@ impl Server {
         if !accepted {
             self.stats.unexpected += 1;
         }
-        self.after_activity(peer);
+        self.after_activity(now, peer);
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Only entries due now: a connection re-filed for `now` or earlier
+        // during this call (a pacing deadline that has passed, say) waits
+        // for the next call, so this loop always ends.
+        let mut due = Vec::new();
         while let Some(&Reverse((at, peer))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
+            due.push((at, peer));
+        }
+        for (at, peer) in due {
             let Some(slot) = self.conns.get_mut(&peer) else { continue };
             if slot.scheduled != Some(at) {
                 continue; // stale entry
             }
             slot.scheduled = None;
             slot.conn.handle_timeout(now);
-            self.after_activity(peer);
+            self.after_activity(now, peer);
         }
     }
 
     /// Re-files a connection after anything happened to it: frees it when
     /// closed, else queues its transmit and its timer.
-    fn after_activity(&mut self, peer: SocketAddr) {
+    fn after_activity(&mut self, now: Instant, peer: SocketAddr) {
         let Some(slot) = self.conns.get_mut(&peer) else { return };
         if let Some(reason) = slot.conn.close_reason() {
             let conn = &slot.conn;
@@ -203,7 +219,7 @@ impl Server {
             self.conns.remove(&peer);
             return;
         }
-        if slot.conn.wants_transmit() && !slot.in_ready {
+        if slot.conn.wants_transmit(now) && !slot.in_ready {
             slot.in_ready = true;
             self.ready.push_back(peer);
         }
@@ -230,7 +246,7 @@ impl Server {
                 self.stats.datagrams_sent += 1;
                 self.stats.payload_bytes_sent += after.payload_bytes_sent - before.payload_bytes_sent;
                 self.stats.retransmissions += after.retransmissions - before.retransmissions;
-                self.after_activity(peer);
+                self.after_activity(now, peer);
                 return Some(peer);
             }
         }
@@ -270,7 +286,7 @@ impl Server {
     }
 
     /// The page being served.
-    pub fn page(&self) -> &Bytes {
+    pub fn page(&self) -> &Page {
         &self.page
     }
 }

@@ -9,19 +9,23 @@
 //!
 //! - [`wire`]: the 12-byte header, flags and wrapping sequence numbers.
 //! - [`recovery`]: RTT estimation and the retransmission timeout (RFC 6298).
+//! - [`cc`]: congestion control (BBR, CUBIC) behind one interface.
 //! - [`conn`]: the client and server connection state machines.
 //! - [`endpoint`]: the server endpoint, which routes datagrams to
 //!   connections by source address and multiplexes their timers.
+//! - [`page`]: the served page and its digest, shared by all connections.
 //! - [`config`]: tunables and defaults.
 //! - [`time`]: deadline arithmetic that cannot overflow.
 
+pub mod cc;
 pub mod config;
 pub mod conn;
 pub mod endpoint;
+pub mod page;
 pub mod recovery;
 pub mod time;
 pub mod wire;
 
-pub use config::{ClientConfig, Linger, ServerConfig};
-pub use conn::{ClientConn, ClientEvent, ClientStats, CloseReason, ConnectionError};
+pub use config::{ClientConfig, FastClient, Linger, ServerConfig};
+pub use conn::{ClientConn, ClientEvent, ClientStats, CloseReason, ConnectionError, Mode};
 pub use endpoint::{Server, ServerEvent, ServerStats};

@@ -240,6 +240,10 @@ impl Sim {
         let limit = self.start + max_time;
         loop {
             self.flush_transmits();
+            let done = self.server.connection_count() == 0 && self.clients.iter().all(|c| c.conn.outcome().is_some());
+            if done && self.net.in_flight() == 0 {
+                break;
+            }
             let Some(next) = self.next_deadline() else { break };
             if next > limit || steps >= max_steps {
                 break;

@@ -1,7 +1,7 @@
 //! The virtual link: seeded loss, duplication, delay, jitter and reordering.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -26,6 +26,15 @@ pub struct LinkConfig {
     pub reorder: f64,
     /// How long a reordered datagram is held back.
     pub reorder_delay: Duration,
+    /// Bottleneck rate of each sender's link, bytes per second (`None`:
+    /// unlimited). Datagrams queue behind each other at this rate.
+    pub rate: Option<u64>,
+    /// Bytes the bottleneck queue holds; datagrams that would exceed it
+    /// are dropped (tail drop).
+    pub queue: u64,
+    /// Bursty loss (Gilbert-Elliott): probability of entering the lossy
+    /// state per datagram, of leaving it, and the loss rate inside it.
+    pub burst: Option<(f64, f64, f64)>,
 }
 
 impl LinkConfig {
@@ -38,6 +47,20 @@ impl LinkConfig {
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: Duration::ZERO,
+            rate: None,
+            queue: u64::MAX,
+            burst: None,
+        }
+    }
+
+    /// A bottleneck of `mbit` Mbit/s with a one-way `delay` and a queue of
+    /// one bandwidth-delay product (round trip).
+    pub fn bottleneck(mbit: u64, delay: Duration) -> Self {
+        let rate = mbit * 1_000_000 / 8;
+        LinkConfig {
+            rate: Some(rate),
+            queue: (rate as f64 * (delay * 2).as_secs_f64()) as u64,
+            ..LinkConfig::clean(delay)
         }
     }
 
@@ -51,6 +74,9 @@ impl LinkConfig {
             duplicate: 0.05,
             reorder: 0.1,
             reorder_delay: Duration::from_millis(30),
+            rate: None,
+            queue: u64::MAX,
+            burst: None,
         }
     }
 }
@@ -101,6 +127,10 @@ pub struct Network {
     rng: StdRng,
     in_flight: BinaryHeap<Reverse<Queued>>,
     counter: u64,
+    /// When each sender's bottleneck is free again.
+    busy_until: HashMap<SocketAddr, Instant>,
+    /// In the lossy state of the bursty-loss model.
+    in_burst: bool,
     filter: Option<DropFilter>,
     /// Datagrams offered to the link.
     pub sent: u64,
@@ -108,6 +138,8 @@ pub struct Network {
     pub dropped: u64,
     /// Extra copies delivered.
     pub duplicated: u64,
+    /// Of the drops, those at a full bottleneck queue.
+    pub queue_drops: u64,
 }
 
 impl fmt::Debug for Network {
@@ -129,10 +161,13 @@ impl Network {
             rng,
             in_flight: BinaryHeap::new(),
             counter: 0,
+            busy_until: HashMap::new(),
+            in_burst: false,
             filter: None,
             sent: 0,
             dropped: 0,
             duplicated: 0,
+            queue_drops: 0,
         }
     }
 
@@ -155,6 +190,30 @@ impl Network {
         if self.rng.random_bool(self.config.loss.clamp(0.0, 1.0)) {
             self.dropped += 1;
             return;
+        }
+        if let Some((enter, leave, loss)) = self.config.burst {
+            let flip = if self.in_burst { leave } else { enter };
+            if self.rng.random_bool(flip.clamp(0.0, 1.0)) {
+                self.in_burst = !self.in_burst;
+            }
+            if self.in_burst && self.rng.random_bool(loss.clamp(0.0, 1.0)) {
+                self.dropped += 1;
+                return;
+            }
+        }
+        // The bottleneck: serialise behind what is queued, drop at the tail.
+        let mut now = now;
+        if let Some(rate) = self.config.rate.filter(|&r| r > 0) {
+            let free = self.busy_until.get(&from).copied().unwrap_or(now).max(now);
+            let queued = ((free - now).as_secs_f64() * rate as f64) as u64;
+            if queued + bytes.len() as u64 > self.config.queue {
+                self.dropped += 1;
+                self.queue_drops += 1;
+                return;
+            }
+            let done = free + Duration::from_secs_f64(bytes.len() as f64 / rate as f64);
+            self.busy_until.insert(from, done);
+            now = done;
         }
         if self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
             self.duplicated += 1;

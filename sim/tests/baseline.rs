@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use anon_proto::wire::Flags;
-use anon_sim::{LinkConfig, SERVER_ADDR, Setup, Sim, page, seeds};
+use anon_sim::{LinkConfig, SERVER_ADDR, Sim, page, seeds};
 use common::*;
 
 const SIZES: [usize; 6] = [0, 1, 511, 512, 513, 1541];
@@ -19,7 +19,7 @@ const SIZES: [usize; 6] = [0, 1, 511, 512, 513, 1541];
 /// 1541-byte page give exactly this exchange (with 613, not the typo 614).
 #[test]
 fn assignment_sample_exact_exchange() {
-    let mut setup = Setup::new(1, LinkConfig::clean(Duration::from_millis(5)), page(1541, 7));
+    let mut setup = baseline(1, LinkConfig::clean(Duration::from_millis(5)), page(1541, 7));
     setup.client_isn = Some(12345);
     setup.server_isn = Some(100);
     let mut sim = Sim::new(setup);
@@ -56,7 +56,7 @@ fn assignment_sample_exact_exchange() {
 
 #[test]
 fn empty_page_is_one_fin_segment() {
-    let mut setup = Setup::new(2, LinkConfig::clean(Duration::from_millis(1)), Vec::new());
+    let mut setup = baseline(2, LinkConfig::clean(Duration::from_millis(1)), Vec::new());
     setup.client_isn = Some(7);
     setup.server_isn = Some(1000);
     let (sim, _) = run_and_check(setup);
@@ -67,7 +67,7 @@ fn empty_page_is_one_fin_segment() {
 
 #[test]
 fn multiple_of_512_ends_with_full_fin_segment() {
-    let mut setup = Setup::new(3, LinkConfig::clean(Duration::from_millis(1)), page(1024, 3));
+    let mut setup = baseline(3, LinkConfig::clean(Duration::from_millis(1)), page(1024, 3));
     setup.client_isn = Some(0);
     setup.server_isn = Some(0);
     let mut sim = Sim::new(setup);
@@ -88,7 +88,7 @@ fn multiple_of_512_ends_with_full_fin_segment() {
 fn clean_link_every_size() {
     for size in SIZES.into_iter().chain([1 << 20]) {
         for seed in seeds(5) {
-            run_and_check(Setup::new(seed, LinkConfig::clean(Duration::from_millis(20)), page(size, seed)));
+            run_and_check(baseline(seed, LinkConfig::clean(Duration::from_millis(20)), page(size, seed)));
         }
     }
 }
@@ -100,7 +100,7 @@ fn hostile_link_small_pages() {
     for loss in [0.1, 0.3] {
         for &size in &SIZES {
             for seed in seeds(200) {
-                let mut setup = Setup::new(seed, LinkConfig::hostile(loss), page(size, seed));
+                let mut setup = baseline(seed, LinkConfig::hostile(loss), page(size, seed));
                 patient(&mut setup);
                 run_and_check(setup);
             }
@@ -112,7 +112,7 @@ fn hostile_link_small_pages() {
 fn hostile_link_one_mebibyte() {
     for (loss, count) in [(0.05, 10), (0.3, 4)] {
         for seed in seeds(count) {
-            let mut setup = Setup::new(seed, LinkConfig::hostile(loss), page(1 << 20, seed));
+            let mut setup = baseline(seed, LinkConfig::hostile(loss), page(1 << 20, seed));
             patient(&mut setup);
             run_and_check(setup);
         }
@@ -124,7 +124,7 @@ fn hostile_link_one_mebibyte() {
 fn sequence_numbers_wrap_around() {
     for &size in SIZES.iter().chain(&[1 << 20]) {
         for seed in seeds(if size > 4096 { 3 } else { 50 }) {
-            let mut setup = Setup::new(seed, LinkConfig::hostile(0.1), page(size, seed));
+            let mut setup = baseline(seed, LinkConfig::hostile(0.1), page(size, seed));
             patient(&mut setup);
             setup.client_isn = Some(u32::MAX - (seed as u32 % 4));
             setup.server_isn = Some(u32::MAX - 700 - seed as u32);
@@ -148,7 +148,7 @@ fn targeted_loss_of_handshake_and_fin() {
     for (name, pred) in kinds {
         for n in 1..=3 {
             for size in [0, 1541] {
-                let mut setup = Setup::new(n as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 1));
+                let mut setup = baseline(n as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 1));
                 if name == "FIN|ACK" && n == 3 {
                     // Three lost FIN|ACKs outlast the adaptive TIME-WAIT by design.
                     patient(&mut setup);
@@ -167,7 +167,7 @@ fn targeted_loss_of_handshake_and_fin() {
 #[test]
 fn many_clients_share_one_server() {
     for seed in seeds(5) {
-        let mut setup = Setup::new(seed, LinkConfig::hostile(0.1), page(100_000, seed));
+        let mut setup = baseline(seed, LinkConfig::hostile(0.1), page(100_000, seed));
         patient(&mut setup);
         setup.clients = 20;
         let (sim, report) = run_and_check(setup);
@@ -180,7 +180,7 @@ fn many_clients_share_one_server() {
 /// the bytes it sends on a clean link are exactly the page.
 #[test]
 fn clean_link_sends_each_byte_once() {
-    let (sim, report) = run_and_check(Setup::new(9, LinkConfig::clean(Duration::from_millis(30)), page(100_000, 9)));
+    let (sim, report) = run_and_check(baseline(9, LinkConfig::clean(Duration::from_millis(30)), page(100_000, 9)));
     assert_eq!(report.server.payload_bytes_sent, 100_000);
     assert_eq!(report.server.retransmissions, 0);
     assert_eq!(sim.clients[0].conn.stats().retransmissions, 0);
@@ -191,7 +191,7 @@ fn clean_link_sends_each_byte_once() {
 
 #[test]
 fn client_gives_up_without_server_answer() {
-    let mut setup = Setup::new(1, LinkConfig::clean(Duration::from_millis(10)), page(10, 1));
+    let mut setup = baseline(1, LinkConfig::clean(Duration::from_millis(10)), page(10, 1));
     setup.link.loss = 1.0;
     let mut sim = Sim::new(setup);
     let report = sim.run(Duration::from_secs(600), 100_000);
@@ -205,7 +205,7 @@ fn client_gives_up_without_server_answer() {
 #[test]
 fn server_gives_up_on_vanished_client() {
     // The client vanishes after the handshake: everything it sends later is lost.
-    let mut setup = Setup::new(1, LinkConfig::clean(Duration::from_millis(10)), page(5000, 1));
+    let mut setup = baseline(1, LinkConfig::clean(Duration::from_millis(10)), page(5000, 1));
     setup.server.idle_timeout = Duration::from_secs(5);
     let mut sim = Sim::new(setup);
     let mut handshake_done = false;
@@ -229,7 +229,7 @@ fn server_gives_up_on_vanished_client() {
 fn default_settings_under_moderate_loss() {
     for &size in &[0, 1541, 100_000] {
         for seed in seeds(100) {
-            run_and_check(Setup::new(seed, LinkConfig::hostile(0.05), page(size, seed)));
+            run_and_check(baseline(seed, LinkConfig::hostile(0.05), page(size, seed)));
         }
     }
 }
@@ -246,7 +246,7 @@ fn combined_control_packet_losses() {
     ];
     for (i, combo) in combos.into_iter().enumerate() {
         for size in [0, 512, 1541] {
-            let setup = Setup::new(i as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 2));
+            let setup = baseline(i as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 2));
             let page_bytes = setup.page.clone();
             let mut sim = Sim::new(setup);
             let mut filters: Vec<anon_sim::DropFilter> = combo.iter().map(|&p| drop_first(1, p)).collect();
@@ -262,7 +262,7 @@ fn combined_control_packet_losses() {
 /// timeout with an error, having delivered only a prefix of the page.
 #[test]
 fn client_gives_up_when_server_vanishes() {
-    let mut setup = Setup::new(4, LinkConfig::clean(Duration::from_millis(10)), page(100_000, 4));
+    let mut setup = baseline(4, LinkConfig::clean(Duration::from_millis(10)), page(100_000, 4));
     setup.client.idle_timeout = Duration::from_secs(3);
     let mut sim = Sim::new(setup);
     // Everything from the server after its 20th datagram is lost.

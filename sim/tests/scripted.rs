@@ -211,7 +211,7 @@ fn server_refuses_connections_beyond_the_limit() {
 
 fn connected_client() -> (ClientConn, Instant) {
     let now = Instant::now();
-    let mut c = ClientConn::new(ClientConfig::default(), 5000, now);
+    let mut c = ClientConn::new(ClientConfig { fast: None, ..ClientConfig::default() }, 5000, now);
     assert_eq!(client_sends(&mut c, now), [dgram(5000, 0, SYN, &[])]);
     // Data before the handshake, and a SYN|ACK for another ISN: ignored.
     c.handle(now, &dgram(101, 5001, ACK, b"early"));
@@ -256,7 +256,7 @@ fn client_acks_in_order_and_repeats_for_old_data() {
 #[test]
 fn client_syn_backoff_and_connect_timeout() {
     let now = Instant::now();
-    let config = ClientConfig { connect_timeout: Duration::from_secs(4), ..ClientConfig::default() };
+    let config = ClientConfig { connect_timeout: Duration::from_secs(4), fast: None, ..ClientConfig::default() };
     let mut c = ClientConn::new(config, 1, now);
     let mut t = now;
     let mut syns = 0;
@@ -341,7 +341,7 @@ proptest! {
         steps in proptest::collection::vec((arb_datagram(), 0u64..3000), 1..60)
     ) {
         let mut now = Instant::now();
-        let mut c = ClientConn::new(ClientConfig::default(), 1000, now);
+        let mut c = ClientConn::new(ClientConfig { fast: None, ..ClientConfig::default() }, 1000, now);
         let _ = client_sends(&mut c, now);
         c.handle(now, &dgram(0, 1001, ACK | SYN, &[]));
         let mut total = 0;

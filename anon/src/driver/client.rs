@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anon_proto::wire::ext::Answer;
 use anon_proto::{ClientConfig, ClientConn, ClientEvent, ConnectionError};
+use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 use tokio::net::UdpSocket;
 
@@ -34,6 +36,9 @@ pub enum FetchFailed {
     /// SIGINT or SIGTERM arrived first.
     #[error("interrupted")]
     Interrupted,
+    /// The page does not match the length or SHA-256 the server announced.
+    #[error("the page does not match what the server announced ({0}); nothing written")]
+    Integrity(&'static str),
 }
 
 /// What a successful fetch did.
@@ -53,6 +58,10 @@ pub struct FetchSummary {
 pub struct Output {
     path: PathBuf,
     temp: BufWriter<NamedTempFile>,
+    /// Digest and length of what was written, checked against a fast-mode
+    /// server's announcement before the rename.
+    sha256: Sha256,
+    len: u64,
 }
 
 impl Output {
@@ -76,11 +85,31 @@ impl Output {
             .suffix(".part")
             .tempfile_in(dir)
             .map_err(err)?;
-        Ok(Output { path: path.to_path_buf(), temp: BufWriter::with_capacity(1 << 16, temp) })
+        Ok(Output {
+            path: path.to_path_buf(),
+            temp: BufWriter::with_capacity(1 << 16, temp),
+            sha256: Sha256::new(),
+            len: 0,
+        })
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), FetchFailed> {
+        self.sha256.update(data);
+        self.len += data.len() as u64;
         self.temp.write_all(data).map_err(|source| FetchFailed::Output { path: self.path.clone(), source })
+    }
+
+    /// Compares what was written with the server's announcement, if any.
+    fn verify(&self, answer: Option<&Answer>) -> Result<(), FetchFailed> {
+        let Some(answer) = answer else { return Ok(()) };
+        if self.len != answer.page_len {
+            return Err(FetchFailed::Integrity("length"));
+        }
+        let digest: [u8; 32] = self.sha256.clone().finalize().into();
+        if digest != answer.page_sha256 {
+            return Err(FetchFailed::Integrity("SHA-256"));
+        }
+        Ok(())
     }
 
     /// Flushes, syncs and renames the complete page over OUTFILE, with the
@@ -174,10 +203,11 @@ pub async fn run(
         conn.consume(n);
         while let Some(event) = conn.poll_event() {
             match event {
-                ClientEvent::Connected => tracing::debug!("connected"),
+                ClientEvent::Connected(mode) => tracing::debug!(?mode, "connected"),
                 ClientEvent::Finished { len } => {
                     finished_at = Some(Instant::now());
                     if let Some(out) = output.take() {
+                        out.verify(conn.answer())?;
                         out.commit()?;
                     }
                     tracing::debug!(bytes = len, "page complete");

@@ -82,7 +82,9 @@ pub async fn run(
 fn report_events(server: &mut Server) {
     while let Some(event) = server.poll_event() {
         match event {
-            ServerEvent::Accepted { peer } => tracing::debug!(peer = %display_addr(peer), "connection accepted"),
+            ServerEvent::Accepted { peer, mode } => {
+                tracing::debug!(peer = %display_addr(peer), ?mode, "connection accepted")
+            }
             ServerEvent::Closed { peer, reason: CloseReason::Completed, acked, retransmissions } => {
                 tracing::info!(peer = %display_addr(peer), bytes = acked, retransmissions, "transfer complete")
             }

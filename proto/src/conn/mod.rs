@@ -1,13 +1,14 @@
 //! Connection state machines: one per side, both sans-IO.
 
 mod client;
+mod sender;
 mod server;
 
 use std::time::Duration;
 
 pub use client::{ClientConn, ClientEvent, ClientStats};
-pub use server::CloseReason;
 pub(crate) use server::ServerConn;
+pub use server::{CloseReason, ConnStats, Mode};
 
 /// Why a connection failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,17 +1,22 @@
-//! The server side of a connection: SYN|ACK, stop-and-wait data segments,
-//! FIN on the last one, completion on the client's FIN|ACK (PROTOCOL.md §2).
+//! The server side of a connection: the handshake (with the fast-mode
+//! answer when the client offered it), then the page through the
+//! [`Sender`], then completion on the client's FIN|ACK (PROTOCOL.md §2,
+//! docs/PROTOCOL.md §6).
 //!
-//! The sender keeps byte offsets into the shared page, never a copy of it, so
-//! a connection costs the same whatever the page size.
+//! The connection keeps byte offsets into the shared page, never a copy of
+//! it, so a connection costs the same whatever the page size.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
+use super::sender::{Sender, SenderParams};
+use crate::cc::Fixed;
 use crate::config::ServerConfig;
+use crate::page::Page;
 use crate::recovery::RttEstimator;
 use crate::time::after;
-use crate::wire::{BASELINE_SEGMENT, Flags, Header, Seq};
+use crate::wire::ext::{ANSWER_DATAGRAM_LEN, AckInfo, Answer, MAX_SEGMENT, Offer};
+use crate::wire::{BASELINE_SEGMENT, Flags, HEADER_LEN, Header, Seq};
 
 /// SYN|ACK retransmissions on the server's own timer, per connection. With
 /// the first transmission that makes at most three SYN|ACKs per SYN (the
@@ -29,113 +34,132 @@ pub enum CloseReason {
     IdleTimeout(Duration),
 }
 
+/// The mode a connection runs in, settled by the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The assignment's exchange: stop-and-wait, 512-byte segments.
+    Baseline,
+    /// The negotiated extension.
+    Fast {
+        /// Payload bytes per segment.
+        segment: u16,
+    },
+}
+
+#[derive(Debug)]
 enum State {
     /// RFC 9293 SYN-RECEIVED: our SYN|ACK is out, waiting for the ACK.
-    SynReceived,
+    SynReceived(Handshake),
     /// Sending the page.
-    Established,
+    Established(Box<Sender>),
     Closed(CloseReason),
 }
 
-/// The one packet in flight (stop-and-wait): the SYN|ACK or a data segment.
-#[derive(Debug, Clone, Copy)]
-struct Flight {
-    /// Built once: a retransmission is the same packet (PROTOCOL.md §2).
-    header: Header,
-    /// Page offset and length of the payload.
-    offset: u64,
-    len: usize,
+/// The SYN|ACK in flight.
+#[derive(Debug)]
+struct Handshake {
+    rtt: RttEstimator,
+    rto_deadline: Option<Instant>,
+    send_due: bool,
     /// When it was first sent, for an RTT sample.
     sent_at: Option<Instant>,
-    /// Sent more than once (counted as a retransmission).
-    retransmitted: bool,
     /// Sent again on the timer: no RTT sample (Karn's rule, RFC 6298 §3).
     /// A SYN|ACK repeated at once for a duplicate SYN does not count: the
     /// time since the first transmission is then a sample that can only be
-    /// a little long, which is the safe side, and without it a duplicated
-    /// SYN would leave the server at the initial 1 s RTO, far above the
-    /// client's estimate and its TIME-WAIT.
+    /// a little long, the safe side; without it, a duplicated SYN would
+    /// leave the server at the initial 1 s RTO, far above the client's
+    /// estimate and its TIME-WAIT.
     timed_out: bool,
+    retransmits: u32,
 }
 
 /// Counters of one server connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnStats {
+    /// Datagrams produced.
     pub datagrams_sent: u64,
+    /// Page bytes sent, retransmissions included.
     pub payload_bytes_sent: u64,
+    /// Datagrams sent again.
     pub retransmissions: u64,
 }
 
 #[derive(Debug)]
 pub(crate) struct ServerConn {
     state: State,
-    page: Bytes,
+    mode: Mode,
+    page: Arc<Page>,
     /// Our initial sequence number: page byte `i` has sequence `isn + 1 + i`.
     isn: Seq,
     /// The client's initial sequence number.
     peer_isn: Seq,
     /// Latest client sequence number accepted; our ack field is this plus one.
     peer_seq: Seq,
-    /// Page bytes acknowledged (RFC 9293 SND.UNA, as an offset).
-    snd_una: u64,
-    flight: Flight,
-    /// `flight` must be (re)sent.
-    send_due: bool,
-    rtt: RttEstimator,
-    rto_deadline: Option<Instant>,
-    /// SYN|ACKs sent again on the timer so far.
-    syn_ack_retransmits: u32,
+    /// Receive window the client offered (fast mode).
+    peer_window: u64,
+    congestion: crate::cc::Algorithm,
     idle_timeout: Duration,
     idle_deadline: Instant,
+    /// Page bytes acknowledged when the connection closed.
+    acked_at_close: u64,
     pub(crate) stats: ConnStats,
 }
 
 impl ServerConn {
-    /// A connection for a client whose SYN carried `peer_isn`; the SYN|ACK is
-    /// ready to be sent.
-    pub(crate) fn new(config: &ServerConfig, page: Bytes, isn: u32, peer_isn: Seq, now: Instant) -> Self {
-        let isn = Seq(isn);
+    /// A connection for a client whose SYN had sequence number `peer_isn`
+    /// and the given payload; the SYN|ACK is ready to be sent. Fast mode is
+    /// answered only to a well-formed offer in a SYN at least as long as the
+    /// SYN|ACK carrying the answer (no amplification).
+    pub(crate) fn new(
+        config: &ServerConfig,
+        page: Arc<Page>,
+        isn: u32,
+        peer_isn: Seq,
+        syn_payload: &[u8],
+        now: Instant,
+    ) -> Self {
+        let offer = (config.fast && HEADER_LEN + syn_payload.len() >= ANSWER_DATAGRAM_LEN)
+            .then(|| Offer::decode(syn_payload))
+            .flatten()
+            .filter(|o| o.max_segment > 0);
+        let mode = match offer {
+            Some(o) => Mode::Fast { segment: o.max_segment.min(config.max_segment).clamp(1, MAX_SEGMENT) },
+            None => Mode::Baseline,
+        };
         ServerConn {
-            state: State::SynReceived,
+            state: State::SynReceived(Handshake {
+                rtt: RttEstimator::new(config.rto),
+                rto_deadline: None,
+                send_due: true,
+                sent_at: None,
+                timed_out: false,
+                retransmits: 0,
+            }),
+            mode,
             page,
-            isn,
+            isn: Seq(isn),
             peer_isn,
             peer_seq: peer_isn,
-            snd_una: 0,
-            flight: Flight {
-                header: Header::new(isn, peer_isn + 1, Flags::SYN | Flags::ACK),
-                offset: 0,
-                len: 0,
-                sent_at: None,
-                retransmitted: false,
-                timed_out: false,
-            },
-            send_due: true,
-            rtt: RttEstimator::new(config.rto),
-            rto_deadline: None,
-            syn_ack_retransmits: 0,
+            peer_window: offer.map_or(u64::MAX, |o| u64::from(o.recv_window)),
+            congestion: config.congestion,
             idle_timeout: config.idle_timeout,
             idle_deadline: after(now, config.idle_timeout),
+            acked_at_close: 0,
             stats: ConnStats::default(),
         }
     }
 
-    fn seq_of(&self, offset: u64) -> Seq {
-        // Truncation is the modulo-2^32 wrap of sequence numbers.
-        self.isn + 1 + offset as u32
-    }
-
-    fn page_len(&self) -> u64 {
-        self.page.len() as u64
+    /// The mode the handshake settled.
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// Processes one datagram from this connection's client. Returns whether
     /// it fitted the connection's state.
-    pub(crate) fn handle(&mut self, now: Instant, h: Header) -> bool {
+    pub(crate) fn handle(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
         let accepted = match self.state {
-            State::SynReceived => self.on_syn_received(now, h),
-            State::Established => self.on_established(now, h),
+            State::SynReceived(_) => self.on_syn_received(now, h),
+            State::Established(_) => self.on_established(now, h, payload),
             State::Closed(_) => false,
         };
         if accepted {
@@ -145,10 +169,11 @@ impl ServerConn {
     }
 
     fn on_syn_received(&mut self, now: Instant, h: Header) -> bool {
+        let State::SynReceived(hs) = &mut self.state else { return false };
         if h.flags.contains(Flags::SYN) {
             // PROTOCOL.md §3: a duplicate SYN gets the same SYN|ACK again.
             if !h.flags.contains(Flags::ACK) && h.seq == self.peer_isn {
-                self.resend();
+                hs.send_due = true;
                 return true;
             }
             return false;
@@ -157,150 +182,167 @@ impl ServerConn {
         if !(h.flags.contains(Flags::ACK) && h.ack == self.isn + 1 && h.seq == self.peer_isn + 1) {
             return false;
         }
-        self.sample_rtt(now);
+        let mut rtt = hs.rtt.clone();
+        if let (Some(sent), false) = (hs.sent_at, hs.timed_out) {
+            rtt.on_sample(now.saturating_duration_since(sent));
+        }
         self.peer_seq = h.seq;
-        self.state = State::Established;
-        // RFC 6298 §5.2: the SYN|ACK is acknowledged, stop its timer.
-        self.rto_deadline = None;
-        self.next_segment();
+        let params = match self.mode {
+            Mode::Baseline => SenderParams {
+                segment: BASELINE_SEGMENT as u64,
+                fast: false,
+                cc: Box::new(Fixed(BASELINE_SEGMENT as u64)),
+                peer_window: u64::MAX,
+            },
+            Mode::Fast { segment } => SenderParams {
+                segment: u64::from(segment),
+                fast: true,
+                cc: self.congestion.build(u64::from(segment)),
+                peer_window: self.peer_window,
+            },
+        };
+        // RFC 6298 §5.2: the SYN|ACK is acknowledged; its timer goes with it.
+        self.state = State::Established(Box::new(Sender::new(self.page.len(), params, rtt)));
         true
     }
 
-    fn on_established(&mut self, now: Instant, h: Header) -> bool {
+    fn on_established(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
+        let page_len = self.page.len();
         if !h.flags.contains(Flags::ACK) || h.flags.contains(Flags::SYN) {
             // Late duplicates of the SYN, or packets no client sends here.
             return false;
         }
-        let una = self.seq_of(self.snd_una);
-        let advance = h.ack.since(una);
-        let flight_len = self.flight.len as i32;
-        if advance < 0 || advance > flight_len + i32::from(h.flags.contains(Flags::FIN)) {
+        let fast = matches!(self.mode, Mode::Fast { .. });
+        let isn = self.isn;
+        let State::Established(sender) = &mut self.state else { return false };
+        let acked = sender.acked();
+        let una = isn + 1 + acked as u32;
+        let advance = i64::from(h.ack.since(una));
+        let fin = h.flags.contains(Flags::FIN);
+        let in_flight = sender.sent_end() - acked;
+        // A FIN|ACK may count the FIN as one more sequence number, as TCP does.
+        let limit = in_flight as i64 + i64::from(fin && sender.sent_end() == self.page.len());
+        if advance < 0 || advance > limit {
             // Acknowledges data we never sent, or older than what is
             // acknowledged already: not for this connection state.
             return false;
         }
-        let fin_flight = self.flight.header.flags.contains(Flags::FIN);
-        let fin_acked = fin_flight && h.flags.contains(Flags::FIN);
-        if fin_acked && (advance == flight_len || advance == flight_len + 1) {
-            // The client's FIN|ACK covers the last byte and our FIN. A client
-            // that counts the FIN as a sequence number, as TCP does, acks one
-            // more: that is the same completion.
-            self.sample_rtt(now);
-            self.snd_una = self.page_len();
-            self.close(CloseReason::Completed);
-            return true;
+        let ack = (acked + advance as u64).min(self.page.len());
+        let info = if fast { AckInfo::decode(payload) } else { None };
+        let sacked: Vec<(u64, u64)> = info
+            .as_ref()
+            .map(|i| {
+                i.sack
+                    .iter()
+                    .filter_map(|&(start, end)| {
+                        let s = start.since(una);
+                        let e = end.since(una);
+                        (s > 0 && e > s && (e as u64) <= in_flight).then(|| (acked + s as u64, acked + e as u64))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if advance > 0 {
+            self.peer_seq = self.peer_seq.max(h.seq);
         }
-        if advance == 0 || (advance == flight_len && fin_flight) {
-            // A duplicate ACK, or the last data acknowledged without the FIN:
-            // the RTO will send the FIN segment again.
-            return true;
+        sender.on_ack(now, ack, fin, &sacked, info.map(|i| u64::from(i.window)));
+        if sender.all_acked() {
+            self.acked_at_close = page_len;
+            self.state = State::Closed(CloseReason::Completed);
         }
-        self.peer_seq = self.peer_seq.max(h.seq);
-        self.snd_una += advance as u64;
-        if advance == flight_len {
-            self.sample_rtt(now);
-        }
-        // RFC 6298 §5.2: everything outstanding is acknowledged; the timer
-        // starts again with the next segment (§5.1).
-        self.rto_deadline = None;
-        self.next_segment();
         true
-    }
-
-    fn sample_rtt(&mut self, now: Instant) {
-        if let (Some(sent), false) = (self.flight.sent_at, self.flight.timed_out) {
-            self.rtt.on_sample(now.saturating_duration_since(sent));
-        }
-    }
-
-    /// Prepares the segment that starts at `snd_una`.
-    fn next_segment(&mut self) {
-        let remaining = self.page_len().saturating_sub(self.snd_una);
-        let len = remaining.min(BASELINE_SEGMENT as u64) as usize;
-        let fin = self.snd_una + len as u64 == self.page_len();
-        let flags = if fin { Flags::ACK | Flags::FIN } else { Flags::ACK };
-        self.flight = Flight {
-            header: Header::new(self.seq_of(self.snd_una), self.peer_seq + 1, flags),
-            offset: self.snd_una,
-            len,
-            sent_at: None,
-            retransmitted: false,
-            timed_out: false,
-        };
-        self.send_due = true;
-    }
-
-    fn resend(&mut self) {
-        self.send_due = true;
-        self.flight.retransmitted = true;
     }
 
     fn close(&mut self, reason: CloseReason) {
+        self.acked_at_close = self.acked();
         self.state = State::Closed(reason);
-        self.send_due = false;
-        self.rto_deadline = None;
     }
 
     /// Writes the next datagram into `buf` (cleared first); false when there
-    /// is nothing to send.
+    /// is nothing to send now.
     pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        if !self.send_due || matches!(self.state, State::Closed(_)) {
-            return false;
-        }
-        self.send_due = false;
-        let start = usize::try_from(self.flight.offset).unwrap_or(usize::MAX);
-        let payload = start.checked_add(self.flight.len).and_then(|end| self.page.get(start..end)).unwrap_or(&[]);
         buf.clear();
-        self.flight.header.encode(payload, buf);
-        self.stats.datagrams_sent += 1;
-        self.stats.payload_bytes_sent += payload.len() as u64;
-        if self.flight.retransmitted {
-            self.stats.retransmissions += 1;
+        let peer_ack = self.peer_seq + 1;
+        match &mut self.state {
+            State::SynReceived(hs) => {
+                if !hs.send_due {
+                    return false;
+                }
+                hs.send_due = false;
+                Header::new(self.isn, self.peer_isn + 1, Flags::SYN | Flags::ACK).encode(&[], buf);
+                if let Mode::Fast { segment } = self.mode {
+                    let answer = Answer { segment, page_len: self.page.len(), page_sha256: self.page.sha256() };
+                    answer.encode(buf);
+                }
+                if hs.sent_at.is_none() {
+                    hs.sent_at = Some(now);
+                } else {
+                    self.stats.retransmissions += 1;
+                }
+                // RFC 6298 §5.1: start the timer if it is not running.
+                if hs.rto_deadline.is_none() {
+                    hs.rto_deadline = Some(after(now, hs.rtt.rto()));
+                }
+                self.stats.datagrams_sent += 1;
+                true
+            }
+            State::Established(sender) => {
+                let Some(send) = sender.poll_send(now) else { return false };
+                let (start, end) = sender.range(send.index);
+                let flags = if sender.is_last(send.index) { Flags::ACK | Flags::FIN } else { Flags::ACK };
+                // Truncation is the modulo-2^32 wrap of sequence numbers.
+                Header::new(self.isn + 1 + start as u32, peer_ack, flags).encode(self.page.slice(start, end), buf);
+                self.stats.datagrams_sent += 1;
+                self.stats.payload_bytes_sent += end - start;
+                if send.retransmission {
+                    self.stats.retransmissions += 1;
+                }
+                true
+            }
+            State::Closed(_) => false,
         }
-        if self.flight.sent_at.is_none() {
-            self.flight.sent_at = Some(now);
-        }
-        // RFC 6298 §5.1: start the timer if it is not running.
-        if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(after(now, self.rtt.rto()));
-        }
-        true
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            State::Closed(_) => None,
-            _ => Some(self.rto_deadline.map_or(self.idle_deadline, |t| t.min(self.idle_deadline))),
-        }
+        let own = match &self.state {
+            State::SynReceived(hs) => hs.rto_deadline,
+            State::Established(sender) => sender.poll_timeout(),
+            State::Closed(_) => return None,
+        };
+        Some(own.map_or(self.idle_deadline, |t| t.min(self.idle_deadline)))
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        if matches!(self.state, State::Closed(_)) {
-            return;
-        }
-        if now >= self.idle_deadline {
+        if now >= self.idle_deadline && !matches!(self.state, State::Closed(_)) {
             self.close(CloseReason::IdleTimeout(self.idle_timeout));
             return;
         }
-        if self.rto_deadline.is_some_and(|t| now >= t) {
-            self.rto_deadline = None;
-            if self.state == State::SynReceived {
-                if self.syn_ack_retransmits >= MAX_SYN_ACK_RETRANSMITS {
-                    // Silent from now on; the idle timeout frees the state.
-                    return;
+        match &mut self.state {
+            State::SynReceived(hs) => {
+                if hs.rto_deadline.is_some_and(|t| now >= t) {
+                    hs.rto_deadline = None;
+                    if hs.retransmits >= MAX_SYN_ACK_RETRANSMITS {
+                        // Silent from now on; the idle timeout frees the state.
+                        return;
+                    }
+                    hs.retransmits += 1;
+                    // RFC 6298 §5.4–5.6: send again, back off.
+                    hs.rtt.on_timeout();
+                    hs.timed_out = true;
+                    hs.send_due = true;
                 }
-                self.syn_ack_retransmits += 1;
             }
-            // RFC 6298 §5.4–5.6: retransmit the earliest unacknowledged
-            // segment, double the RTO, restart the timer when it is sent.
-            self.rtt.on_timeout();
-            self.flight.timed_out = true;
-            self.resend();
+            State::Established(sender) => sender.handle_timeout(now),
+            State::Closed(_) => {}
         }
     }
 
-    pub(crate) fn wants_transmit(&self) -> bool {
-        self.send_due && !matches!(self.state, State::Closed(_))
+    pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
+        match &self.state {
+            State::SynReceived(hs) => hs.send_due,
+            State::Established(sender) => sender.wants_transmit(now),
+            State::Closed(_) => false,
+        }
     }
 
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
@@ -312,14 +354,19 @@ impl ServerConn {
 
     /// The client's ISN while the handshake is incomplete.
     pub(crate) fn half_open_isn(&self) -> Option<Seq> {
-        (self.state == State::SynReceived).then_some(self.peer_isn)
+        matches!(self.state, State::SynReceived(_)).then_some(self.peer_isn)
     }
 
     pub(crate) fn is_established(&self) -> bool {
-        self.state == State::Established
+        matches!(self.state, State::Established(_))
     }
 
+    /// Page bytes the client acknowledged.
     pub(crate) fn acked(&self) -> u64 {
-        self.snd_una
+        match &self.state {
+            State::SynReceived(_) => 0,
+            State::Established(sender) => sender.acked(),
+            State::Closed(_) => self.acked_at_close,
+        }
     }
 }

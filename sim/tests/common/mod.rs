@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anon_proto::wire::{Flags, Header};
 use anon_proto::{ClientConfig, Linger, ServerConfig};
-use anon_sim::{Datagram, DropFilter, Report, SERVER_ADDR, Setup, Sim};
+use anon_sim::{Datagram, DropFilter, LinkConfig, Report, SERVER_ADDR, Setup, Sim};
 
 /// Settings under which even 30% loss each way must finish: waits far longer
 /// than any backoff the loss can cause, in virtual time (which costs nothing).
@@ -16,8 +16,16 @@ pub fn patient(setup: &mut Setup) {
         connect_timeout: long,
         idle_timeout: long,
         linger: Linger::Fixed(long),
+        fast: setup.client.fast,
         ..ClientConfig::default()
     };
+}
+
+/// A scenario whose client offers nothing: the baseline exchange.
+pub fn baseline(seed: u64, link: LinkConfig, page: Vec<u8>) -> Setup {
+    let mut setup = Setup::new(seed, link, page);
+    setup.client.fast = None;
+    setup
 }
 
 /// Runs a scenario to the end and checks that every client got the page

@@ -1,0 +1,522 @@
+//! The server's data sender, shared by both modes: a scoreboard of segments
+//! in flight, loss detection and retransmission, congestion and flow
+//! control, pacing.
+//!
+//! Baseline mode is this sender held to one 512-byte segment in flight, with
+//! only the RFC 6298 timer for recovery: stop-and-wait. Fast mode opens the
+//! window to what the congestion controller and the client's receive window
+//! allow, learns of losses from selective acknowledgments and RACK (RFC
+//! 8985) instead of waiting for the timer, probes the tail (TLP) and paces.
+//!
+//! The page is cut into fixed segments: segment `i` covers page bytes
+//! `i·size .. min((i+1)·size, len)`; the last one carries FIN (an empty page
+//! is one empty FIN segment). The scoreboard holds only segments between the
+//! cumulative acknowledgment and the next new one, so its size is bounded by
+//! the window, not by the page.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::cc::{Controller, RateSample};
+use crate::recovery::RttEstimator;
+use crate::time::after;
+
+/// Pacing lets this much sending time accumulate while idle, so that timer
+/// granularity (a millisecond in most runtimes) does not cost rate.
+const PACING_BURST: Duration = Duration::from_millis(2);
+/// The client's longest delayed-ACK wait, added to the probe timeout when
+/// only one segment is out (RFC 8985 §7.2 WCDelAckT).
+const PEER_ACK_DELAY: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SegState {
+    InFlight,
+    Sacked,
+    Lost,
+}
+
+/// One segment on the scoreboard.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    len: u32,
+    state: SegState,
+    /// Latest transmission.
+    sent_at: Instant,
+    transmissions: u32,
+    /// Delivery-rate state when it was (last) sent
+    /// (draft-cheng-iccrg-delivery-rate-estimation §3.2).
+    delivered: u64,
+    delivered_time: Instant,
+    first_sent_time: Instant,
+    app_limited: bool,
+}
+
+/// What the sender wants sent next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Send {
+    /// Segment number.
+    pub index: u64,
+    /// Whether it was sent before.
+    pub retransmission: bool,
+}
+
+/// How the sender behaves: baseline or fast.
+#[derive(Debug)]
+pub(crate) struct SenderParams {
+    /// Payload bytes per segment.
+    pub segment: u64,
+    /// Fast mode: SACK, RACK-TLP, pacing, congestion control.
+    pub fast: bool,
+    /// The congestion controller (a fixed one-segment window in baseline).
+    pub cc: Box<dyn Controller>,
+    /// Bytes beyond the cumulative acknowledgment the client accepts.
+    pub peer_window: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Sender {
+    page_len: u64,
+    segment: u64,
+    fast: bool,
+    /// Number of segments of the page (at least one).
+    total: u64,
+    /// First segment not cumulatively acknowledged.
+    una: u64,
+    /// Next segment never sent.
+    nxt: u64,
+    /// Segments `una .. nxt`.
+    board: VecDeque<Seg>,
+    /// Transmissions in the order they happened: (time, segment, nth
+    /// transmission). RACK walks it from the oldest; entries for segments
+    /// since acknowledged or sent again are skipped.
+    sent_order: VecDeque<(Instant, u64, u32)>,
+    /// Segments declared lost, to send again.
+    lost: VecDeque<u64>,
+    /// Bytes sent and neither delivered nor declared lost (RFC 6675 "pipe").
+    in_flight: u64,
+    pub(crate) rtt: RttEstimator,
+    min_rtt: Option<Duration>,
+    cc: Box<dyn Controller>,
+    peer_window: u64,
+    /// RACK (RFC 8985 §6.1): transmission time and segment of the most
+    /// recently sent segment that was delivered, and its RTT.
+    rack: Option<(Instant, u64)>,
+    rack_rtt: Duration,
+    rto_deadline: Option<Instant>,
+    tlp_deadline: Option<Instant>,
+    reorder_deadline: Option<Instant>,
+    /// A tail-loss probe is due (it may exceed the window by one segment).
+    probe_due: bool,
+    next_send: Option<Instant>,
+    /// Delivery-rate estimation state.
+    delivered: u64,
+    delivered_time: Option<Instant>,
+    first_sent_time: Option<Instant>,
+    pub(crate) retransmissions: u64,
+}
+
+impl Sender {
+    pub(crate) fn new(page_len: u64, params: SenderParams, rtt: RttEstimator) -> Sender {
+        let segment = params.segment.max(1);
+        Sender {
+            page_len,
+            segment,
+            fast: params.fast,
+            total: page_len.div_ceil(segment).max(1),
+            una: 0,
+            nxt: 0,
+            board: VecDeque::new(),
+            sent_order: VecDeque::new(),
+            lost: VecDeque::new(),
+            in_flight: 0,
+            rtt,
+            min_rtt: None,
+            cc: params.cc,
+            peer_window: params.peer_window,
+            rack: None,
+            rack_rtt: Duration::ZERO,
+            rto_deadline: None,
+            tlp_deadline: None,
+            reorder_deadline: None,
+            probe_due: false,
+            next_send: None,
+            delivered: 0,
+            delivered_time: None,
+            first_sent_time: None,
+            retransmissions: 0,
+        }
+    }
+
+    /// Page byte range of segment `index`.
+    pub(crate) fn range(&self, index: u64) -> (u64, u64) {
+        let start = index.saturating_mul(self.segment).min(self.page_len);
+        (start, start.saturating_add(self.segment).min(self.page_len))
+    }
+
+    /// Whether segment `index` is the last one (it carries FIN).
+    pub(crate) fn is_last(&self, index: u64) -> bool {
+        index + 1 == self.total
+    }
+
+    /// Page bytes cumulatively acknowledged.
+    pub(crate) fn acked(&self) -> u64 {
+        self.range(self.una).0
+    }
+
+    /// First byte never sent (the end of what may be acknowledged).
+    pub(crate) fn sent_end(&self) -> u64 {
+        self.range(self.nxt).0
+    }
+
+    /// Whether every segment, the FIN one included, has been acknowledged.
+    pub(crate) fn all_acked(&self) -> bool {
+        self.una >= self.total
+    }
+
+    fn seg(&mut self, index: u64) -> Option<&mut Seg> {
+        let at = usize::try_from(index.checked_sub(self.una)?).ok()?;
+        self.board.get_mut(at)
+    }
+
+    /// Processes an acknowledgment: everything before page offset `ack` is
+    /// delivered, and so is every segment inside one of the `sacked` offset
+    /// ranges. `ack` must lie between [`acked`](Self::acked) and
+    /// [`sent_end`](Self::sent_end); `fin` says the FIN is acknowledged too.
+    pub(crate) fn on_ack(&mut self, now: Instant, ack: u64, fin: bool, sacked: &[(u64, u64)], window: Option<u64>) {
+        if let Some(w) = window {
+            self.peer_window = w;
+        }
+        let mut sample = RateSample::default();
+        let mut newest: Option<(Instant, u64, u32)> = None;
+        let una_before = self.una;
+        // Cumulative: whole segments below `ack`; the FIN segment only with
+        // the FIN acknowledged.
+        while self.una < self.nxt {
+            let (_, end) = self.range(self.una);
+            let covered = end <= ack && (!self.is_last(self.una) || fin);
+            if !covered {
+                break;
+            }
+            let Some(seg) = self.board.pop_front() else { break };
+            let index = self.una;
+            self.una += 1;
+            if seg.state != SegState::Sacked {
+                self.deliver(now, index, &seg, &mut sample, &mut newest);
+            }
+        }
+        for &(start, end) in sacked {
+            let first = start.div_ceil(self.segment).max(self.una);
+            let mut index = first;
+            while index < self.nxt && self.range(index).1 <= end && !self.is_last(index) {
+                if let Some(seg) = self.seg(index).copied().filter(|s| s.state != SegState::Sacked) {
+                    if let Some(s) = self.seg(index) {
+                        s.state = SegState::Sacked;
+                    }
+                    self.deliver(now, index, &seg, &mut sample, &mut newest);
+                }
+                index += 1;
+            }
+        }
+        if let Some((sent_at, index, transmissions)) = newest {
+            // RTT from the most recently sent delivered segment; Karn's rule
+            // for the RFC 6298 estimator, RFC 8985 §6.2 for RACK's own.
+            let rtt = now.saturating_duration_since(sent_at);
+            if transmissions == 1 {
+                self.rtt.on_sample(rtt);
+                sample.rtt = Some(rtt);
+            }
+            if transmissions == 1 || self.min_rtt.is_none_or(|m| rtt >= m) {
+                self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+                if self.rack.is_none_or(|r| (sent_at, index) > r) {
+                    self.rack = Some((sent_at, index));
+                    self.rack_rtt = rtt;
+                }
+            }
+            sample.delivered = self.delivered;
+            let min_rtt = self.min_rtt.unwrap_or(rtt);
+            self.cc.on_ack(now, &sample, self.in_flight, min_rtt);
+            self.probe_due = false;
+            self.tlp_deadline = None;
+        }
+        if self.fast {
+            self.detect_losses(now);
+        }
+        self.prune_lost();
+        if self.una != una_before || newest.is_some() {
+            // RFC 6298 §5.2–5.3: restart the timer for what is left, or stop
+            // it. A selective acknowledgment counts as new data too (as in
+            // RFC 8985 §8), or one lost segment would let the timer run out
+            // while SACKs show the path is delivering, and send the whole
+            // window again.
+            self.rto_deadline = None;
+            if self.una < self.nxt {
+                self.rto_deadline = Some(after(now, self.rtt.rto()));
+            }
+        }
+        if self.una >= self.total {
+            self.rto_deadline = None;
+            self.tlp_deadline = None;
+            self.reorder_deadline = None;
+        } else if self.fast && self.in_flight > 0 && newest.is_some() {
+            self.arm_tlp(now);
+        }
+    }
+
+    /// Accounts one newly delivered segment.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        index: u64,
+        seg: &Seg,
+        sample: &mut RateSample,
+        newest: &mut Option<(Instant, u64, u32)>,
+    ) {
+        if seg.state == SegState::InFlight {
+            self.in_flight = self.in_flight.saturating_sub(u64::from(seg.len));
+        }
+        self.delivered += u64::from(seg.len);
+        self.delivered_time = Some(now);
+        sample.newly_acked += u64::from(seg.len);
+        // The sample describes the most recently sent delivered segment.
+        if newest.is_none_or(|(t, i, _)| (seg.sent_at, index) > (t, i)) {
+            *newest = Some((seg.sent_at, index, seg.transmissions));
+            let send_elapsed = seg.sent_at.saturating_duration_since(seg.first_sent_time);
+            let ack_elapsed = now.saturating_duration_since(seg.delivered_time);
+            let interval = send_elapsed.max(ack_elapsed);
+            sample.prior_delivered = seg.delivered;
+            sample.app_limited = seg.app_limited;
+            self.first_sent_time = Some(seg.sent_at);
+            let bytes = self.delivered.saturating_sub(seg.delivered);
+            sample.delivery_rate = if interval.is_zero() { 0 } else { (bytes as f64 / interval.as_secs_f64()) as u64 };
+        }
+    }
+
+    /// Drops queue entries for segments no longer lost (delivered since, or
+    /// already sent again), so that the front is always one to send.
+    fn prune_lost(&mut self) {
+        while let Some(&index) = self.lost.front() {
+            if self.seg(index).is_some_and(|s| s.state == SegState::Lost) {
+                break;
+            }
+            self.lost.pop_front();
+        }
+    }
+
+    /// RACK (RFC 8985 §6.2): a segment sent before the most recently sent
+    /// delivered one, and not delivered itself a reordering window after
+    /// the RTT, is lost.
+    fn detect_losses(&mut self, now: Instant) {
+        let Some(rack) = self.rack else { return };
+        let srtt = self.rtt.srtt().unwrap_or(self.rack_rtt);
+        let reo_wnd = (self.min_rtt.unwrap_or(srtt) / 4).min(srtt);
+        self.reorder_deadline = None;
+        let mut lost_bytes = 0;
+        let mut newest_lost = None;
+        while let Some(&(sent_at, index, nth)) = self.sent_order.front() {
+            let live = self.seg(index).is_some_and(|s| s.state == SegState::InFlight && s.transmissions == nth);
+            if !live {
+                self.sent_order.pop_front();
+                continue;
+            }
+            if (sent_at, index) >= rack {
+                break;
+            }
+            let deadline = sent_at + self.rack_rtt + reo_wnd;
+            if now < deadline {
+                self.reorder_deadline = Some(deadline);
+                break;
+            }
+            self.sent_order.pop_front();
+            if let Some(seg) = self.seg(index) {
+                seg.state = SegState::Lost;
+                let len = u64::from(seg.len);
+                self.in_flight = self.in_flight.saturating_sub(len);
+                lost_bytes += len;
+                newest_lost = Some(sent_at);
+                self.lost.push_back(index);
+            }
+        }
+        if let Some(newest) = newest_lost {
+            self.cc.on_loss(now, lost_bytes, newest, self.in_flight);
+        }
+    }
+
+    fn arm_tlp(&mut self, now: Instant) {
+        // RFC 8985 §7.2: PTO = 2·SRTT, plus the peer's ACK delay when one
+        // segment is out, and never beyond the RTO.
+        let Some(srtt) = self.rtt.srtt() else { return };
+        let mut pto = srtt * 2;
+        if self.in_flight <= self.segment {
+            pto += PEER_ACK_DELAY;
+        }
+        let at = after(now, pto);
+        self.tlp_deadline = Some(self.rto_deadline.map_or(at, |rto| at.min(rto)));
+    }
+
+    /// Whether a new segment fits the client's receive window.
+    fn window_allows(&self, index: u64) -> bool {
+        self.in_flight == 0 || self.range(index).1.saturating_sub(self.acked()) <= self.peer_window
+    }
+
+    fn cwnd_allows(&self, len: u64) -> bool {
+        self.in_flight == 0 || self.in_flight + len <= self.cc.window()
+    }
+
+    /// The next segment to send, if the windows and the pacer allow one now.
+    pub(crate) fn poll_send(&mut self, now: Instant) -> Option<Send> {
+        if self.next_send.is_some_and(|t| t > now) {
+            return None;
+        }
+        let probe = std::mem::take(&mut self.probe_due);
+        // Lost segments first, then new ones; a probe may go beyond the
+        // congestion window by one segment (RFC 8985 §7.3).
+        while let Some(&index) = self.lost.front() {
+            if !self.seg(index).is_some_and(|s| s.state == SegState::Lost) {
+                self.lost.pop_front();
+                continue;
+            }
+            let (start, end) = self.range(index);
+            if !(probe || self.cwnd_allows(end - start)) {
+                self.probe_due = probe;
+                return None;
+            }
+            self.lost.pop_front();
+            let send = self.record_send(now, index);
+            self.prune_lost();
+            return Some(send);
+        }
+        if self.nxt < self.total {
+            let (start, end) = self.range(self.nxt);
+            if (probe || self.cwnd_allows(end - start)) && self.window_allows(self.nxt) {
+                let index = self.nxt;
+                self.nxt += 1;
+                return Some(self.record_send(now, index));
+            }
+        }
+        if probe {
+            // Nothing new may go: probe with the last segment in flight.
+            let last = (self.una..self.nxt).rev().find(|&i| self.seg(i).is_some_and(|s| s.state == SegState::InFlight));
+            if let Some(index) = last {
+                return Some(self.record_send(now, index));
+            }
+        }
+        None
+    }
+
+    fn record_send(&mut self, now: Instant, index: u64) -> Send {
+        let (start, end) = self.range(index);
+        let len = end - start;
+        if self.in_flight == 0 {
+            // draft-cheng §3.2: a new flight starts the clocks afresh.
+            self.first_sent_time = Some(now);
+            self.delivered_time = Some(now);
+        }
+        let app_limited = self.nxt >= self.total;
+        let stamp = Seg {
+            len: len as u32,
+            state: SegState::InFlight,
+            sent_at: now,
+            transmissions: 1,
+            delivered: self.delivered,
+            delivered_time: self.delivered_time.unwrap_or(now),
+            first_sent_time: self.first_sent_time.unwrap_or(now),
+            app_limited,
+        };
+        let retransmission = match self.seg(index) {
+            Some(seg) => {
+                let was = seg.state;
+                *seg = Seg { transmissions: seg.transmissions + 1, ..stamp };
+                // A probe of a segment still in flight is not added twice.
+                if was != SegState::InFlight {
+                    self.in_flight += len;
+                }
+                true
+            }
+            None => {
+                self.board.push_back(stamp);
+                self.in_flight += len;
+                false
+            }
+        };
+        if self.fast {
+            let nth = self.seg(index).map_or(1, |s| s.transmissions);
+            self.sent_order.push_back((now, index, nth));
+        }
+        if retransmission {
+            self.retransmissions += 1;
+        }
+        self.cc.on_sent(now, len, self.in_flight);
+        if let Some(rate) = self.cc.pacing_rate().filter(|&r| r > 0) {
+            let base = self.next_send.map_or(now, |t| t.max(now.checked_sub(PACING_BURST).unwrap_or(now)));
+            self.next_send = Some(base + Duration::from_secs_f64(len.max(1) as f64 / rate as f64));
+        } else {
+            self.next_send = None;
+        }
+        // RFC 6298 §5.1: start the timer if it is not running.
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(after(now, self.rtt.rto()));
+        }
+        if self.fast {
+            self.arm_tlp(now);
+        }
+        Send { index, retransmission }
+    }
+
+    /// Whether the windows allow a segment now (the pacer aside).
+    fn has_sendable(&self) -> bool {
+        if self.probe_due {
+            return true;
+        }
+        let lost = self.lost.front().and_then(|&i| {
+            let at = usize::try_from(i.checked_sub(self.una)?).ok()?;
+            self.board.get(at).filter(|s| s.state == SegState::Lost)
+        });
+        if let Some(seg) = lost {
+            return self.cwnd_allows(u64::from(seg.len));
+        }
+        if self.nxt < self.total {
+            let (start, end) = self.range(self.nxt);
+            return self.cwnd_allows(end - start) && self.window_allows(self.nxt);
+        }
+        false
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let pacing = self.next_send.filter(|_| self.has_sendable());
+        [self.rto_deadline, self.tlp_deadline, self.reorder_deadline, pacing].into_iter().flatten().min()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.rto_deadline.is_some_and(|t| now >= t) {
+            // RFC 6298 §5.4–5.6 with RFC 8985 §6.3: everything outstanding is
+            // presumed lost; resend from the first, back off.
+            self.rto_deadline = None;
+            self.tlp_deadline = None;
+            self.reorder_deadline = None;
+            self.rtt.on_timeout();
+            self.cc.on_rto(now);
+            for index in self.una..self.nxt {
+                if let Some(seg) = self.seg(index).filter(|s| s.state == SegState::InFlight) {
+                    seg.state = SegState::Lost;
+                    let len = u64::from(seg.len);
+                    self.in_flight = self.in_flight.saturating_sub(len);
+                }
+            }
+            self.lost = (self.una..self.nxt).collect();
+            self.next_send = None;
+            return;
+        }
+        if self.reorder_deadline.is_some_and(|t| now >= t) {
+            self.detect_losses(now);
+            self.prune_lost();
+        }
+        if self.tlp_deadline.is_some_and(|t| now >= t) {
+            self.tlp_deadline = None;
+            self.probe_due = true;
+        }
+    }
+
+    pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
+        self.has_sendable() && self.next_send.is_none_or(|t| t <= now)
+    }
+}
