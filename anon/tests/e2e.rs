@@ -349,3 +349,38 @@ fn interrupted_client_exits_130_and_leaves_no_file() {
     assert!(!out.exists());
     assert_eq!(files_in(dir.path()), ["c.log"]);
 }
+
+/// A fake fast-mode server written here announces a SHA-256 that does not
+/// match the page it sends: the client refuses the page and writes nothing.
+#[test]
+fn page_not_matching_the_announced_digest_is_refused() {
+    use anon_proto::wire::ext::Answer;
+    use anon_proto::wire::{Flags, Header, Seq};
+    let dir = tempfile::tempdir().unwrap();
+    let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
+    fake.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let port = fake.local_addr().unwrap().port();
+    let (mut client, out, _) = fetch(port, dir.path(), "c", &[]);
+    let mut buf = [0u8; 2048];
+    let (n, from) = fake.recv_from(&mut buf).unwrap();
+    let (syn, _) = Header::decode(&buf[..n]).unwrap();
+    assert!(syn.flags.contains(Flags::SYN) && n > 12, "a fast-mode offer");
+    let body = b"hello, page";
+    let answer = Answer { segment: 1400, page_len: body.len() as u64, page_sha256: [0xab; 32] };
+    let mut d = Vec::new();
+    Header::new(Seq(1000), syn.seq + 1, Flags::SYN | Flags::ACK).encode(&[], &mut d);
+    answer.encode(&mut d);
+    fake.send_to(&d, from).unwrap();
+    // The handshake ACK, then the whole page in one FIN segment.
+    let (n, _) = fake.recv_from(&mut buf).unwrap();
+    let (ack, _) = Header::decode(&buf[..n]).unwrap();
+    assert_eq!(ack.ack, Seq(1001));
+    let mut d = Vec::new();
+    Header::new(Seq(1001), ack.seq + 1, Flags::ACK | Flags::FIN).encode(body, &mut d);
+    fake.send_to(&d, from).unwrap();
+    let status = client.wait(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(1), "{:?}", client.stderr);
+    assert!(client.stderr.iter().any(|l| l.contains("SHA-256")), "{:?}", client.stderr);
+    assert!(!out.exists());
+    assert!(files_in(dir.path()).iter().all(|n| !n.ends_with(".part")));
+}

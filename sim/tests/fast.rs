@@ -79,3 +79,139 @@ fn lossy_links_every_size() {
         }
     }
 }
+
+/// Ideal transfer time over a bottleneck: size / rate + 2 RTT (handshake and
+/// the last round trip).
+fn ideal(size: usize, mbit: u64, rtt: Duration) -> Duration {
+    Duration::from_secs_f64(size as f64 * 8.0 / (mbit as f64 * 1e6)) + rtt * 2
+}
+
+/// Time from the first SYN to the page being complete at the client.
+fn transfer_time(setup: Setup) -> Duration {
+    let (sim, _) = run_and_check(setup);
+    sim.clients[0].finished_at.unwrap() - sim.start
+}
+
+#[test]
+fn one_percent_random_loss_holds_the_rate() {
+    let size = 10 << 20;
+    let mut link = LinkConfig::bottleneck(100, Duration::from_millis(25));
+    link.loss = 0.01;
+    let ideal = ideal(size, 100, Duration::from_millis(50));
+    for seed in seeds(3) {
+        let bbr = transfer_time(fast(seed, link, page(size, seed)));
+        assert!(bbr < ideal.mul_f64(1.3), "seed {seed}: {bbr:?} vs ideal {ideal:?}");
+        // A loss-based controller cannot hold the rate: BBR is the default.
+        let mut cubic = fast(seed, link, page(size, seed));
+        cubic.server.congestion = anon_proto::cc::Algorithm::Cubic;
+        let cubic = transfer_time(cubic);
+        assert!(bbr < cubic, "seed {seed}: BBR {bbr:?}, CUBIC {cubic:?}");
+    }
+}
+
+#[test]
+fn five_percent_loss_with_duplication_and_reordering() {
+    let size = 10 << 20;
+    let mut link = LinkConfig::bottleneck(100, Duration::from_millis(25));
+    link.loss = 0.05;
+    link.duplicate = 0.02;
+    link.reorder = 0.05;
+    link.reorder_delay = Duration::from_millis(10);
+    let ideal = ideal(size, 100, Duration::from_millis(50));
+    for seed in seeds(3) {
+        let t = transfer_time(fast(seed, link, page(size, seed)));
+        assert!(t < ideal.mul_f64(1.5), "seed {seed}: {t:?} vs ideal {ideal:?}");
+    }
+}
+
+#[test]
+fn bursty_loss() {
+    for seed in seeds(20) {
+        let mut link = LinkConfig::hostile(0.0);
+        // Bursts of about 5 datagrams, 40% lost inside, every ~50 datagrams.
+        link.burst = Some((0.02, 0.2, 0.4));
+        let mut setup = fast(seed, link, page(300_000, seed));
+        patient(&mut setup);
+        run_and_check(setup);
+    }
+}
+
+#[test]
+fn sequence_numbers_wrap_around() {
+    for &size in &[0usize, 1448, 1449, 300_000] {
+        for seed in seeds(20) {
+            let mut setup = fast(seed, LinkConfig::hostile(0.1), page(size, seed));
+            patient(&mut setup);
+            setup.client_isn = Some(u32::MAX - (seed as u32 % 4));
+            setup.server_isn = Some(u32::MAX - 3000 - seed as u32 * 7);
+            run_and_check(setup);
+        }
+    }
+}
+
+#[test]
+fn control_packets_lost_once_twice_three_times() {
+    type Kind = (&'static str, fn(&anon_sim::Datagram) -> bool);
+    let kinds: [Kind; 5] = [
+        ("SYN", is_syn),
+        ("SYN|ACK", is_syn_ack),
+        ("handshake ACK", is_client_ack),
+        ("FIN", is_server_fin),
+        ("FIN|ACK", is_client_fin_ack),
+    ];
+    for (name, pred) in kinds {
+        for n in 1..=3 {
+            for size in [0, 1448, 100_000] {
+                let mut setup = fast(n as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 1));
+                if name == "FIN|ACK" && n == 3 {
+                    patient(&mut setup);
+                }
+                let page_bytes = setup.page.clone();
+                let mut sim = Sim::new(setup);
+                sim.net.set_filter(drop_first(n, pred));
+                let report = sim.run(Duration::from_secs(2 * 3600), 1_000_000);
+                assert_eq!(sim.net.dropped, n as u64, "{name} x{n}: filter did not fire");
+                check(&sim, &report, &page_bytes, 1, n as u64);
+                assert!(matches!(sim.clients[0].conn.mode(), Mode::Fast { .. }), "{name} x{n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn receive_window_of_one_segment() {
+    for seed in seeds(10) {
+        let mut setup = fast(seed, LinkConfig::hostile(0.05), page(50_000, seed));
+        patient(&mut setup);
+        let mut fast_client = setup.client.fast.unwrap();
+        fast_client.recv_window = u32::from(MAX_SEGMENT);
+        setup.client.fast = Some(fast_client);
+        run_and_check(setup);
+    }
+}
+
+#[test]
+fn large_page_over_a_clean_bottleneck() {
+    let size = 64 << 20;
+    let t = transfer_time(fast(5, LinkConfig::bottleneck(1000, Duration::from_millis(5)), page(size, 5)));
+    let ideal = ideal(size, 1000, Duration::from_millis(10));
+    assert!(t < ideal.mul_f64(1.2), "{t:?} vs ideal {ideal:?}");
+}
+
+/// Two of our flows through one bottleneck share it about equally.
+#[test]
+fn two_flows_share_a_bottleneck() {
+    let mut setup = fast(6, LinkConfig::bottleneck(100, Duration::from_millis(10)), page(40 << 20, 6));
+    setup.clients = 2;
+    let mut sim = Sim::new(setup);
+    // Let them converge, then measure each one's share over two seconds.
+    sim.run(Duration::from_secs(2), 50_000_000);
+    let before: Vec<usize> = sim.clients.iter().map(|c| c.data.len()).collect();
+    sim.run(Duration::from_secs(4), 50_000_000);
+    let delta: Vec<f64> = sim.clients.iter().zip(&before).map(|(c, b)| (c.data.len() - b) as f64).collect();
+    let share = delta[0] / (delta[0] + delta[1]);
+    eprintln!("shares {share:.3} / {:.3}; {delta:?}", 1.0 - share);
+    assert!((0.35..=0.65).contains(&share), "unequal shares: {delta:?}");
+    // Together they fill the link (100 Mbit/s = 12.5 MB/s).
+    assert!(delta[0] + delta[1] > 0.85 * 2.0 * 12.5e6, "{delta:?}");
+}

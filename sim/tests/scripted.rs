@@ -363,3 +363,71 @@ proptest! {
         }
     }
 }
+
+/// A plain server written here: it ignores the offer, answers with a bare
+/// SYN|ACK and sends stop-and-wait. Our client, offering fast mode, must
+/// finish in baseline mode with the exact baseline packets.
+#[test]
+fn fast_client_against_a_plain_server_falls_back_to_baseline() {
+    let now = Instant::now();
+    let mut c = ClientConn::new(ClientConfig::default(), 5000, now);
+    let syn = client_sends(&mut c, now);
+    assert_eq!(syn.len(), 1);
+    assert_eq!(&syn[0][..HEADER_LEN], &dgram(5000, 0, SYN, &[])[..]);
+    assert!(syn[0].len() >= anon_proto::wire::ext::ANSWER_DATAGRAM_LEN, "offer padded");
+    c.handle(now, &dgram(100, 5001, ACK | SYN, &[]));
+    assert_eq!(client_sends(&mut c, now), [dgram(5001, 101, ACK, &[])]);
+    assert_eq!(c.mode(), anon_proto::Mode::Baseline);
+    let body = page(1100);
+    let mut seq = 101u32;
+    let mut client_seq = 5002u32;
+    for chunk in body.chunks(512) {
+        let last = seq as usize - 101 + chunk.len() == body.len();
+        let flags = if last { ACK | FIN } else { ACK };
+        c.handle(now, &dgram(seq, client_seq, flags, chunk));
+        seq += chunk.len() as u32;
+        let expect = dgram(client_seq, seq, if last { ACK | FIN } else { ACK }, &[]);
+        assert_eq!(client_sends(&mut c, now), [expect]);
+        client_seq += 1;
+    }
+    assert!(c.is_finished());
+    assert_eq!(c.readable(), &body[..]);
+}
+
+/// Offers that are malformed, too short to be answered without
+/// amplification, or from a future version get the baseline exchange.
+#[test]
+fn server_answers_only_well_formed_padded_offers() {
+    use anon_proto::wire::ext::{Offer, VERSION};
+    let now = Instant::now();
+    let mut good = Vec::new();
+    Offer { max_segment: 1200, recv_window: 1 << 20 }.encode(&mut good);
+    let mut future = good.clone();
+    future[4] = VERSION + 1;
+    let mut truncated = good.clone();
+    truncated.truncate(20);
+    let cases: [(&str, Vec<u8>, bool); 5] = [
+        ("good", good.clone(), true),
+        ("future version", future, false),
+        ("truncated", truncated, false),
+        ("random", vec![0x41; 200], false),
+        ("unpadded", good[..18].to_vec(), false),
+    ];
+    for (i, (name, payload, fast)) in cases.into_iter().enumerate() {
+        let mut s = server(&page(3000));
+        let peer = client_addr(i);
+        s.handle(now, peer, &dgram(7, 0, SYN, &payload));
+        let out = sends(&mut s, now);
+        assert_eq!(out.len(), 1, "{name}");
+        let syn_ack = &out[0].1;
+        assert_eq!(&syn_ack[..HEADER_LEN], &dgram(100, 8, ACK | SYN, &[])[..], "{name}");
+        assert!(syn_ack.len() <= HEADER_LEN + payload.len(), "{name}: amplification");
+        if fast {
+            let answer = anon_proto::wire::ext::Answer::decode(&syn_ack[HEADER_LEN..]).unwrap();
+            assert_eq!((answer.segment, answer.page_len), (1200, 3000));
+        } else {
+            assert_eq!(syn_ack.len(), HEADER_LEN, "{name}: baseline SYN|ACK");
+        }
+        assert_eq!(s.stats().accepted_fast, u64::from(fast), "{name}");
+    }
+}

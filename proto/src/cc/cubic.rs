@@ -29,8 +29,9 @@ pub struct Cubic {
 }
 
 impl Cubic {
-    /// A controller for segments of `mss` bytes.
-    pub fn new(mss: u64) -> Self {
+    /// A controller for segments of `mss` bytes; `rtt` from the handshake
+    /// seeds the pacing rate.
+    pub fn new(mss: u64, rtt: Option<Duration>) -> Self {
         Cubic {
             mss,
             cwnd: initial_window(mss),
@@ -40,7 +41,7 @@ impl Cubic {
             epoch_start: None,
             w_est: 0.0,
             recovery_start: None,
-            srtt: Duration::from_millis(100),
+            srtt: rtt.unwrap_or(Duration::from_millis(100)),
         }
     }
 

@@ -197,7 +197,7 @@ impl ServerConn {
             Mode::Fast { segment } => SenderParams {
                 segment: u64::from(segment),
                 fast: true,
-                cc: self.congestion.build(u64::from(segment)),
+                cc: self.congestion.build(u64::from(segment), rtt.srtt()),
                 peer_window: self.peer_window,
             },
         };
