@@ -380,15 +380,13 @@ fn fast_client_against_a_plain_server_falls_back_to_baseline() {
     assert_eq!(c.mode(), anon_proto::Mode::Baseline);
     let body = page(1100);
     let mut seq = 101u32;
-    let mut client_seq = 5002u32;
-    for chunk in body.chunks(512) {
+    for (client_seq, chunk) in (5002u32..).zip(body.chunks(512)) {
         let last = seq as usize - 101 + chunk.len() == body.len();
         let flags = if last { ACK | FIN } else { ACK };
         c.handle(now, &dgram(seq, client_seq, flags, chunk));
         seq += chunk.len() as u32;
         let expect = dgram(client_seq, seq, if last { ACK | FIN } else { ACK }, &[]);
         assert_eq!(client_sends(&mut c, now), [expect]);
-        client_seq += 1;
     }
     assert!(c.is_finished());
     assert_eq!(c.readable(), &body[..]);
