@@ -156,7 +156,8 @@ pub struct ClientArgs {
     /// Give up when the server has been silent this long during the transfer.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     pub timeout: Duration,
-    /// Print nothing on success.
+    /// Print nothing on success, and no progress bar (which is only ever
+    /// shown on a terminal).
     #[arg(short, long)]
     pub quiet: bool,
     /// Do not offer fast mode: ask for the assignment's baseline exchange.
@@ -332,7 +333,8 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
     };
     let result = rt.block_on(async {
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(FetchFailed::Socket)?;
-        driver::client::run(server, socket, config, log, output, signals.recv()).await
+        let progress = !args.quiet;
+        driver::client::run(server, socket, config, log, output, progress, signals.recv()).await
     });
     match result {
         Ok(summary) => {

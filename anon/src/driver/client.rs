@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anon_proto::wire::ext::Answer;
 use anon_proto::{ClientConfig, ClientConn, ClientEvent, ConnectionError};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 use tokio::net::UdpSocket;
@@ -156,6 +157,7 @@ pub async fn run(
     config: ClientConfig,
     mut log: PacketLog,
     output: Output,
+    progress: bool,
     interrupt: impl Future<Output = ()>,
 ) -> Result<FetchSummary, FetchFailed> {
     tokio::pin!(interrupt);
@@ -163,6 +165,7 @@ pub async fn run(
     let mut conn = ClientConn::new(config, rand::random(), start);
     let mut output = Some(output);
     let mut finished_at = None;
+    let mut bar: Option<ProgressBar> = None;
     let mut rx = vec![0u8; MAX_DATAGRAM];
     let mut tx = Vec::with_capacity(64);
     tracing::debug!(%server, "connecting");
@@ -201,11 +204,22 @@ pub async fn run(
         }
         let n = readable.len();
         conn.consume(n);
+        if let (Some(bar), true) = (bar.as_ref(), n > 0) {
+            bar.set_position(conn.received());
+        }
         while let Some(event) = conn.poll_event() {
             match event {
-                ClientEvent::Connected(mode) => tracing::debug!(?mode, "connected"),
+                ClientEvent::Connected(mode) => {
+                    tracing::debug!(?mode, "connected");
+                    if progress {
+                        bar = Some(progress_bar(conn.answer().map(|a| a.page_len)));
+                    }
+                }
                 ClientEvent::Finished { len } => {
                     finished_at = Some(Instant::now());
+                    if let Some(bar) = bar.take() {
+                        bar.finish_and_clear();
+                    }
                     if let Some(out) = output.take() {
                         out.verify(conn.answer())?;
                         out.commit()?;
@@ -253,6 +267,26 @@ pub async fn run(
         elapsed: finished_at.unwrap_or_else(Instant::now) - start,
         retransmissions: stats.retransmissions,
     })
+}
+
+/// A progress bar on stderr: bytes, rate and ETA when the length is known
+/// (fast mode announces it), bytes and rate otherwise. indicatif draws
+/// nothing when stderr is not a terminal, so pipes and CI logs stay clean.
+fn progress_bar(len: Option<u64>) -> ProgressBar {
+    let bar = match len {
+        Some(len) => ProgressBar::new(len).with_style(
+            ProgressStyle::with_template(
+                "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {binary_bytes} {binary_bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+    bar
 }
 
 /// Handles an error of the connected socket; returns whether the

@@ -82,6 +82,49 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
+/// Fetches the page `runs` times with `extra` client flags; returns the
+/// median of the client's own timing (first SYN to last byte, without
+/// TIME-WAIT) and the client's peak RSS in KiB.
+fn fetch_runs(
+    bins: &Path,
+    port: u16,
+    dir: &Path,
+    page: &[u8],
+    runs: usize,
+    extra: &[&str],
+) -> io::Result<(Duration, u64)> {
+    let mut times = Vec::new();
+    let mut peak = 0;
+    for i in 0..runs {
+        let out = dir.join(format!("out{i}"));
+        let mut client = spawn_client(&bins.join("anonclient"), port, &dir.join("c.log"), &out, extra)?;
+        let pid = client.pid();
+        let mut rss = 0;
+        // Sample the client's peak RSS while it runs (VmHWM survives until exit).
+        while let Ok((_, hwm)) = rss_kib(pid) {
+            rss = rss.max(hwm);
+            if client.wait_for_line("wrote", Duration::from_millis(20)).is_ok() {
+                break;
+            }
+        }
+        peak = peak.max(rss);
+        if !client.wait(Duration::from_secs(600))?.success() {
+            return Err(io::Error::other(format!("client failed: {:?}", client.stderr)));
+        }
+        if std::fs::read(&out)? != page {
+            return Err(io::Error::other("fetched page differs"));
+        }
+        std::fs::remove_file(&out)?;
+        let secs = client
+            .stderr
+            .iter()
+            .find_map(|l| l.split(" in ").nth(1)?.split(' ').next()?.parse::<f64>().ok())
+            .ok_or_else(|| io::Error::other(format!("no time in {:?}", client.stderr)))?;
+        times.push(Duration::from_secs_f64(secs));
+    }
+    Ok((median(times), peak))
+}
+
 fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
     let page = random_page(size);
     let origin = Origin::serve(page.clone())?;
@@ -93,25 +136,8 @@ fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
         &[],
         Duration::from_secs(60),
     )?;
-
-    let mut ours = Vec::new();
-    for i in 0..runs {
-        let out = dir.path().join(format!("out{i}"));
-        let mut client = spawn_client(&bins.join("anonclient"), server.port, &dir.path().join("c.log"), &out, &[])?;
-        if !client.wait(Duration::from_secs(600))?.success() {
-            return Err(io::Error::other(format!("client failed: {:?}", client.stderr)));
-        }
-        if std::fs::read(&out)? != page {
-            return Err(io::Error::other("fetched page differs"));
-        }
-        // The client's own figure: first SYN to last byte, without TIME-WAIT.
-        let secs = client
-            .stderr
-            .iter()
-            .find_map(|l| l.split(" in ").nth(1)?.split(' ').next()?.parse::<f64>().ok())
-            .ok_or_else(|| io::Error::other(format!("no time in {:?}", client.stderr)))?;
-        ours.push(Duration::from_secs_f64(secs));
-    }
+    let (fast, fast_rss) = fetch_runs(bins, server.port, dir.path(), &page, runs, &[])?;
+    let (baseline, base_rss) = fetch_runs(bins, server.port, dir.path(), &page, runs, &["--no-fast"])?;
     server.stop(Duration::from_secs(10))?;
 
     let agent = ureq::Agent::new_with_defaults();
@@ -123,6 +149,8 @@ fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
             .call()
             .map_err(io::Error::other)?
             .body_mut()
+            .with_config()
+            .limit(u64::MAX)
             .read_to_vec()
             .map_err(io::Error::other)?;
         tcp.push(start.elapsed());
@@ -130,15 +158,24 @@ fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
             return Err(io::Error::other("TCP page differs"));
         }
     }
-    let (ours, tcp) = (median(ours), median(tcp));
+    let tcp = median(tcp);
     let rate = |d: Duration| size as f64 * 8.0 / d.as_secs_f64() / 1e6;
+    println!("page {size} bytes, loopback, median of {runs}, all measured in this run");
+    println!("{:<30} {:>10} {:>12} {:>10} {:>14}", "transport", "time", "Mbit/s", "vs TCP", "client RSS KiB");
+    for (name, t, rss) in [
+        ("anon fast mode", fast, Some(fast_rss)),
+        ("anon baseline (stop-and-wait)", baseline, Some(base_rss)),
+        ("TCP (HTTP from the origin)", tcp, None),
+    ] {
+        let rss = rss.map_or("-".to_string(), |r| r.to_string());
+        let ratio = t.as_secs_f64() / tcp.as_secs_f64();
+        println!("{name:<30} {:>9.3}s {:>12.1} {ratio:>9.2}x {rss:>14}", t.as_secs_f64(), rate(t));
+    }
     let segments = size.div_ceil(512);
-    println!("page {size} bytes, loopback, median of {runs}");
-    println!("{:<28} {:>10} {:>12}", "transport", "time", "Mbit/s");
-    println!("{:<28} {:>9.3}s {:>12.1}", "anon baseline (stop-and-wait)", ours.as_secs_f64(), rate(ours));
-    println!("{:<28} {:>9.3}s {:>12.1}", "TCP (HTTP from the origin)", tcp.as_secs_f64(), rate(tcp));
-    println!("ratio anon/TCP time: {:.1}", ours.as_secs_f64() / tcp.as_secs_f64());
-    println!("per 512-byte segment: {:.1} us (one round trip each)", ours.as_secs_f64() * 1e6 / segments as f64);
+    println!(
+        "baseline: {:.1} us per 512-byte segment (one round trip each)",
+        baseline.as_secs_f64() * 1e6 / segments as f64
+    );
     Ok(())
 }
 
