@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub congestion: Algorithm,
     /// Largest fast-mode segment payload the server sends.
     pub max_segment: u16,
+    /// Largest receive window a fast-mode client is believed to have: bounds
+    /// the per-connection scoreboard whatever the client claims.
+    pub max_peer_window: u64,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             fast: true,
             congestion: Algorithm::default(),
             max_segment: ext::MAX_SEGMENT,
+            max_peer_window: 16 << 20,
         }
     }
 }

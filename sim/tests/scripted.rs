@@ -429,3 +429,100 @@ fn server_answers_only_well_formed_padded_offers() {
         assert_eq!(s.stats().accepted_fast, u64::from(fast), "{name}");
     }
 }
+
+/// A fast-mode connection past its handshake; returns the server, the peer,
+/// the time and the server's ISN-relative first data sequence number.
+fn fast_established(page_len: usize, window: u32) -> (Server, SocketAddr, Instant) {
+    use anon_proto::wire::ext::Offer;
+    let now = Instant::now();
+    let peer = client_addr(0);
+    let mut s = server(&page(page_len));
+    let mut offer = Vec::new();
+    Offer { max_segment: 1000, recv_window: window }.encode(&mut offer);
+    s.handle(now, peer, &dgram(5000, 0, SYN, &offer));
+    let out = sends(&mut s, now);
+    assert!(out[0].1.len() > HEADER_LEN, "answered");
+    s.handle(now + Duration::from_millis(10), peer, &dgram(5001, 101, ACK, &[]));
+    (s, peer, now + Duration::from_millis(10))
+}
+
+fn ack_info(window: u32, sack: &[(u32, u32)]) -> Vec<u8> {
+    let info = anon_proto::wire::ext::AckInfo { window, sack: sack.iter().map(|&(a, b)| (Seq(a), Seq(b))).collect() };
+    let mut p = Vec::new();
+    info.encode(&mut p);
+    p
+}
+
+/// RFC 2018 §8: after a timeout the left edge is sent again even though it
+/// was SACKed (the client may have discarded it).
+#[test]
+fn fast_rto_resends_a_sacked_left_edge() {
+    let (mut s, peer, now) = fast_established(10_000, 1 << 20);
+    // The paced first flight: all ten segments within a few milliseconds.
+    let mut first = sends(&mut s, now);
+    let mut at = now;
+    while first.len() < 10 && at < now + Duration::from_millis(5) {
+        at = s.poll_timeout().unwrap();
+        s.handle_timeout(at);
+        first.extend(sends(&mut s, at));
+    }
+    assert_eq!(first.len(), 10, "the whole page in the first flight");
+    // SACK segments 1 and 2 (bytes 1000..3000), then acknowledge segment 0.
+    let t = now + Duration::from_millis(10);
+    s.handle(t, peer, &dgram(5002, 101, ACK, &ack_info(1 << 20, &[(1101, 3101)])));
+    s.handle(t, peer, &dgram(5003, 1101, ACK, &ack_info(1 << 20, &[(1101, 3101)])));
+    let _ = sends(&mut s, t);
+    // Silence until the retransmission timer fires.
+    let mut at = t;
+    let mut resent = Vec::new();
+    for _ in 0..20 {
+        at = s.poll_timeout().unwrap();
+        s.handle_timeout(at);
+        resent.extend(sends(&mut s, at).into_iter().map(|(_, d)| Header::decode(&d).unwrap().0.seq));
+        if resent.contains(&Seq(1101)) {
+            break;
+        }
+    }
+    assert!(resent.contains(&Seq(1101)), "left edge never sent again: {resent:?}");
+    assert!(at - t < Duration::from_secs(5));
+}
+
+/// During an outage the server's sends back off like its RTO: tail-loss
+/// probes do not keep firing at 2·SRTT.
+#[test]
+fn fast_sender_backs_off_during_an_outage() {
+    let (mut s, _peer, now) = fast_established(1 << 20, 1 << 20);
+    let mut sent = sends(&mut s, now).len();
+    let initial = sent;
+    let mut t = now;
+    while let Some(next) = s.poll_timeout() {
+        t = next;
+        s.handle_timeout(t);
+        sent += sends(&mut s, t).len();
+    }
+    assert_eq!(s.stats().given_up, 1);
+    assert!(t - now >= ServerConfig::default().idle_timeout);
+    // The initial window, then a few probes and backed-off retransmissions.
+    assert!(sent - initial < 150, "{} datagrams after the first window", sent - initial);
+}
+
+/// A client claiming a huge receive window cannot make the server hold
+/// more than its cap in flight.
+#[test]
+fn fast_receive_window_is_capped() {
+    let (mut s, peer, now) = fast_established(64 << 20, u32::MAX);
+    let mut t = now;
+    let mut highest = 0u32;
+    // Acknowledge nothing cumulatively but SACK everything sent, for a while.
+    for round in 0..200u32 {
+        for (_, d) in sends(&mut s, t) {
+            let (h, p) = Header::decode(&d).unwrap();
+            highest = highest.max(h.seq.get() + p.len() as u32);
+        }
+        t += Duration::from_millis(5);
+        s.handle(t, peer, &dgram(5002 + round, 101, ACK, &ack_info(u32::MAX, &[(1101, highest)])));
+        s.handle_timeout(t);
+    }
+    let outstanding = u64::from(highest - 101);
+    assert!(outstanding <= ServerConfig::default().max_peer_window + 1000, "{outstanding}");
+}

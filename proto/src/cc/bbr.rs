@@ -1,9 +1,11 @@
 //! BBR, after draft-ietf-ccwg-bbr in its simplest form (the v1 state
-//! machine): estimate the bottleneck bandwidth (max of recent delivery
-//! rates) and the round-trip propagation time (min of recent RTTs), pace at
-//! the bandwidth, keep about two bandwidth-delay products in flight.
+//! machine: Startup, Drain, ProbeBW, ProbeRTT): estimate the bottleneck
+//! bandwidth (max of recent delivery rates) and the round-trip propagation
+//! time (min of recent RTTs), pace at the bandwidth, keep about two
+//! bandwidth-delay products in flight.
 //!
-//! Loss is not a signal here, which is what keeps the rate up on a path with
+//! Loss is not a signal here at all (like BBRv1; the current draft reacts to
+//! loss above 2% per round), which is what keeps the rate up on a path with
 //! random (non-congestive) loss, where loss-based algorithms collapse. The
 //! pacing-gain cycle that probes for more bandwidth and drains the queue it
 //! made is also what makes two BBR flows share a bottleneck.
@@ -55,8 +57,9 @@ pub struct Bbr {
     cwnd: u64,
     /// Window saved on entering ProbeRTT, restored on leaving it.
     prior_cwnd: u64,
-    /// The handshake's RTT, for pacing before any delivery-rate sample.
-    init_rtt: Option<Duration>,
+    /// Current pacing rate, bytes per second; it only grows until the pipe
+    /// is full (draft-ietf-ccwg-bbr BBRSetPacingRateWithGain).
+    pacing_rate: u64,
 }
 
 impl Bbr {
@@ -76,7 +79,10 @@ impl Bbr {
             filled_pipe: false,
             cwnd: initial_window(mss),
             prior_cwnd: 0,
-            init_rtt: rtt,
+            // BBRInitPacingRate: the initial window over the handshake RTT,
+            // or over a nominal millisecond without one.
+            pacing_rate: (STARTUP_GAIN * initial_window(mss) as f64
+                / rtt.unwrap_or(Duration::from_millis(1)).as_secs_f64().max(1e-6)) as u64,
         }
     }
 
@@ -180,9 +186,10 @@ impl Bbr {
             if self.min_rtt.is_none_or(|m| rtt <= m) || expired {
                 self.min_rtt = Some(rtt);
                 self.min_rtt_stamp = Some(now);
-                return;
             }
         }
+        // The draft enters ProbeRTT on expiry even when a sample refreshed
+        // the estimate: that sample may carry a standing queue.
         if expired && !matches!(self.state, State::ProbeRtt { .. }) {
             self.prior_cwnd = self.cwnd;
             self.state = State::ProbeRtt { until: None };
@@ -197,6 +204,13 @@ impl Controller for Bbr {
         self.update_bw(s);
         self.update_min_rtt(now, s.rtt);
         self.update_state(now, in_flight);
+        let bw = self.btl_bw();
+        if bw > 0 {
+            let rate = (self.pacing_gain() * bw as f64) as u64;
+            if self.filled_pipe || rate > self.pacing_rate {
+                self.pacing_rate = rate;
+            }
+        }
         // The in-flight target: a few BDPs plus room for ACK aggregation.
         let target = match self.state {
             State::ProbeRtt { .. } => self.min_window(),
@@ -235,11 +249,6 @@ impl Controller for Bbr {
     }
 
     fn pacing_rate(&self) -> Option<u64> {
-        let bw = match self.btl_bw() {
-            // No measurement yet: the initial window over the handshake RTT.
-            0 => (initial_window(self.mss) as f64 / self.init_rtt?.as_secs_f64().max(1e-6)) as u64,
-            bw => bw,
-        };
-        Some((self.pacing_gain() * bw as f64) as u64)
+        Some(self.pacing_rate)
     }
 }

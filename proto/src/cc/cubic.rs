@@ -68,10 +68,15 @@ impl Controller for Cubic {
             return;
         }
         let mss = self.mss as f64;
-        let epoch = *self.epoch_start.get_or_insert_with(|| {
+        if self.epoch_start.is_none() {
+            // RFC 9438 §4.2: a new epoch (after slow start, or a timeout)
+            // computes K from where the window is now.
+            self.epoch_start = Some(now);
             self.w_est = self.cwnd as f64;
-            now
-        });
+            self.w_max = self.w_max.max(self.cwnd as f64);
+            self.k = ((self.w_max - self.cwnd as f64) / mss / C).max(0.0).cbrt();
+        }
+        let epoch = self.epoch_start.unwrap_or(now);
         let t = now.saturating_duration_since(epoch).as_secs_f64();
         // RFC 9438 §4.3: the Reno-friendly region.
         let alpha = 3.0 * (1.0 - BETA) / (1.0 + BETA);
@@ -105,7 +110,7 @@ impl Controller for Cubic {
     fn on_rto(&mut self, now: Instant) {
         // RFC 9438 §4.8 with RFC 5681 §3.1: back to one segment.
         self.w_max = self.cwnd as f64;
-        self.ssthresh = (self.cwnd / 2).max(minimum_window(self.mss));
+        self.ssthresh = ((self.cwnd as f64 * BETA) as u64).max(minimum_window(self.mss));
         self.cwnd = self.mss;
         self.epoch_start = None;
         self.recovery_start = Some(now);

@@ -101,7 +101,8 @@ pub(crate) fn initial_window(mss: u64) -> u64 {
     32 * mss
 }
 
-/// Smallest window any controller goes down to.
+/// Smallest window a controller reduces to on loss (a timeout may go to
+/// one segment, RFC 5681 §3.1).
 pub(crate) fn minimum_window(mss: u64) -> u64 {
     2 * mss
 }

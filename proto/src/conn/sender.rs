@@ -71,6 +71,8 @@ pub(crate) struct SenderParams {
     pub cc: Box<dyn Controller>,
     /// Bytes beyond the cumulative acknowledgment the client accepts.
     pub peer_window: u64,
+    /// Cap on `peer_window`, whatever the client says.
+    pub window_cap: u64,
 }
 
 #[derive(Debug)]
@@ -107,6 +109,12 @@ pub(crate) struct Sender {
     reorder_deadline: Option<Instant>,
     /// A tail-loss probe is due (it may exceed the window by one segment).
     probe_due: bool,
+    /// A probe was sent and no acknowledgment has delivered data since
+    /// (RFC 8985 §7.2: no new probe timer until then).
+    tlp_outstanding: bool,
+    /// Largest receive window believed, whatever the client offers: keeps
+    /// the scoreboard and sequence distances bounded (RFC 7323 §2.3).
+    window_cap: u64,
     next_send: Option<Instant>,
     /// Delivery-rate estimation state.
     delivered: u64,
@@ -132,13 +140,15 @@ impl Sender {
             rtt,
             min_rtt: None,
             cc: params.cc,
-            peer_window: params.peer_window,
+            peer_window: params.peer_window.min(params.window_cap),
             rack: None,
             rack_rtt: Duration::ZERO,
             rto_deadline: None,
             tlp_deadline: None,
             reorder_deadline: None,
             probe_due: false,
+            tlp_outstanding: false,
+            window_cap: params.window_cap,
             next_send: None,
             delivered: 0,
             delivered_time: None,
@@ -184,7 +194,7 @@ impl Sender {
     /// [`sent_end`](Self::sent_end); `fin` says the FIN is acknowledged too.
     pub(crate) fn on_ack(&mut self, now: Instant, ack: u64, fin: bool, sacked: &[(u64, u64)], window: Option<u64>) {
         if let Some(w) = window {
-            self.peer_window = w;
+            self.peer_window = w.min(self.window_cap);
         }
         let mut sample = RateSample::default();
         let mut newest: Option<(Instant, u64, u32)> = None;
@@ -236,6 +246,7 @@ impl Sender {
             let min_rtt = self.min_rtt.unwrap_or(rtt);
             self.cc.on_ack(now, &sample, self.in_flight, min_rtt);
             self.probe_due = false;
+            self.tlp_outstanding = false;
             self.tlp_deadline = None;
         }
         if self.fast {
@@ -257,7 +268,7 @@ impl Sender {
             self.rto_deadline = None;
             self.tlp_deadline = None;
             self.reorder_deadline = None;
-        } else if self.fast && self.in_flight > 0 && newest.is_some() {
+        } else if self.in_flight > 0 && newest.is_some() {
             self.arm_tlp(now);
         }
     }
@@ -283,11 +294,15 @@ impl Sender {
             let send_elapsed = seg.sent_at.saturating_duration_since(seg.first_sent_time);
             let ack_elapsed = now.saturating_duration_since(seg.delivered_time);
             let interval = send_elapsed.max(ack_elapsed);
+            // draft-cheng §3.3: an interval shorter than the minimum RTT comes
+            // from ACK compression or a spurious retransmission; no sample.
+            let too_short = self.min_rtt.is_some_and(|m| interval < m);
             sample.prior_delivered = seg.delivered;
             sample.app_limited = seg.app_limited;
             self.first_sent_time = Some(seg.sent_at);
             let bytes = self.delivered.saturating_sub(seg.delivered);
-            sample.delivery_rate = if interval.is_zero() { 0 } else { (bytes as f64 / interval.as_secs_f64()) as u64 };
+            sample.delivery_rate =
+                if interval.is_zero() || too_short { 0 } else { (bytes as f64 / interval.as_secs_f64()) as u64 };
         }
     }
 
@@ -342,8 +357,13 @@ impl Sender {
     }
 
     fn arm_tlp(&mut self, now: Instant) {
-        // RFC 8985 §7.2: PTO = 2·SRTT, plus the peer's ACK delay when one
-        // segment is out, and never beyond the RTO.
+        // RFC 8985 §7.2: only with no probe outstanding, not in loss
+        // recovery, and not while the RTO is backed off.
+        if !self.fast || self.tlp_outstanding || !self.lost.is_empty() || self.rtt.backoff() > 0 {
+            return;
+        }
+        // PTO = 2·SRTT, plus the peer's ACK delay when one segment is out,
+        // and never beyond the RTO.
         let Some(srtt) = self.rtt.srtt() else { return };
         let mut pto = srtt * 2;
         if self.in_flight <= self.segment {
@@ -383,6 +403,9 @@ impl Sender {
             self.lost.pop_front();
             let send = self.record_send(now, index);
             self.prune_lost();
+            if probe {
+                self.after_probe(now);
+            }
             return Some(send);
         }
         if self.nxt < self.total {
@@ -390,17 +413,31 @@ impl Sender {
             if (probe || self.cwnd_allows(end - start)) && self.window_allows(self.nxt) {
                 let index = self.nxt;
                 self.nxt += 1;
-                return Some(self.record_send(now, index));
+                let send = self.record_send(now, index);
+                if probe {
+                    self.after_probe(now);
+                }
+                return Some(send);
             }
         }
         if probe {
             // Nothing new may go: probe with the last segment in flight.
             let last = (self.una..self.nxt).rev().find(|&i| self.seg(i).is_some_and(|s| s.state == SegState::InFlight));
             if let Some(index) = last {
-                return Some(self.record_send(now, index));
+                let send = self.record_send(now, index);
+                self.after_probe(now);
+                return Some(send);
             }
         }
         None
+    }
+
+    /// RFC 8985 §7.3: after a probe, the RTO guards the tail, not another
+    /// probe.
+    fn after_probe(&mut self, now: Instant) {
+        self.tlp_outstanding = true;
+        self.tlp_deadline = None;
+        self.rto_deadline = Some(after(now, self.rtt.rto()));
     }
 
     fn record_send(&mut self, now: Instant, index: u64) -> Send {
@@ -456,7 +493,7 @@ impl Sender {
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(after(now, self.rtt.rto()));
         }
-        if self.fast {
+        if !retransmission {
             self.arm_tlp(now);
         }
         Send { index, retransmission }
@@ -495,14 +532,23 @@ impl Sender {
             self.reorder_deadline = None;
             self.rtt.on_timeout();
             self.cc.on_rto(now);
+            self.probe_due = false;
+            self.tlp_outstanding = false;
             for index in self.una..self.nxt {
-                if let Some(seg) = self.seg(index).filter(|s| s.state == SegState::InFlight) {
+                // RFC 2018 §8: the left edge is sent again even if SACKed (a
+                // receiver may discard what it SACKed).
+                let left_edge = index == self.una;
+                let mut released = 0;
+                if let Some(seg) = self.seg(index).filter(|s| s.state == SegState::InFlight || left_edge) {
+                    if seg.state == SegState::InFlight {
+                        released = u64::from(seg.len);
+                    }
                     seg.state = SegState::Lost;
-                    let len = u64::from(seg.len);
-                    self.in_flight = self.in_flight.saturating_sub(len);
                 }
+                self.in_flight = self.in_flight.saturating_sub(released);
             }
-            self.lost = (self.una..self.nxt).collect();
+            self.lost =
+                (self.una..self.nxt).filter(|&i| self.seg(i).is_some_and(|s| s.state == SegState::Lost)).collect();
             self.next_send = None;
             return;
         }

@@ -98,6 +98,7 @@ pub(crate) struct ServerConn {
     /// Receive window the client offered (fast mode).
     peer_window: u64,
     congestion: crate::cc::Algorithm,
+    max_peer_window: u64,
     idle_timeout: Duration,
     idle_deadline: Instant,
     /// Page bytes acknowledged when the connection closed.
@@ -142,6 +143,7 @@ impl ServerConn {
             peer_seq: peer_isn,
             peer_window: offer.map_or(u64::MAX, |o| u64::from(o.recv_window)),
             congestion: config.congestion,
+            max_peer_window: config.max_peer_window,
             idle_timeout: config.idle_timeout,
             idle_deadline: after(now, config.idle_timeout),
             acked_at_close: 0,
@@ -193,12 +195,14 @@ impl ServerConn {
                 fast: false,
                 cc: Box::new(Fixed(BASELINE_SEGMENT as u64)),
                 peer_window: u64::MAX,
+                window_cap: u64::MAX,
             },
             Mode::Fast { segment } => SenderParams {
                 segment: u64::from(segment),
                 fast: true,
                 cc: self.congestion.build(u64::from(segment), rtt.srtt()),
                 peer_window: self.peer_window,
+                window_cap: self.max_peer_window,
             },
         };
         // RFC 6298 §5.2: the SYN|ACK is acknowledged; its timer goes with it.
