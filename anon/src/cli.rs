@@ -268,7 +268,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     };
     let server = Server::new(config, Bytes::from(page), Box::new(StdRng::from_os_rng()));
     let result = rt.block_on(async {
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let socket = driver::udp::BatchSocket::new(socket)?;
         driver::server::run(socket, server, log, signals.recv()).await
     });
     match result {
@@ -332,7 +332,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         ..defaults
     };
     let result = rt.block_on(async {
-        let socket = tokio::net::UdpSocket::from_std(socket).map_err(FetchFailed::Socket)?;
+        let socket = driver::udp::BatchSocket::new(socket).map_err(FetchFailed::Socket)?;
         let progress = !args.quiet;
         driver::client::run(server, socket, config, log, output, progress, signals.recv()).await
     });

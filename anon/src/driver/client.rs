@@ -12,9 +12,8 @@ use anon_proto::{ClientConfig, ClientConn, ClientEvent, ConnectionError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
-use tokio::net::UdpSocket;
 
-use super::MAX_DATAGRAM;
+use super::udp::BatchSocket;
 use crate::packet_log::{Direction, PacketLog};
 
 /// Why a fetch failed.
@@ -153,7 +152,7 @@ fn umask() -> u32 {
 /// the page is complete.
 pub async fn run(
     server: SocketAddr,
-    socket: UdpSocket,
+    mut socket: BatchSocket,
     config: ClientConfig,
     mut log: PacketLog,
     output: Output,
@@ -166,7 +165,6 @@ pub async fn run(
     let mut output = Some(output);
     let mut finished_at = None;
     let mut bar: Option<ProgressBar> = None;
-    let mut rx = vec![0u8; MAX_DATAGRAM];
     let mut tx = Vec::with_capacity(64);
     tracing::debug!(%server, "connecting");
     let result = loop {
@@ -175,12 +173,12 @@ pub async fn run(
         // say) go before timers: a retransmitted FIN that came during the
         // sync is answered even if TIME-WAIT ran out meanwhile.
         loop {
-            match socket.try_recv(&mut rx) {
-                Ok(n) => {
-                    let datagram = rx.get(..n).unwrap_or_default();
-                    log.record(now, Direction::Recv, datagram);
-                    conn.handle(now, datagram);
-                }
+            let got = socket.try_recv_batch(|_, datagram| {
+                log.record(now, Direction::Recv, datagram);
+                conn.handle(now, datagram);
+            });
+            match got {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     if on_socket_error(&mut conn, &e) {
@@ -192,7 +190,7 @@ pub async fn run(
         conn.handle_timeout(now);
         while conn.poll_transmit(now, &mut tx) {
             log.record(now, Direction::Send, &tx);
-            if let Err(e) = socket.send(&tx).await {
+            if let Err(e) = socket.send(server, &tx, None).await {
                 if on_socket_error(&mut conn, &e) {
                     break;
                 }

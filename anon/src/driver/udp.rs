@@ -80,3 +80,85 @@ pub fn display_addr(addr: SocketAddr) -> SocketAddr {
         SocketAddr::V4(_) => addr,
     }
 }
+
+/// A tokio UDP socket with batched I/O where the OS offers it (quinn-udp):
+/// several datagrams per receive call (recvmmsg, GRO) and several
+/// equal-sized datagrams to one peer per send call (GSO).
+#[derive(Debug)]
+pub struct BatchSocket {
+    socket: tokio::net::UdpSocket,
+    state: quinn_udp::UdpSocketState,
+    /// Receive buffers, one per datagram (or GRO train) of a batch.
+    rx: Vec<Vec<u8>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+}
+
+/// Receive buffers per batch, and the size of each: a GRO train of 64
+/// datagrams at most 1500 bytes, or one datagram of any size.
+const RX_BATCH: usize = 8;
+const RX_BUF: usize = 64 * 1024 + 1500 * 64;
+
+impl BatchSocket {
+    /// Wraps a bound (and, for a client, connected) non-blocking socket.
+    /// Needs to run inside the tokio runtime.
+    pub fn new(socket: std::net::UdpSocket) -> io::Result<BatchSocket> {
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        Ok(BatchSocket {
+            socket,
+            state,
+            rx: (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
+            meta: vec![quinn_udp::RecvMeta::default(); RX_BATCH],
+        })
+    }
+
+    /// Most datagrams one send call may carry.
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// Waits until the socket is readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Receives one batch without waiting and hands every datagram in it to
+    /// `each` (source, bytes). Returns the number of datagrams, or
+    /// `WouldBlock` when none is waiting.
+    pub fn try_recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        let BatchSocket { socket, state, rx, meta } = self;
+        let socket = &*socket;
+        let mut slices: Vec<std::io::IoSliceMut<'_>> = rx.iter_mut().map(|b| std::io::IoSliceMut::new(b)).collect();
+        let n = socket.try_io(tokio::io::Interest::READABLE, || state.recv(socket.into(), &mut slices, meta))?;
+        let mut count = 0;
+        for (m, buf) in meta.iter().zip(rx.iter()).take(n) {
+            let data = buf.get(..m.len).unwrap_or_default();
+            // A GRO train holds datagrams of `stride` bytes, the last shorter.
+            for datagram in data.chunks(m.stride.max(1)) {
+                each(m.addr, datagram);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends `contents` to `dest`: one datagram, or several of
+    /// `segment_size` bytes each (the last may be shorter) with GSO.
+    pub async fn send(&self, dest: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit { destination: dest, ecn: None, contents, segment_size, src_ip: None };
+        loop {
+            match self
+                .socket
+                .try_io(tokio::io::Interest::WRITABLE, || self.state.try_send((&self.socket).into(), &transmit))
+            {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.writable().await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
