@@ -40,6 +40,9 @@ enum What {
         /// Transfers of each kind; the median is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Leave out baseline mode (it takes minutes for large pages).
+        #[arg(long)]
+        no_baseline: bool,
     },
     /// Server memory with this many connections open at once.
     Memory {
@@ -59,7 +62,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match args.what {
-        What::Throughput { size, runs } => throughput(&bins, size, runs.max(1)),
+        What::Throughput { size, runs, no_baseline } => throughput(&bins, size, runs.max(1), !no_baseline),
         What::Memory { connections } => memory(&bins, connections),
     };
     match result {
@@ -125,7 +128,7 @@ fn fetch_runs(
     Ok((median(times), peak))
 }
 
-fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
+fn throughput(bins: &Path, size: usize, runs: usize, with_baseline: bool) -> io::Result<()> {
     let page = random_page(size);
     let origin = Origin::serve(page.clone())?;
     let dir = tempfile::tempdir()?;
@@ -137,7 +140,11 @@ fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
         Duration::from_secs(60),
     )?;
     let (fast, fast_rss) = fetch_runs(bins, server.port, dir.path(), &page, runs, &[])?;
-    let (baseline, base_rss) = fetch_runs(bins, server.port, dir.path(), &page, runs, &["--no-fast"])?;
+    let baseline = if with_baseline {
+        Some(fetch_runs(bins, server.port, dir.path(), &page, runs, &["--no-fast"])?)
+    } else {
+        None
+    };
     server.stop(Duration::from_secs(10))?;
 
     let agent = ureq::Agent::new_with_defaults();
@@ -162,20 +169,23 @@ fn throughput(bins: &Path, size: usize, runs: usize) -> io::Result<()> {
     let rate = |d: Duration| size as f64 * 8.0 / d.as_secs_f64() / 1e6;
     println!("page {size} bytes, loopback, median of {runs}, all measured in this run");
     println!("{:<30} {:>10} {:>12} {:>10} {:>14}", "transport", "time", "Mbit/s", "vs TCP", "client RSS KiB");
-    for (name, t, rss) in [
-        ("anon fast mode", fast, Some(fast_rss)),
-        ("anon baseline (stop-and-wait)", baseline, Some(base_rss)),
-        ("TCP (HTTP from the origin)", tcp, None),
-    ] {
+    let mut rows = vec![("anon fast mode", fast, Some(fast_rss))];
+    if let Some((t, rss)) = baseline {
+        rows.push(("anon baseline (stop-and-wait)", t, Some(rss)));
+    }
+    rows.push(("TCP (HTTP from the origin)", tcp, None));
+    for (name, t, rss) in rows {
         let rss = rss.map_or("-".to_string(), |r| r.to_string());
         let ratio = t.as_secs_f64() / tcp.as_secs_f64();
         println!("{name:<30} {:>9.3}s {:>12.1} {ratio:>9.2}x {rss:>14}", t.as_secs_f64(), rate(t));
     }
-    let segments = size.div_ceil(512);
-    println!(
-        "baseline: {:.1} us per 512-byte segment (one round trip each)",
-        baseline.as_secs_f64() * 1e6 / segments as f64
-    );
+    if let Some((t, _)) = baseline {
+        let segments = size.div_ceil(512);
+        println!(
+            "baseline: {:.1} us per 512-byte segment (one round trip each)",
+            t.as_secs_f64() * 1e6 / segments as f64
+        );
+    }
     Ok(())
 }
 
