@@ -133,35 +133,10 @@ fn sequence_numbers_wrap_around() {
     }
 }
 
-/// Each control packet lost once, twice and three times in a row, on an
-/// otherwise clean link, with the default (non-patient) settings.
+/// Each control packet lost once, twice and three times in a row.
 #[test]
 fn targeted_loss_of_handshake_and_fin() {
-    type Kind = (&'static str, fn(&anon_sim::Datagram) -> bool);
-    let kinds: [Kind; 5] = [
-        ("SYN", is_syn),
-        ("SYN|ACK", is_syn_ack),
-        ("handshake ACK", is_client_ack),
-        ("FIN", is_server_fin),
-        ("FIN|ACK", is_client_fin_ack),
-    ];
-    for (name, pred) in kinds {
-        for n in 1..=3 {
-            for size in [0, 1541] {
-                let mut setup = baseline(n as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 1));
-                if name == "FIN|ACK" && n == 3 {
-                    // Three lost FIN|ACKs outlast the adaptive TIME-WAIT by design.
-                    patient(&mut setup);
-                }
-                let page_bytes = setup.page.clone();
-                let mut sim = Sim::new(setup);
-                sim.net.set_filter(drop_first(n, pred));
-                let report = sim.run(Duration::from_secs(2 * 3600), 100_000);
-                assert_eq!(sim.net.dropped, n as u64, "{name} x{n}: filter did not fire");
-                check(&sim, &report, &page_bytes, 1, n as u64);
-            }
-        }
-    }
+    control_packet_losses(baseline, &[0, 1541], |_| {});
 }
 
 #[test]

@@ -151,31 +151,9 @@ fn sequence_numbers_wrap_around() {
 
 #[test]
 fn control_packets_lost_once_twice_three_times() {
-    type Kind = (&'static str, fn(&anon_sim::Datagram) -> bool);
-    let kinds: [Kind; 5] = [
-        ("SYN", is_syn),
-        ("SYN|ACK", is_syn_ack),
-        ("handshake ACK", is_client_ack),
-        ("FIN", is_server_fin),
-        ("FIN|ACK", is_client_fin_ack),
-    ];
-    for (name, pred) in kinds {
-        for n in 1..=3 {
-            for size in [0, 1440, 100_000] {
-                let mut setup = fast(n as u64, LinkConfig::clean(Duration::from_millis(10)), page(size, 1));
-                if name == "FIN|ACK" && n == 3 {
-                    patient(&mut setup);
-                }
-                let page_bytes = setup.page.clone();
-                let mut sim = Sim::new(setup);
-                sim.net.set_filter(drop_first(n, pred));
-                let report = sim.run(Duration::from_secs(2 * 3600), 1_000_000);
-                assert_eq!(sim.net.dropped, n as u64, "{name} x{n}: filter did not fire");
-                check(&sim, &report, &page_bytes, 1, n as u64);
-                assert!(matches!(sim.clients[0].conn.mode(), Mode::Fast { .. }), "{name} x{n}");
-            }
-        }
-    }
+    control_packet_losses(fast, &[0, 1440, 100_000], |sim| {
+        assert!(matches!(sim.clients[0].conn.mode(), Mode::Fast { .. }));
+    });
 }
 
 #[test]

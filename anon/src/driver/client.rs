@@ -233,12 +233,6 @@ pub async fn run(
         log.flush_if_due(now);
 
         let deadline = [conn.poll_timeout(), log.flush_deadline()].into_iter().flatten().min();
-        let sleep = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             biased;
             () = &mut interrupt => {
@@ -254,7 +248,7 @@ pub async fn run(
                     return Err(FetchFailed::Socket(e));
                 }
             }
-            () = sleep => {}
+            () = super::sleep_until(deadline) => {}
         }
     };
     log.flush();

@@ -80,12 +80,6 @@ pub async fn run(
         // Sends left over from the budget: come straight back after reading.
         let pending = (held.is_some() || server.has_pending_transmit()).then_some(now);
         let deadline = [server.poll_timeout(), log.flush_deadline(), pending].into_iter().flatten().min();
-        let sleep = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -106,7 +100,7 @@ pub async fn run(
                     }
                 }
             }
-            () = sleep => {}
+            () = super::sleep_until(deadline) => {}
         }
     }
     log.flush();

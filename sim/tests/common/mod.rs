@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anon_proto::wire::{Flags, Header};
 use anon_proto::{ClientConfig, Linger, ServerConfig};
-use anon_sim::{Datagram, DropFilter, LinkConfig, Report, SERVER_ADDR, Setup, Sim};
+use anon_sim::{Datagram, DropFilter, LinkConfig, Report, SERVER_ADDR, Setup, Sim, page};
 
 /// Settings under which even 30% loss each way must finish: waits far longer
 /// than any backoff the loss can cause, in virtual time (which costs nothing).
@@ -84,4 +84,37 @@ pub fn drop_first(n: usize, pred: fn(&Datagram) -> bool) -> DropFilter {
             false
         }
     })
+}
+
+/// Each control packet (SYN, SYN|ACK, handshake ACK, FIN, FIN|ACK) lost
+/// once, twice and three times in a row on an otherwise clean link, with
+/// the default (non-patient) settings, for every size; `make` builds the
+/// scenario, `also` checks more on each finished run.
+pub fn control_packet_losses(make: fn(u64, LinkConfig, Vec<u8>) -> Setup, sizes: &[usize], also: impl Fn(&Sim)) {
+    type Kind = (&'static str, fn(&Datagram) -> bool);
+    let kinds: [Kind; 5] = [
+        ("SYN", is_syn),
+        ("SYN|ACK", is_syn_ack),
+        ("handshake ACK", is_client_ack),
+        ("FIN", is_server_fin),
+        ("FIN|ACK", is_client_fin_ack),
+    ];
+    for (name, pred) in kinds {
+        for n in 1..=3 {
+            for &size in sizes {
+                let mut setup = make(n as u64, LinkConfig::clean(std::time::Duration::from_millis(10)), page(size, 1));
+                if name == "FIN|ACK" && n == 3 {
+                    // Three lost FIN|ACKs outlast the adaptive TIME-WAIT by design.
+                    patient(&mut setup);
+                }
+                let page_bytes = setup.page.clone();
+                let mut sim = Sim::new(setup);
+                sim.net.set_filter(drop_first(n, pred));
+                let report = sim.run(std::time::Duration::from_secs(2 * 3600), 1_000_000);
+                assert_eq!(sim.net.dropped, n as u64, "{name} x{n}: filter did not fire");
+                check(&sim, &report, &page_bytes, 1, n as u64);
+                also(&sim);
+            }
+        }
+    }
 }
