@@ -1,19 +1,28 @@
 //! The packet log: one line per datagram sent or received (PROTOCOL.md §4).
 //!
-//! Lines go through a large buffer, flushed at least once a second and on
-//! exit, so the log costs a formatted write per datagram, not a system call.
-//! A write error is reported once and then logging stops: losing the log must
-//! not stop a transfer.
+//! The event loop only appends the 12-byte header of each datagram to a
+//! batch; a writer thread formats the lines and writes them, so logging stays
+//! off the critical path. Lines reach the file at least once a second and on
+//! exit (both wait for the writer, so the file is complete when they return).
+//! A write error is reported once and then logging stops: losing the log
+//! must not stop a transfer.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anon_proto::wire::Header;
 
 /// How often buffered lines reach the file, at the latest.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Records handed to the writer at once.
+const BATCH: usize = 4096;
+/// Batches in flight to the writer; beyond this the event loop waits (the
+/// log loses nothing, and its memory stays bounded).
+const QUEUE: usize = 16;
 
 /// Direction of a logged datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,19 +42,68 @@ impl Direction {
     }
 }
 
-/// An append-only, buffered packet log.
+enum Msg {
+    Records(Vec<(Direction, Header)>),
+    /// Write everything out, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// An append-only packet log with a writer thread.
 #[derive(Debug)]
 pub struct PacketLog {
-    out: Option<BufWriter<File>>,
-    /// When unflushed lines were first buffered.
+    batch: Vec<(Direction, Header)>,
+    tx: Option<SyncSender<Msg>>,
+    writer: Option<JoinHandle<()>>,
+    /// When unflushed lines were first recorded.
     dirty_since: Option<Instant>,
 }
 
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Records(r) => write!(f, "Records({})", r.len()),
+            Msg::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+fn write_loop(file: File, rx: Receiver<Msg>) {
+    let mut out = Some(BufWriter::with_capacity(1 << 18, file));
+    let fail = |out: &mut Option<BufWriter<File>>, e: io::Error| {
+        tracing::warn!("packet log write failed, logging stops: {e}");
+        *out = None;
+    };
+    for msg in rx {
+        match msg {
+            Msg::Records(records) => {
+                let Some(w) = out.as_mut() else { continue };
+                for (dir, header) in &records {
+                    if let Err(e) = writeln!(w, "{} {}", dir.word(), header.log_fields()) {
+                        fail(&mut out, e);
+                        break;
+                    }
+                }
+            }
+            Msg::Flush(done) => {
+                if let Some(w) = out.as_mut() {
+                    if let Err(e) = w.flush() {
+                        fail(&mut out, e);
+                    }
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 impl PacketLog {
-    /// Opens `path` for appending (never truncating), creating it if needed.
+    /// Opens `path` for appending (never truncating), creating it if needed,
+    /// and starts its writer thread.
     pub fn open(path: &Path) -> io::Result<PacketLog> {
         let file = OpenOptions::new().append(true).create(true).open(path)?;
-        Ok(PacketLog { out: Some(BufWriter::with_capacity(1 << 16, file)), dirty_since: None })
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let writer = std::thread::Builder::new().name("packet-log".into()).spawn(move || write_loop(file, rx))?;
+        Ok(PacketLog { batch: Vec::with_capacity(BATCH), tx: Some(tx), writer: Some(writer), dirty_since: None })
     }
 
     /// Logs the datagram if it has a header; datagrams too short to have one
@@ -57,46 +115,59 @@ impl PacketLog {
 
     /// Logs one header.
     pub fn record_header(&mut self, now: Instant, dir: Direction, header: &Header) {
-        let Some(out) = self.out.as_mut() else { return };
-        if let Err(e) = writeln!(out, "{} {}", dir.word(), header.log_fields()) {
-            self.fail(&e);
+        if self.tx.is_none() {
             return;
         }
+        self.batch.push((dir, *header));
         self.dirty_since.get_or_insert(now);
+        if self.batch.len() >= BATCH {
+            self.hand_over();
+        }
     }
 
-    /// When the buffer must be flushed next, if it holds anything.
+    fn hand_over(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let records = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        if let Some(tx) = &self.tx {
+            if tx.send(Msg::Records(records)).is_err() {
+                self.tx = None;
+            }
+        }
+    }
+
+    /// When the log must be flushed next, if it holds anything unwritten.
     pub fn flush_deadline(&self) -> Option<Instant> {
         self.dirty_since.map(|t| t + FLUSH_INTERVAL)
     }
 
-    /// Flushes if the oldest buffered line is a second old.
+    /// Flushes if the oldest unwritten line is a second old.
     pub fn flush_if_due(&mut self, now: Instant) {
         if self.flush_deadline().is_some_and(|t| now >= t) {
             self.flush();
         }
     }
 
-    /// Writes every buffered line to the file.
+    /// Writes every recorded line to the file, and waits until it is there.
     pub fn flush(&mut self) {
         self.dirty_since = None;
-        if let Some(out) = self.out.as_mut() {
-            if let Err(e) = out.flush() {
-                self.fail(&e);
-            }
+        self.hand_over();
+        let Some(tx) = &self.tx else { return };
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if tx.send(Msg::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv();
         }
-    }
-
-    fn fail(&mut self, e: &io::Error) {
-        tracing::warn!("packet log write failed, logging stops: {e}");
-        self.out = None;
-        self.dirty_since = None;
     }
 }
 
 impl Drop for PacketLog {
     fn drop(&mut self) {
         self.flush();
+        self.tx = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
