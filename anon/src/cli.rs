@@ -120,6 +120,12 @@ pub struct ServerArgs {
     /// Congestion control of fast-mode connections.
     #[arg(long, value_enum, default_value_t = Congestion::Bbr)]
     pub congestion: Congestion,
+    /// Largest fast-mode segment payload, 1 to 1440 bytes. The default, 1200,
+    /// fits the IPv6 minimum MTU of 1280 with all headers, so it crosses any
+    /// tunnel (datagrams are sent with Don't Fragment set); 1440 fills a
+    /// 1500-byte MTU.
+    #[arg(long, value_name = "BYTES", default_value_t = 1200, value_parser = clap::value_parser!(u16).range(1..=1440))]
+    pub max_segment: u16,
 }
 
 /// Congestion controllers a server can use in fast mode.
@@ -260,6 +266,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
         fast: !args.no_fast,
+        max_segment: args.max_segment,
         congestion: match args.congestion {
             Congestion::Bbr => Algorithm::Bbr,
             Congestion::Cubic => Algorithm::Cubic,
@@ -331,11 +338,15 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         fast: if args.no_fast { None } else { defaults.fast },
         ..defaults
     };
-    let result = rt.block_on(async {
-        let socket = driver::udp::BatchSocket::new(socket).map_err(FetchFailed::Socket)?;
-        let progress = !args.quiet;
-        driver::client::run(server, socket, config, log, output, progress, signals.recv()).await
-    });
+    let socket = {
+        let _guard = rt.enter();
+        match driver::udp::BatchSocket::new(socket) {
+            Ok(s) => s,
+            Err(e) => return fail(ME, Exit::Network, format_args!("cannot set up the socket: {e}")),
+        }
+    };
+    let progress = !args.quiet;
+    let result = rt.block_on(driver::client::run(server, socket, config, log, output, progress, signals.recv()));
     match result {
         Ok(summary) => {
             if !args.quiet {

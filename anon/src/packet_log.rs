@@ -142,20 +142,25 @@ impl PacketLog {
         self.dirty_since.map(|t| t + FLUSH_INTERVAL)
     }
 
-    /// Flushes if the oldest unwritten line is a second old.
+    /// Flushes if the oldest unwritten line is a second old, without
+    /// waiting for the writer (the event loop goes on meanwhile).
     pub fn flush_if_due(&mut self, now: Instant) {
         if self.flush_deadline().is_some_and(|t| now >= t) {
-            self.flush();
+            self.request_flush(false);
         }
     }
 
     /// Writes every recorded line to the file, and waits until it is there.
     pub fn flush(&mut self) {
+        self.request_flush(true);
+    }
+
+    fn request_flush(&mut self, wait: bool) {
         self.dirty_since = None;
         self.hand_over();
         let Some(tx) = &self.tx else { return };
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        if tx.send(Msg::Flush(done_tx)).is_ok() {
+        if tx.send(Msg::Flush(done_tx)).is_ok() && wait {
             let _ = done_rx.recv();
         }
     }
@@ -191,6 +196,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\n");
         log.flush_if_due(now + FLUSH_INTERVAL);
         assert_eq!(log.flush_deadline(), None);
+        // The periodic flush does not wait for the writer; an explicit one does.
+        log.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\nSEND 100 12346 ACK SYN\nRECV 12346 101 ACK\n");
     }
 }

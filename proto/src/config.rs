@@ -56,7 +56,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             fast: true,
             congestion: Algorithm::default(),
-            max_segment: ext::MAX_SEGMENT,
+            max_segment: ext::DEFAULT_SEGMENT,
             max_peer_window: 16 << 20,
         }
     }

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use anon_proto::Mode;
-use anon_proto::wire::ext::{ANSWER_DATAGRAM_LEN, MAX_SEGMENT};
+use anon_proto::wire::ext::{ANSWER_DATAGRAM_LEN, DEFAULT_SEGMENT};
 use anon_sim::{LinkConfig, SERVER_ADDR, Setup, Sim, page, seeds};
 use common::*;
 
@@ -25,7 +25,7 @@ fn negotiates_fast_mode_and_stays_unamplified() {
     sim.trace = Some(Vec::new());
     let report = sim.run(Duration::from_secs(60), 100_000);
     check(&sim, &report, &page(100_000, 1), 1, 1);
-    assert_eq!(sim.clients[0].conn.mode(), Mode::Fast { segment: MAX_SEGMENT });
+    assert_eq!(sim.clients[0].conn.mode(), Mode::Fast { segment: DEFAULT_SEGMENT });
     assert_eq!(report.server.accepted_fast, 1);
     let trace = sim.trace.unwrap();
     let (_, syn, syn_len) = trace[0];
@@ -41,7 +41,7 @@ fn negotiates_fast_mode_and_stays_unamplified() {
         .map(|t| t.2)
         .collect();
     assert_eq!(data.iter().sum::<usize>(), 100_000);
-    assert!(data[..data.len() - 1].iter().all(|&l| l == MAX_SEGMENT as usize));
+    assert!(data[..data.len() - 1].iter().all(|&l| l == DEFAULT_SEGMENT as usize));
     let answer = sim.clients[0].conn.answer().copied().unwrap();
     assert_eq!(answer.page_len, 100_000);
 }
@@ -69,7 +69,7 @@ fn clean_bottleneck_runs_near_the_link_rate() {
 
 #[test]
 fn lossy_links_every_size() {
-    for &size in &[0usize, 1, 1439, 1440, 1441, 100_000, 1 << 20] {
+    for &size in &[0usize, 1, 1199, 1200, 1201, 100_000, 1 << 20] {
         for loss in [0.01, 0.1, 0.3] {
             for seed in seeds(if size > 100_000 { 3 } else { 30 }) {
                 let mut setup = fast(seed, LinkConfig::hostile(loss), page(size, seed));
@@ -138,7 +138,7 @@ fn bursty_loss() {
 
 #[test]
 fn sequence_numbers_wrap_around() {
-    for &size in &[0usize, 1440, 1441, 300_000] {
+    for &size in &[0usize, 1200, 1201, 300_000] {
         for seed in seeds(20) {
             let mut setup = fast(seed, LinkConfig::hostile(0.1), page(size, seed));
             patient(&mut setup);
@@ -151,7 +151,7 @@ fn sequence_numbers_wrap_around() {
 
 #[test]
 fn control_packets_lost_once_twice_three_times() {
-    control_packet_losses(fast, &[0, 1440, 100_000], |sim| {
+    control_packet_losses(fast, &[0, 1200, 100_000], |sim| {
         assert!(matches!(sim.clients[0].conn.mode(), Mode::Fast { .. }));
     });
 }
@@ -162,7 +162,7 @@ fn receive_window_of_one_segment() {
         let mut setup = fast(seed, LinkConfig::hostile(0.05), page(50_000, seed));
         patient(&mut setup);
         let mut fast_client = setup.client.fast.unwrap();
-        fast_client.recv_window = u32::from(MAX_SEGMENT);
+        fast_client.recv_window = u32::from(DEFAULT_SEGMENT);
         setup.client.fast = Some(fast_client);
         run_and_check(setup);
     }

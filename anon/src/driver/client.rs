@@ -172,7 +172,9 @@ pub async fn run(
         // Datagrams that arrived while the loop was busy (syncing the file,
         // say) go before timers: a retransmitted FIN that came during the
         // sync is answered even if TIME-WAIT ran out meanwhile.
-        loop {
+        // A few batches at most, so that acknowledgments go out between
+        // them rather than one for hundreds of segments.
+        for _ in 0..4 {
             let got = socket.try_recv_batch(|_, datagram| {
                 log.record(now, Direction::Recv, datagram);
                 conn.handle(now, datagram);

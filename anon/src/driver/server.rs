@@ -11,11 +11,11 @@ use super::MAX_DATAGRAM;
 use super::udp::{BatchSocket, display_addr};
 use crate::packet_log::{Direction, PacketLog};
 
-/// Receive batches taken from the socket, and sends, per wake-up before
+/// Datagrams taken from the socket, and sends, per wake-up before
 /// the other side gets its turn (as quinn's work limiter does): a flood of
 /// input cannot starve retransmissions, and a burst of timers cannot starve
 /// the socket.
-const RECV_BUDGET: usize = 64;
+const RECV_BUDGET: usize = 512;
 const SEND_BUDGET: usize = 256;
 /// Bytes one GSO send carries at most (a UDP datagram's limit, with room).
 const GSO_BYTES: usize = 60_000;
@@ -29,11 +29,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<ServerStats> {
     tokio::pin!(shutdown);
-    let max_segments = socket.max_segments();
     let mut tx = Vec::with_capacity(MAX_DATAGRAM);
     let mut batch = Vec::with_capacity(GSO_BYTES);
-    // A datagram taken from the endpoint (and logged) that did not fit the
-    // last batch: it starts the next one.
+    // A datagram taken from the endpoint that did not fit the last batch: it
+    // starts the next one.
     let mut held: Option<SocketAddr> = None;
     loop {
         let now = Instant::now();
@@ -42,22 +41,20 @@ pub async fn run(
             let dest = match held.take() {
                 Some(dest) => dest,
                 None => match server.poll_transmit(now, &mut tx) {
-                    Some(dest) => {
-                        log.record(now, Direction::Send, &tx);
-                        dest
-                    }
+                    Some(dest) => dest,
                     None => break,
                 },
             };
             // GSO: more datagrams for the same peer, each as long as the
-            // first; a shorter one ends the batch.
+            // first; a shorter one ends the batch. quinn-udp may turn GSO
+            // off after a failure, so the limit is read for every batch.
+            let max_segments = socket.max_segments();
             batch.clear();
             batch.extend_from_slice(&tx);
             let size = tx.len();
             let mut count = 1;
             while count < max_segments && batch.len() + size <= GSO_BYTES {
                 let Some(next) = server.poll_transmit(now, &mut tx) else { break };
-                log.record(now, Direction::Send, &tx);
                 if next != dest || tx.len() > size {
                     held = Some(next);
                     break;
@@ -68,43 +65,95 @@ pub async fn run(
                     break;
                 }
             }
-            let segment_size = (count > 1).then_some(size);
-            if let Err(e) = socket.send(dest, &batch, segment_size).await {
-                // The retransmission timer covers datagrams the kernel refused.
-                tracing::debug!(peer = %display_addr(dest), "send failed: {e}");
-            }
+            send_batch(&socket, &mut log, now, dest, &batch, size, count).await;
         }
         report_events(&mut server);
         log.flush_if_due(now);
 
-        // Sends left over from the budget: come straight back after reading.
-        let pending = (held.is_some() || server.has_pending_transmit()).then_some(now);
-        let deadline = [server.poll_timeout(), log.flush_deadline(), pending].into_iter().flatten().min();
+        // Sends left over from the budget: yield to the I/O driver (reads
+        // get their turn) and come straight back; no timer, which tokio
+        // would round up to a millisecond.
+        let pending = held.is_some() || server.has_pending_transmit();
+        let deadline = [server.poll_timeout(), log.flush_deadline()].into_iter().flatten().min();
+        let wait = async {
+            if pending {
+                tokio::task::yield_now().await;
+            } else {
+                super::sleep_until(deadline).await;
+            }
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             ready = socket.readable() => {
                 ready?;
-                for _ in 0..RECV_BUDGET {
+                let mut taken = 0;
+                while taken < RECV_BUDGET {
                     let now = Instant::now();
                     let got = socket.try_recv_batch(|from, datagram| {
                         log.record(now, Direction::Recv, datagram);
                         server.handle(now, from, datagram);
                     });
                     match got {
-                        Ok(_) => {}
+                        Ok(n) => taken += n.max(1),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         // ICMP errors from earlier sends and the like: the
                         // connection's timers deal with the peer.
-                        Err(e) => tracing::debug!("receive error: {e}"),
+                        Err(e) => {
+                            tracing::debug!("receive error: {e}");
+                            taken += 1;
+                        }
                     }
                 }
             }
-            () = super::sleep_until(deadline) => {}
+            () = wait => {}
         }
     }
     log.flush();
     Ok(server.stats())
+}
+
+/// Sends one batch of `count` datagrams of `size` bytes (the last may be
+/// shorter) and logs each datagram that left. A GSO batch the kernel refuses
+/// (no offload on the route, a segment over the MTU) is sent again one
+/// datagram at a time; quinn-udp then stops batching for this socket.
+async fn send_batch(
+    socket: &BatchSocket,
+    log: &mut PacketLog,
+    now: Instant,
+    dest: SocketAddr,
+    batch: &[u8],
+    size: usize,
+    count: usize,
+) {
+    let segment_size = (count > 1).then_some(size);
+    let result = match socket.send(dest, batch, segment_size).await {
+        Err(e) if count > 1 => {
+            tracing::debug!(peer = %display_addr(dest), "GSO send failed ({e}); sending one by one");
+            let mut last = Ok(());
+            for datagram in batch.chunks(size.max(1)) {
+                last = socket.send(dest, datagram, None).await;
+                if last.is_ok() {
+                    log.record(now, Direction::Send, datagram);
+                }
+            }
+            return report_send_error(dest, last);
+        }
+        other => other,
+    };
+    if result.is_ok() {
+        for datagram in batch.chunks(size.max(1)) {
+            log.record(now, Direction::Send, datagram);
+        }
+    }
+    report_send_error(dest, result);
+}
+
+fn report_send_error(dest: SocketAddr, result: io::Result<()>) {
+    if let Err(e) = result {
+        // The retransmission timers cover datagrams the kernel refused.
+        tracing::debug!(peer = %display_addr(dest), "send failed: {e}");
+    }
 }
 
 fn report_events(server: &mut Server) {

@@ -42,6 +42,13 @@ mod opt {
 /// (40) and UDP (8) headers and our 12-byte header. It fits IPv4 as well.
 pub const MAX_SEGMENT: u16 = 1500 - 40 - 8 - 12;
 
+/// The segment size a server picks by default: with our header, UDP and
+/// IPv6 headers it makes 1260 bytes, within the IPv6 minimum MTU of 1280
+/// (RFC 8200 §5), so it crosses any path without fragmentation (as QUIC's
+/// 1200-byte datagrams do, RFC 9000 §14). Datagrams are sent with Don't
+/// Fragment set.
+pub const DEFAULT_SEGMENT: u16 = 1200;
+
 /// Length of a SYN|ACK carrying an [`Answer`]: the offer is padded so that
 /// its SYN is at least this long (no amplification, PROTOCOL.md §6).
 pub const ANSWER_DATAGRAM_LEN: usize = super::HEADER_LEN + Answer::ENCODED_LEN;
