@@ -90,7 +90,14 @@ pub struct Server {
     ready: VecDeque<SocketAddr>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
+    /// The connection `poll_transmit` served last, and how many datagrams
+    /// in a row.
+    last_served: Option<SocketAddr>,
+    burst: usize,
 }
+
+/// Datagrams one connection sends in a row before the next one's turn.
+const TRANSMIT_BURST: usize = 32;
 
 #[derive(Debug)]
 struct Slot {
@@ -122,6 +129,8 @@ impl Server {
             ready: VecDeque::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
+            last_served: None,
+            burst: 0,
         }
     }
 
@@ -238,6 +247,10 @@ impl Server {
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<SocketAddr> {
         while let Some(peer) = self.ready.pop_front() {
+            if self.last_served != Some(peer) {
+                self.last_served = Some(peer);
+                self.burst = 0;
+            }
             let Some(slot) = self.conns.get_mut(&peer) else { continue };
             slot.in_ready = false;
             let before = slot.conn.stats;
@@ -246,6 +259,20 @@ impl Server {
                 self.stats.datagrams_sent += 1;
                 self.stats.payload_bytes_sent += after.payload_bytes_sent - before.payload_bytes_sent;
                 self.stats.retransmissions += after.retransmissions - before.retransmissions;
+                // Serve one connection for a few datagrams in a row before the
+                // next one's turn: consecutive datagrams to one peer are what
+                // a driver can batch into one GSO send.
+                self.burst += 1;
+                if self.burst < TRANSMIT_BURST {
+                    if let Some(slot) = self.conns.get_mut(&peer) {
+                        if slot.conn.wants_transmit(now) {
+                            slot.in_ready = true;
+                            self.ready.push_front(peer);
+                        }
+                    }
+                } else {
+                    self.burst = 0;
+                }
                 self.after_activity(now, peer);
                 return Some(peer);
             }

@@ -488,7 +488,10 @@ impl Sender {
         }
         self.cc.on_sent(now, len, self.in_flight);
         if let Some(rate) = self.cc.pacing_rate().filter(|&r| r > 0) {
-            let base = self.next_send.map_or(now, |t| t.max(now.checked_sub(PACING_BURST).unwrap_or(now)));
+            // Credit for at most PACING_BURST of sending time, after idle
+            // or at the start alike.
+            let earliest = now.checked_sub(PACING_BURST).unwrap_or(now);
+            let base = self.next_send.map_or(earliest, |t| t.max(earliest));
             self.next_send = Some(base + Duration::from_secs_f64(len.max(1) as f64 / rate as f64));
         } else {
             self.next_send = None;
