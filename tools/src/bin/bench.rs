@@ -9,7 +9,7 @@
 //!
 //! Run through `bash scripts/bench.sh …`, which builds in release mode first.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +43,9 @@ enum What {
         /// Leave out baseline mode (it takes minutes for large pages).
         #[arg(long)]
         no_baseline: bool,
+        /// Also append the rows to this CSV file (header written if new).
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
     },
     /// Server memory with this many connections open at once.
     Memory {
@@ -62,7 +65,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match args.what {
-        What::Throughput { size, runs, no_baseline } => throughput(&bins, size, runs.max(1), !no_baseline),
+        What::Throughput { size, runs, no_baseline, csv } => {
+            throughput(&bins, size, runs.max(1), !no_baseline, csv.as_deref())
+        }
         What::Memory { connections } => memory(&bins, connections),
     };
     match result {
@@ -128,7 +133,7 @@ fn fetch_runs(
     Ok((median(times), peak))
 }
 
-fn throughput(bins: &Path, size: usize, runs: usize, with_baseline: bool) -> io::Result<()> {
+fn throughput(bins: &Path, size: usize, runs: usize, with_baseline: bool, csv: Option<&Path>) -> io::Result<()> {
     let page = random_page(size);
     let origin = Origin::serve(page.clone())?;
     let dir = tempfile::tempdir()?;
@@ -174,10 +179,24 @@ fn throughput(bins: &Path, size: usize, runs: usize, with_baseline: bool) -> io:
         rows.push(("anon baseline (stop-and-wait)", t, Some(rss)));
     }
     rows.push(("TCP (HTTP from the origin)", tcp, None));
+    let mut csv_out = match csv {
+        Some(path) => {
+            let new = !path.exists();
+            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+            if new {
+                writeln!(f, "scenario,page_bytes,transport,seconds,mbit_per_s,ratio_to_tcp,client_rss_kib")?;
+            }
+            Some(f)
+        }
+        None => None,
+    };
     for (name, t, rss) in rows {
         let rss = rss.map_or("-".to_string(), |r| r.to_string());
         let ratio = t.as_secs_f64() / tcp.as_secs_f64();
         println!("{name:<30} {:>9.3}s {:>12.1} {ratio:>9.2}x {rss:>14}", t.as_secs_f64(), rate(t));
+        if let Some(f) = csv_out.as_mut() {
+            writeln!(f, "loopback,{size},{name},{:.6},{:.1},{ratio:.3},{rss}", t.as_secs_f64(), rate(t))?;
+        }
     }
     if let Some((t, _)) = baseline {
         let segments = size.div_ceil(512);
