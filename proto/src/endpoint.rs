@@ -306,14 +306,4 @@ impl Server {
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }
-
-    /// Connections past the handshake.
-    pub fn established_count(&self) -> usize {
-        self.conns.values().filter(|s| s.conn.is_established()).count()
-    }
-
-    /// The page being served.
-    pub fn page(&self) -> &Page {
-        &self.page
-    }
 }

@@ -170,13 +170,10 @@ impl Sim {
         }
     }
 
+    /// The packet-log line for a datagram, prefixed with the virtual time
+    /// when `timestamps` is set; `None` for a datagram without a header.
     fn log_line(&self, dir: &str, datagram: &[u8]) -> Option<String> {
-        let (h, _) = Header::decode(datagram).ok()?;
-        Some(if self.timestamps {
-            format!("{:9.3} {dir} {}", (self.now - self.start).as_secs_f64(), h.log_fields())
-        } else {
-            format!("{dir} {}", h.log_fields())
-        })
+        format_log_line(self.timestamps.then(|| self.now - self.start), dir, datagram)
     }
 
     fn record(trace: &mut Option<Vec<(SocketAddr, Header, usize)>>, from: SocketAddr, datagram: &[u8]) {
@@ -197,13 +194,7 @@ impl Sim {
         for i in 0..self.clients.len() {
             let Some(c) = self.clients.get_mut(i) else { continue };
             while c.conn.poll_transmit(now, &mut self.buf) {
-                let (h, _) = Header::decode(&self.buf)
-                    .unwrap_or((Header::new(Default::default(), Default::default(), Default::default()), &[]));
-                c.log.push(if self.timestamps {
-                    format!("{:9.3} SEND {}", (now - self.start).as_secs_f64(), h.log_fields())
-                } else {
-                    format!("SEND {}", h.log_fields())
-                });
+                c.log.extend(format_log_line(self.timestamps.then(|| now - self.start), "SEND", &self.buf));
                 Self::record(&mut self.trace, c.addr, &self.buf);
                 self.net.send(now, c.addr, SERVER_ADDR, &self.buf);
             }
@@ -277,6 +268,14 @@ impl Sim {
             server: self.server.stats(),
         }
     }
+}
+
+fn format_log_line(at: Option<Duration>, dir: &str, datagram: &[u8]) -> Option<String> {
+    let (h, _) = Header::decode(datagram).ok()?;
+    Some(match at {
+        Some(t) => format!("{:9.3} {dir} {}", t.as_secs_f64(), h.log_fields()),
+        None => format!("{dir} {}", h.log_fields()),
+    })
 }
 
 /// The seeds a test should run: `ANON_SIM_SEED` alone if set (to replay a

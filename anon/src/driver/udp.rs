@@ -156,9 +156,4 @@ impl BatchSocket {
             }
         }
     }
-
-    /// The local address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
 }

@@ -15,7 +15,7 @@
 //! acknowledged at once.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{ConnectionError, Mode};
 use crate::config::{ClientConfig, FastClient, Linger};
@@ -570,10 +570,5 @@ impl ClientConn {
     /// Counters of this connection.
     pub fn stats(&self) -> ClientStats {
         self.stats
-    }
-
-    /// The current retransmission timeout estimate.
-    pub fn rto(&self) -> Duration {
-        self.rtt.rto()
     }
 }

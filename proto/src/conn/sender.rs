@@ -183,8 +183,13 @@ impl Sender {
         self.una >= self.total
     }
 
+    /// Position of segment `index` on the board, if it is there.
+    fn slot(&self, index: u64) -> Option<usize> {
+        usize::try_from(index.checked_sub(self.una)?).ok()
+    }
+
     fn seg(&mut self, index: u64) -> Option<&mut Seg> {
-        let at = usize::try_from(index.checked_sub(self.una)?).ok()?;
+        let at = self.slot(index)?;
         self.board.get_mut(at)
     }
 
@@ -511,10 +516,7 @@ impl Sender {
         if self.probe_due {
             return true;
         }
-        let lost = self.lost.front().and_then(|&i| {
-            let at = usize::try_from(i.checked_sub(self.una)?).ok()?;
-            self.board.get(at).filter(|s| s.state == SegState::Lost)
-        });
+        let lost = self.lost.front().and_then(|&i| self.board.get(self.slot(i)?).filter(|s| s.state == SegState::Lost));
         if let Some(seg) = lost {
             return self.cwnd_allows(u64::from(seg.len));
         }

@@ -361,10 +361,6 @@ impl ServerConn {
         matches!(self.state, State::SynReceived(_)).then_some(self.peer_isn)
     }
 
-    pub(crate) fn is_established(&self) -> bool {
-        matches!(self.state, State::Established(_))
-    }
-
     /// Page bytes the client acknowledged.
     pub(crate) fn acked(&self) -> u64 {
         match &self.state {
