@@ -7,7 +7,7 @@
 use std::io::{self, BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,19 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stderr captured and stdin, stdout closed.
     pub fn spawn(cmd: &mut Command) -> io::Result<Proc> {
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        Self::spawn_inner(cmd.stdin(Stdio::null()))
+    }
+
+    /// Like [`spawn`](Self::spawn), with a pipe to its stdin: dropping the
+    /// returned end is how to tell a child that reads it to stop.
+    pub fn spawn_with_stdin(cmd: &mut Command) -> io::Result<(Proc, ChildStdin)> {
+        let mut proc = Self::spawn_inner(cmd.stdin(Stdio::piped()))?;
+        let stdin = proc.child.stdin.take().ok_or_else(|| io::Error::other("no stdin"))?;
+        Ok((proc, stdin))
+    }
+
+    fn spawn_inner(cmd: &mut Command) -> io::Result<Proc> {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let stderr = child.stderr.take().ok_or_else(|| io::Error::other("no stderr"))?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

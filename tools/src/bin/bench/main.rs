@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod path;
+
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_tools::origin::Origin;
 use anon_tools::process::{ServerProcess, bin_dir, spawn_client};
@@ -47,6 +49,27 @@ enum What {
         #[arg(long, value_name = "FILE")]
         csv: Option<PathBuf>,
     },
+    /// anon against TCP (CUBIC, BBR) and QUIC (quinn CUBIC, BBR) over
+    /// emulated paths between two network namespaces, and on loopback.
+    /// Needs root (namespaces, TUN devices) and curl.
+    Path {
+        /// Run only this scenario (repeatable): loopback, 100mbit-50ms,
+        /// 100mbit-50ms-loss1, 100mbit-50ms-loss5-dup2-reorder5.
+        #[arg(long = "scenario")]
+        only: Vec<String>,
+        /// 10 MiB pages only (100 MiB on loopback): minutes, not half an hour.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds one transfer may take before it counts as failed.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Seed of the emulator's random choices and of the page.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also append the rows to this CSV file (header written if new).
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -69,6 +92,9 @@ fn main() -> ExitCode {
             throughput(&bins, size, runs.max(1), !no_baseline, csv.as_deref())
         }
         What::Memory { connections } => memory(&bins, connections),
+        What::Path { only, quick, timeout, seed, csv } => {
+            path::run(&path::Options { bins, only, quick, timeout, seed, csv })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

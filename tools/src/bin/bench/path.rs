@@ -1,0 +1,585 @@
+//! `anon-bench path`: anon against TCP and QUIC over the same emulated
+//! paths (and clean loopback), every transport measured in the same run.
+//!
+//! The bench creates two network namespaces joined by `anon-link`, the IP
+//! level link emulator, calibrates the emulator, and for each scenario and
+//! page size runs: anon fast mode, anon baseline mode (on a smaller page:
+//! one round trip per 512 bytes takes minutes at 50 ms), TCP with CUBIC and
+//! with BBR (curl from a minimal HTTP server that sets the congestion control
+//! per socket), and QUIC with quinn's CUBIC and BBR. Every server runs in
+//! namespace A, every client in namespace B, each under a fresh process so
+//! that its CPU time and peak RSS are its own.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command};
+use std::time::Duration;
+
+use anon_tools::process::Proc;
+
+/// Namespace names; fixed so that a run interrupted by Ctrl-C is cleaned up
+/// by the next one.
+const NS_A: &str = "anonbench-a";
+const NS_B: &str = "anonbench-b";
+const ADDR_A: &str = "10.201.0.1";
+const ADDR_B: &str = "10.201.0.2";
+const MIB: usize = 1 << 20;
+
+/// Options of `anon-bench path`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bins: PathBuf,
+    /// Scenario names to run (empty: all).
+    pub only: Vec<String>,
+    /// Only the 10 MiB pages (and 100 MiB on loopback).
+    pub quick: bool,
+    /// Seconds one transfer may take before it counts as failed.
+    pub timeout: u64,
+    pub seed: u64,
+    pub csv: Option<PathBuf>,
+}
+
+/// An emulated path (or loopback, `rate_mbit` 0 and no namespaces).
+#[derive(Debug, Clone)]
+struct Scenario {
+    name: &'static str,
+    /// Through the emulator between the namespaces (else loopback).
+    emulated: bool,
+    /// Rate of the emulated link (0: unlimited).
+    rate_mbit: f64,
+    /// One-way delay; the round trip is twice this.
+    delay_ms: f64,
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
+    sizes: Vec<usize>,
+    /// Baseline mode's page (it needs one round trip per 512 bytes).
+    baseline_size: usize,
+}
+
+impl Scenario {
+    fn loopback(&self) -> bool {
+        !self.emulated
+    }
+    fn rtt(&self) -> Duration {
+        Duration::from_secs_f64(2.0 * self.delay_ms / 1000.0)
+    }
+    /// Size over rate plus two round trips (handshake and request).
+    fn ideal(&self, size: usize) -> Option<Duration> {
+        (self.rate_mbit > 0.0)
+            .then(|| Duration::from_secs_f64(size as f64 * 8.0 / (self.rate_mbit * 1e6)) + self.rtt() * 2)
+    }
+}
+
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    let big = |v: Vec<usize>| if quick { vec![10 * MIB] } else { v };
+    let path = |name, loss, duplicate, reorder, sizes| Scenario {
+        name,
+        emulated: true,
+        rate_mbit: 100.0,
+        delay_ms: 25.0,
+        loss,
+        duplicate,
+        reorder,
+        sizes,
+        baseline_size: 128 << 10,
+    };
+    vec![
+        Scenario {
+            name: "loopback",
+            emulated: false,
+            rate_mbit: 0.0,
+            delay_ms: 0.0,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            sizes: if quick { vec![100 * MIB] } else { vec![1024 * MIB] },
+            baseline_size: 10 * MIB,
+        },
+        path("100mbit-50ms", 0.0, 0.0, 0.0, big(vec![10 * MIB, 100 * MIB])),
+        path("100mbit-50ms-loss1", 0.01, 0.0, 0.0, big(vec![10 * MIB, 100 * MIB])),
+        path("100mbit-50ms-loss5-dup2-reorder5", 0.05, 0.02, 0.05, vec![10 * MIB]),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    AnonFast,
+    AnonBaseline,
+    TcpCubic,
+    TcpBbr,
+    QuicCubic,
+    QuicBbr,
+}
+
+impl Transport {
+    const ALL: [Transport; 6] = [
+        Transport::AnonFast,
+        Transport::AnonBaseline,
+        Transport::TcpCubic,
+        Transport::TcpBbr,
+        Transport::QuicCubic,
+        Transport::QuicBbr,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Transport::AnonFast => "anon fast",
+            Transport::AnonBaseline => "anon baseline",
+            Transport::TcpCubic => "TCP cubic (curl)",
+            Transport::TcpBbr => "TCP bbr (curl)",
+            Transport::QuicCubic => "QUIC cubic (quinn)",
+            Transport::QuicBbr => "QUIC bbr (quinn)",
+        }
+    }
+    fn is_reference(self) -> bool {
+        !matches!(self, Transport::AnonFast)
+    }
+}
+
+/// One transfer's figures.
+#[derive(Debug, Clone)]
+struct Row {
+    transport: Transport,
+    size: usize,
+    time: Duration,
+    client_cpu: f64,
+    client_rss_kib: u64,
+    server_cpu: f64,
+    server_rss_kib: u64,
+}
+
+/// The two namespaces; removed when dropped.
+struct Testbed;
+
+impl Testbed {
+    fn create() -> io::Result<Testbed> {
+        for ns in [NS_A, NS_B] {
+            // Left over from an interrupted run: start clean.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(Testbed)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for ns in [NS_A, NS_B] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn sh(argv: &[&str]) -> io::Result<()> {
+    let (prog, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+    let out = Command::new(prog).args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{}: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// A command, run inside `ns` when given.
+fn in_ns(ns: Option<&str>, prog: &Path) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(prog);
+            c
+        }
+        None => Command::new(prog),
+    }
+}
+
+/// The running emulator of one scenario; stopped by closing its stdin.
+struct Link {
+    proc: Proc,
+    stdin: Option<ChildStdin>,
+}
+
+impl Link {
+    fn start(bins: &Path, s: &Scenario, seed: u64) -> io::Result<Link> {
+        let mut cmd = Command::new(bins.join("anon-link"));
+        cmd.args(["--ns-a", NS_A, "--ns-b", NS_B, "--addr-a", ADDR_A, "--addr-b", ADDR_B])
+            .args(["--rate-mbit", &s.rate_mbit.to_string(), "--delay-ms", &s.delay_ms.to_string()])
+            .args(["--loss", &s.loss.to_string(), "--duplicate", &s.duplicate.to_string()])
+            .args(["--reorder", &s.reorder.to_string(), "--reorder-ms", "10"])
+            .args(["--seed", &seed.to_string(), "--max-seconds", "7200"]);
+        let (mut proc, stdin) = Proc::spawn_with_stdin(&mut cmd)?;
+        proc.wait_for_line("ready", Duration::from_secs(10))?;
+        Ok(Link { proc, stdin: Some(stdin) })
+    }
+
+    /// Stops the emulator and returns its summary line.
+    fn stop(mut self) -> io::Result<String> {
+        drop(self.stdin.take());
+        self.proc.wait(Duration::from_secs(10))?;
+        Ok(self.proc.stderr.last().cloned().unwrap_or_default())
+    }
+}
+
+/// CPU seconds and peak RSS (KiB) of a running process, from /proc.
+fn proc_usage(pid: u32) -> io::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the name.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((cpu, hwm))
+}
+
+/// A client run to its end under `timeout` and GNU time.
+struct ClientRun {
+    stdout: String,
+    stderr: String,
+    cpu: f64,
+    rss_kib: u64,
+}
+
+fn run_client(ns: Option<&str>, argv: &[String], timeout: u64, dir: &Path) -> io::Result<ClientRun> {
+    let timefile = dir.join("time.txt");
+    let mut cmd = in_ns(ns, Path::new("timeout"));
+    cmd.args(["--kill-after=5", &timeout.to_string(), "/usr/bin/time", "-o"])
+        .arg(&timefile)
+        .args(["-f", "%U %S %M"])
+        .args(argv);
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(io::Error::other(format!("{} failed ({}): {}", argv.join(" "), out.status, stderr.trim())));
+    }
+    let t = std::fs::read_to_string(&timefile)?;
+    let v: Vec<f64> = t.lines().last().unwrap_or_default().split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    match v.as_slice() {
+        [user, sys, rss] => Ok(ClientRun { stdout, stderr, cpu: user + sys, rss_kib: *rss as u64 }),
+        _ => Err(io::Error::other(format!("cannot read {t:?} from /usr/bin/time"))),
+    }
+}
+
+/// True when both files hold the same bytes.
+fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
+    if std::fs::metadata(a)?.len() != std::fs::metadata(b)?.len() {
+        return Ok(false);
+    }
+    let (mut ra, mut rb) = (BufReader::new(File::open(a)?), BufReader::new(File::open(b)?));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = ra.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        rb.read_exact(bb.get_mut(..n).unwrap_or_default())?;
+        if ba.get(..n) != bb.get(..n) {
+            return Ok(false);
+        }
+    }
+}
+
+fn write_page(path: &Path, size: usize, seed: u64) -> io::Result<()> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = io::BufWriter::new(File::create(path)?);
+    let mut chunk = vec![0u8; MIB];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        let part = chunk.get_mut(..n).unwrap_or_default();
+        rng.fill_bytes(part);
+        f.write_all(part)?;
+        left -= n;
+    }
+    f.flush()
+}
+
+/// The number in `text` right after `key` (e.g. " in " → seconds).
+fn number_after(text: &str, key: &str) -> Option<f64> {
+    text.rsplit(key).next()?.split_whitespace().next()?.parse().ok()
+}
+
+struct Runner<'a> {
+    opts: &'a Options,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Runner<'_> {
+    fn next_port(&mut self) -> u16 {
+        self.port += 1;
+        self.port
+    }
+
+    /// One transfer of `page` (of `size` bytes) with `t` over scenario `s`.
+    fn transfer(&mut self, s: &Scenario, t: Transport, page: &Path, size: usize) -> io::Result<Row> {
+        let (ns_a, ns_b) = if s.loopback() { (None, None) } else { (Some(NS_A), Some(NS_B)) };
+        let host = if s.loopback() { "127.0.0.1" } else { ADDR_A };
+        let port = self.next_port();
+        let bins = &self.opts.bins;
+        let out = self.dir.join("out");
+        let _ = std::fs::remove_file(&out);
+        let cert = self.dir.join("cert.der");
+        let cc = |t| if matches!(t, Transport::TcpCubic | Transport::QuicCubic) { "cubic" } else { "bbr" };
+
+        let (mut server, ready) = match t {
+            Transport::AnonFast | Transport::AnonBaseline => {
+                let mut cmd = in_ns(ns_a, &bins.join("anonserver"));
+                cmd.args(["-p", &port.to_string(), "--bind", host, "-l"])
+                    .arg(self.dir.join("server.log"))
+                    .arg("-w")
+                    .arg(page)
+                    .env("RUST_LOG", "info");
+                (Proc::spawn(&mut cmd)?, "serving")
+            }
+            Transport::TcpCubic | Transport::TcpBbr => {
+                let mut cmd = in_ns(ns_a, &bins.join("anon-ref"));
+                cmd.args(["http-serve", "--listen", &format!("{host}:{port}"), "--cc", cc(t), "--file"]).arg(page);
+                (Proc::spawn(&mut cmd)?, "ready")
+            }
+            Transport::QuicCubic | Transport::QuicBbr => {
+                let mut cmd = in_ns(ns_a, &bins.join("anon-ref"));
+                cmd.args(["quic-serve", "--listen", &format!("{host}:{port}"), "--cc", cc(t), "--file"])
+                    .arg(page)
+                    .arg("--cert")
+                    .arg(&cert);
+                (Proc::spawn(&mut cmd)?, "ready")
+            }
+        };
+        server.wait_for_line(ready, Duration::from_secs(120))?;
+
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let argv: Vec<String> = match t {
+            Transport::AnonFast | Transport::AnonBaseline => {
+                let mut v = vec![path(&bins.join("anonclient")), "-s".into(), host.into(), "-p".into()];
+                v.extend([port.to_string(), "-l".into(), path(&self.dir.join("client.log")), "-f".into(), path(&out)]);
+                if t == Transport::AnonBaseline {
+                    v.push("--no-fast".into());
+                }
+                v
+            }
+            Transport::TcpCubic | Transport::TcpBbr => vec![
+                "curl".into(),
+                "-sS".into(),
+                "-o".into(),
+                path(&out),
+                "-w".into(),
+                "time_total %{time_total}\n".into(),
+                format!("http://{host}:{port}/"),
+            ],
+            Transport::QuicCubic | Transport::QuicBbr => vec![
+                path(&bins.join("anon-ref")),
+                "quic-get".into(),
+                "--connect".into(),
+                format!("{host}:{port}"),
+                "--cc".into(),
+                cc(t).into(),
+                "--cert".into(),
+                path(&cert),
+                "--out".into(),
+                path(&out),
+            ],
+        };
+        let run = run_client(ns_b, &argv, self.opts.timeout, &self.dir);
+        let usage = proc_usage(server.pid());
+        let _ = server.signal("TERM");
+        let _ = server.wait(Duration::from_secs(15));
+        let run = run?;
+        let (server_cpu, server_rss_kib) = usage?;
+        let secs = match t {
+            Transport::TcpCubic | Transport::TcpBbr => number_after(&run.stdout, "time_total "),
+            _ => number_after(&run.stderr, " in "),
+        }
+        .ok_or_else(|| io::Error::other(format!("no time in {:?} {:?}", run.stdout, run.stderr)))?;
+        if !same_file(page, &out)? {
+            return Err(io::Error::other(format!("{}: the fetched file differs from the page", t.name())));
+        }
+        std::fs::remove_file(&out)?;
+        Ok(Row {
+            transport: t,
+            size,
+            time: Duration::from_secs_f64(secs),
+            client_cpu: run.cpu,
+            client_rss_kib: run.rss_kib,
+            server_cpu,
+            server_rss_kib,
+        })
+    }
+}
+
+/// TCP (BBR, curl) over the emulator with no limit, then with a 100 Mbit/s
+/// limit: the emulator must carry well above the rates it emulates.
+fn calibrate(runner: &mut Runner<'_>) -> io::Result<()> {
+    let page = runner.dir.join("calibration");
+    write_page(&page, 100 * MIB, 7)?;
+    for (rate, need) in [(0.0, 300.0), (100.0, 90.0)] {
+        let s = Scenario {
+            name: "calibration",
+            emulated: true,
+            rate_mbit: rate,
+            delay_ms: 0.0,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            sizes: vec![],
+            baseline_size: 0,
+        };
+        let link = Link::start(&runner.opts.bins, &s, 1)?;
+        let row = runner.transfer(&s, Transport::TcpBbr, &page, 100 * MIB);
+        let summary = link.stop()?;
+        let row = row?;
+        let mbit = 100.0 * MIB as f64 * 8.0 / row.time.as_secs_f64() / 1e6;
+        let what = if rate == 0.0 { "no limit".to_string() } else { format!("{rate} Mbit/s limit") };
+        println!("calibration, {what}: TCP carried 100 MiB at {mbit:.0} Mbit/s (need > {need}) [{summary}]");
+        if mbit < need {
+            return Err(io::Error::other("the emulator is too slow on this machine for these scenarios"));
+        }
+    }
+    std::fs::remove_file(&page)
+}
+
+pub fn run(opts: &Options) -> io::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut runner = Runner { opts, dir: dir.path().to_path_buf(), port: 40000 };
+    let wanted: Vec<Scenario> = scenarios(opts.quick)
+        .into_iter()
+        .filter(|s| opts.only.is_empty() || opts.only.iter().any(|o| o == s.name))
+        .collect();
+    if wanted.is_empty() {
+        let names: Vec<&str> = scenarios(false).iter().map(|s| s.name).collect();
+        return Err(io::Error::other(format!("no such scenario; there are: {}", names.join(", "))));
+    }
+    let _testbed = if wanted.iter().any(|s| !s.loopback()) {
+        let t = Testbed::create()?;
+        calibrate(&mut runner)?;
+        Some(t)
+    } else {
+        None
+    };
+    let mut csv = match &opts.csv {
+        Some(path) => {
+            let new = !path.exists();
+            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+            if new {
+                writeln!(
+                    f,
+                    "scenario,page_bytes,transport,seconds,mbit_per_s,ratio_to_ideal,anon_fast_time_over_this,\
+                     client_cpu_s,client_peak_rss_kib,server_cpu_s,server_peak_rss_kib"
+                )?;
+            }
+            Some(f)
+        }
+        None => None,
+    };
+    for s in &wanted {
+        let link = if s.loopback() { None } else { Some(Link::start(&opts.bins, s, opts.seed)?) };
+        for &size in &s.sizes {
+            let page = runner.dir.join("page");
+            write_page(&page, size, opts.seed)?;
+            let small = runner.dir.join("page-baseline");
+            write_page(&small, s.baseline_size.min(size), opts.seed)?;
+            let mut rows = Vec::new();
+            for t in Transport::ALL {
+                let (p, n) =
+                    if t == Transport::AnonBaseline { (&small, s.baseline_size.min(size)) } else { (&page, size) };
+                eprintln!("{} {} MiB: {}…", s.name, n as f64 / MIB as f64, t.name());
+                match runner.transfer(s, t, p, n) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => eprintln!("  failed: {e}"),
+                }
+            }
+            report(s, size, &rows, csv.as_mut())?;
+        }
+        if let Some(link) = link {
+            println!("  emulator: {}", link.stop()?);
+        }
+    }
+    Ok(())
+}
+
+fn report(s: &Scenario, size: usize, rows: &[Row], mut csv: Option<&mut File>) -> io::Result<()> {
+    let fast = rows.iter().find(|r| r.transport == Transport::AnonFast).map(|r| r.time);
+    let path = if s.loopback() {
+        "clean loopback".to_string()
+    } else {
+        format!(
+            "{} Mbit/s, RTT {} ms, loss {}%, duplication {}%, reordering {}%",
+            s.rate_mbit,
+            s.rtt().as_millis(),
+            s.loss * 100.0,
+            s.duplicate * 100.0,
+            s.reorder * 100.0
+        )
+    };
+    let ideal = s.ideal(size).map_or("-".into(), |d| format!("{:.3} s", d.as_secs_f64()));
+    println!("\n== {} ({path}), page {} MiB, ideal {ideal}", s.name, size / MIB);
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "transport",
+        "page MiB",
+        "time s",
+        "Mbit/s",
+        "x ideal",
+        "anon/this",
+        "cli CPU s",
+        "cli MiB",
+        "srv CPU s",
+        "srv MiB"
+    );
+    for r in rows {
+        let mbit = r.size as f64 * 8.0 / r.time.as_secs_f64() / 1e6;
+        let x_ideal = s.ideal(r.size).map(|i| r.time.as_secs_f64() / i.as_secs_f64());
+        // Baseline ran a smaller page: compare it by rate, not by time.
+        let ours_over = fast.filter(|_| r.size == size).map(|f| f.as_secs_f64() / r.time.as_secs_f64());
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        println!(
+            "{:<20} {:>9.2} {:>9.3} {:>9.1} {:>9} {:>9} {:>9.2} {:>9.1} {:>9.2} {:>9.1}",
+            r.transport.name(),
+            r.size as f64 / MIB as f64,
+            r.time.as_secs_f64(),
+            mbit,
+            opt(x_ideal),
+            opt(ours_over.filter(|_| r.transport.is_reference())),
+            r.client_cpu,
+            r.client_rss_kib as f64 / 1024.0,
+            r.server_cpu,
+            r.server_rss_kib as f64 / 1024.0,
+        );
+        if let Some(f) = csv.as_deref_mut() {
+            writeln!(
+                f,
+                "{},{},{},{:.6},{:.1},{},{},{:.2},{},{:.2},{}",
+                s.name,
+                r.size,
+                r.transport.name(),
+                r.time.as_secs_f64(),
+                mbit,
+                opt(x_ideal),
+                opt(ours_over),
+                r.client_cpu,
+                r.client_rss_kib,
+                r.server_cpu,
+                r.server_rss_kib
+            )?;
+        }
+    }
+    let fastest_ref = rows.iter().filter(|r| r.transport.is_reference() && r.size == size).min_by_key(|r| r.time);
+    if let (Some(f), Some(best)) = (fast, fastest_ref) {
+        println!(
+            "anon fast {:.3} s vs fastest reference {} {:.3} s: {:.2}x its time",
+            f.as_secs_f64(),
+            best.transport.name(),
+            best.time.as_secs_f64(),
+            f.as_secs_f64() / best.time.as_secs_f64()
+        );
+    }
+    Ok(())
+}
