@@ -64,7 +64,7 @@ fn clean_bottleneck_runs_near_the_link_rate() {
     let done = sim.clients[0].finished_at.unwrap() - sim.start;
     let ideal = Duration::from_secs_f64(size as f64 * 8.0 / 100e6) + Duration::from_millis(100);
     eprintln!("{done:?} vs ideal {ideal:?}; {report:?}");
-    assert!(done < ideal.mul_f64(1.3), "{done:?} vs ideal {ideal:?}");
+    assert!(done < ideal.mul_f64(1.2), "{done:?} vs ideal {ideal:?}");
 }
 
 #[test]
@@ -100,6 +100,7 @@ fn one_percent_random_loss_holds_the_rate() {
     let ideal = ideal(size, 100, Duration::from_millis(50));
     for seed in seeds(3) {
         let bbr = transfer_time(fast(seed, link, page(size, seed)));
+        eprintln!("1% loss, seed {seed}: {bbr:?} = {:.3}x ideal", bbr.as_secs_f64() / ideal.as_secs_f64());
         assert!(bbr < ideal.mul_f64(1.3), "seed {seed}: {bbr:?} vs ideal {ideal:?}");
         // A loss-based controller cannot hold the rate: BBR is the default.
         let mut cubic = fast(seed, link, page(size, seed));
@@ -120,6 +121,7 @@ fn five_percent_loss_with_duplication_and_reordering() {
     let ideal = ideal(size, 100, Duration::from_millis(50));
     for seed in seeds(3) {
         let t = transfer_time(fast(seed, link, page(size, seed)));
+        eprintln!("5% loss+dup+reorder, seed {seed}: {t:?} = {:.3}x ideal", t.as_secs_f64() / ideal.as_secs_f64());
         assert!(t < ideal.mul_f64(1.5), "seed {seed}: {t:?} vs ideal {ideal:?}");
     }
 }
