@@ -108,6 +108,23 @@ pub struct ServerArgs {
     /// Refuse new connections beyond this many.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Refuse new connections from one IP address beyond this many open at
+    /// once (high enough for a NAT in front of a whole site).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_source: u32,
+    /// On SIGINT or SIGTERM, refuse new connections and give transfers in
+    /// flight this long to finish; a second signal stops at once.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    pub grace: Duration,
+    /// Log a line of counters this often (0: never). Limits that refused
+    /// connections are reported at the same pace, never once per packet.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
+    pub stats_interval: Duration,
+    /// Serve the counters in the Prometheus text format over HTTP on this
+    /// TCP address, e.g. 127.0.0.1:9464 (anyone who can reach it can read
+    /// them; keep it local).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
     /// Refuse a page larger than this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub max_page_size: u64,
@@ -188,49 +205,12 @@ fn fail(program: &str, code: Exit, msg: impl std::fmt::Display) -> ExitCode {
     code.into()
 }
 
-/// SIGINT and SIGTERM, handled from the moment this is created (tokio's
-/// `ctrl_c` would register only on its first poll): a signal from then on
-/// stops the program cleanly instead of killing it.
-struct StopSignals {
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    /// Registers the handlers; needs to run inside the runtime.
-    fn register() -> std::io::Result<StopSignals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(StopSignals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
-        }
-        #[cfg(not(unix))]
-        Ok(StopSignals {})
-    }
-
-    /// Completes on the first signal.
-    async fn recv(mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = &mut self;
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// A single-threaded runtime with the stop signals registered in it.
-fn runtime_with_signals() -> std::io::Result<(tokio::runtime::Runtime, StopSignals)> {
+fn runtime_with_signals() -> std::io::Result<(tokio::runtime::Runtime, driver::StopSignals)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let signals = {
         let _guard = rt.enter();
-        StopSignals::register()?
+        driver::StopSignals::register()?
     };
     Ok((rt, signals))
 }
@@ -255,9 +235,21 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     };
     // Signals are handled before the server says it is ready, so a stop
     // request from then on always flushes the log.
-    let (rt, signals) = match runtime_with_signals() {
+    let (rt, mut signals) = match runtime_with_signals() {
         Ok(r) => r,
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
+    };
+    let metrics = match args.metrics {
+        Some(addr) => match rt.block_on(tokio::net::TcpListener::bind(addr)) {
+            Ok(listener) => {
+                let shared = driver::metrics::Shared::default();
+                rt.spawn(driver::metrics::serve(listener, std::sync::Arc::clone(&shared)));
+                tracing::info!("metrics on http://{addr}/metrics");
+                Some(shared)
+            }
+            Err(e) => return fail(ME, Exit::Network, format_args!("cannot listen for metrics on TCP {addr}: {e}")),
+        },
+        None => None,
     };
     let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!("serving {} ({} bytes) on udp {local}", args.web, page.len());
@@ -265,6 +257,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     let config = ServerConfig {
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        max_per_source: args.max_per_source as usize,
         fast: !args.no_fast,
         max_segment: args.max_segment,
         congestion: match args.congestion {
@@ -276,7 +269,12 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     let server = Server::new(config, Bytes::from(page), Box::new(StdRng::from_os_rng()));
     let result = rt.block_on(async {
         let socket = driver::udp::BatchSocket::new(socket)?;
-        driver::server::run(socket, server, log, signals.recv()).await
+        let options = driver::server::Options {
+            grace: args.grace,
+            stats_interval: (!args.stats_interval.is_zero()).then_some(args.stats_interval),
+            metrics,
+        };
+        driver::server::run(socket, server, log, &mut signals, options).await
     });
     match result {
         Ok(stats) => {
@@ -310,7 +308,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
     const ME: &str = "anonclient";
     // Signals first: from the moment a temporary file exists, SIGINT or
     // SIGTERM must remove it rather than kill the process.
-    let (rt, signals) = match runtime_with_signals() {
+    let (rt, mut signals) = match runtime_with_signals() {
         Ok(r) => r,
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
     };

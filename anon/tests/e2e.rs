@@ -384,3 +384,109 @@ fn page_not_matching_the_announced_digest_is_refused() {
     assert!(!out.exists());
     assert!(files_in(dir.path()).iter().all(|n| !n.ends_with(".part")));
 }
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The server's counters from its metrics endpoint.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    text
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Polls the metrics endpoint until `done` holds, at most `within`: the
+/// counters are state to observe, with no event to wait on.
+fn wait_for_metrics(port: u16, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = scrape(port);
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "not reached within {within:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn client_killed_mid_transfer_is_freed_within_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::serve(page(20 << 20, 7)).unwrap();
+    let metrics = free_tcp_port();
+    let server = ServerProcess::start(
+        Path::new(SERVER),
+        &dir.path().join("server.log"),
+        &origin.url(),
+        &["--idle-timeout", "1", "--metrics", &format!("127.0.0.1:{metrics}")],
+        READY,
+    )
+    .unwrap();
+    // Baseline mode: slow enough to be mid-transfer when it is killed.
+    let (mut client, out) = fetch_verbose(server.port, dir.path(), "c", &["--no-fast"]);
+    client.wait_for_line("connected", READY).unwrap();
+    client.signal("KILL").unwrap();
+    let killed = Instant::now();
+    let text = wait_for_metrics(metrics, Duration::from_secs(10), |t| metric(t, "anon_connections_open") == 0);
+    assert_eq!(metric(&text, "anon_connections_given_up_total"), 1, "{text}");
+    assert_eq!(metric(&text, "anon_connections_completed_total"), 0, "{text}");
+    // Freed after the idle timeout, not before, and not much after.
+    let freed = killed.elapsed();
+    assert!(freed >= Duration::from_millis(900) && freed < Duration::from_secs(4), "freed after {freed:?}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn sigterm_drains_transfers_in_flight_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(40 << 20, 8);
+    let origin = Origin::serve(body.clone()).unwrap();
+    let metrics = free_tcp_port();
+    let server_log = dir.path().join("server.log");
+    let mut server = ServerProcess::start(
+        Path::new(SERVER),
+        &server_log,
+        &origin.url(),
+        &["--grace", "60", "--metrics", &format!("127.0.0.1:{metrics}")],
+        READY,
+    )
+    .unwrap();
+    let (mut first, out) = fetch_verbose(server.port, dir.path(), "first", &["--no-fast"]);
+    first.wait_for_line("connected", READY).unwrap();
+    server.proc.signal("TERM").unwrap();
+    wait_for_metrics(metrics, Duration::from_secs(10), |t| metric(t, "anon_draining") == 1);
+    // A new client is refused while the first one finishes.
+    let (mut late, late_out, late_log) = fetch(server.port, dir.path(), "late", &["--connect-timeout", "1"]);
+    assert_eq!(late.wait(CLIENT_DEADLINE).unwrap().code(), Some(1), "{:?}", late.stderr);
+    assert!(!late_out.exists());
+    let text = scrape(metrics);
+    assert!(metric(&text, "anon_syn_refused_total{limit=\"draining\"}") >= 1, "{text}");
+    assert_eq!(metric(&text, "anon_connections_open"), 1, "the first transfer is still running:\n{text}");
+    // The transfer in flight completes byte exact, then the server exits 0.
+    assert!(first.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", first.stderr);
+    assert!(std::fs::read(&out).unwrap() == body);
+    assert_eq!(server.proc.wait(Duration::from_secs(10)).unwrap().code(), Some(0));
+    assert!(
+        server.proc.stderr.iter().any(|l| l.contains("every transfer in flight has ended")),
+        "{:?}",
+        server.proc.stderr
+    );
+    // The log is complete: every datagram either client logged has its twin.
+    let server_lines = std::fs::read_to_string(&server_log).unwrap().lines().count();
+    let client_lines = assert_log_format(&dir.path().join("first.log")) + assert_log_format(&late_log);
+    assert_eq!(server_lines, client_lines);
+}

@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// New connections beyond this many are refused (their SYN is dropped).
     pub max_connections: usize,
+    /// New connections from one IP address beyond this many are refused, so
+    /// one host cannot take every slot. High enough for a NAT in front of a
+    /// whole site.
+    pub max_per_source: usize,
     /// Accept fast-mode offers (docs/PROTOCOL.md §6); when false, every
     /// client gets the baseline exchange.
     pub fast: bool,
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
             rto: RtoConfig::default(),
             idle_timeout: Duration::from_secs(30),
             max_connections: 100_000,
+            max_per_source: 1024,
             fast: true,
             congestion: Algorithm::default(),
             max_segment: ext::DEFAULT_SEGMENT,

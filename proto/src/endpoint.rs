@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,6 +53,10 @@ pub struct ServerStats {
     pub unexpected: u64,
     /// SYNs dropped because `max_connections` were open.
     pub refused_max_connections: u64,
+    /// SYNs dropped because their source address had `max_per_source` open.
+    pub refused_per_source: u64,
+    /// SYNs dropped because the server is draining before it stops.
+    pub refused_draining: u64,
     /// Connections created.
     pub accepted: u64,
     /// Of those, connections in fast mode.
@@ -83,6 +87,10 @@ pub struct Server {
     /// Draws initial sequence numbers; a CSPRNG outside tests.
     isn_rng: Box<dyn RngCore + Send>,
     conns: HashMap<SocketAddr, Slot>,
+    /// Open connections per source IP address, for `max_per_source`.
+    per_source: HashMap<IpAddr, usize>,
+    /// False once [`stop_accepting`](Self::stop_accepting) was called.
+    accepting: bool,
     /// Connection deadlines, earliest first. An entry is live only while it
     /// equals its connection's `scheduled`; others are skipped when popped.
     timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
@@ -125,6 +133,8 @@ impl Server {
             page: Arc::new(Page::new(page)),
             isn_rng,
             conns: HashMap::new(),
+            per_source: HashMap::new(),
+            accepting: true,
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
@@ -162,16 +172,24 @@ impl Server {
             }
             Entry::Vacant(vacant) => {
                 // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
+                let from_source = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
                 if !bare_syn {
                     false
+                } else if !self.accepting {
+                    self.stats.refused_draining += 1;
+                    return;
                 } else if open >= self.config.max_connections {
                     self.stats.refused_max_connections += 1;
+                    return;
+                } else if from_source >= self.config.max_per_source {
+                    self.stats.refused_per_source += 1;
                     return;
                 } else {
                     let isn = self.isn_rng.next_u32();
                     let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, payload, now);
                     let mode = conn.mode();
                     vacant.insert(Slot { conn, scheduled: None, in_ready: false });
+                    *self.per_source.entry(peer.ip()).or_default() += 1;
                     self.stats.accepted += 1;
                     self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
                     self.events.push_back(ServerEvent::Accepted { peer, mode });
@@ -226,6 +244,12 @@ impl Server {
                 retransmissions: conn.stats.retransmissions,
             });
             self.conns.remove(&peer);
+            if let Entry::Occupied(mut n) = self.per_source.entry(peer.ip()) {
+                *n.get_mut() = n.get().saturating_sub(1);
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
             return;
         }
         if slot.conn.wants_transmit(now) && !slot.in_ready {
@@ -305,5 +329,12 @@ impl Server {
     /// Open connections (half-open ones included).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Starts draining before a stop: SYNs that would open a new connection
+    /// are dropped from now on (counted in `refused_draining`), connections
+    /// already open go on to their end.
+    pub fn stop_accepting(&mut self) {
+        self.accepting = false;
     }
 }

@@ -553,3 +553,137 @@ fn endpoint_sends_runs_per_connection() {
     assert!(runs <= order.len() / 3, "interleaved one by one: {order:?}");
     assert!(order.contains(&client_addr(0)) && order.contains(&client_addr(1)));
 }
+
+#[test]
+fn server_refuses_connections_beyond_the_per_source_limit() {
+    let now = Instant::now();
+    let config = ServerConfig { max_per_source: 2, ..ServerConfig::default() };
+    let mut s = Server::new(config, Bytes::from_static(b"x"), Box::new(FixedIsn(1)));
+    let host = |port| SocketAddr::from(([10, 9, 9, 9], port));
+    for port in 1000..1004 {
+        s.handle(now, host(port), &dgram(7, 0, SYN, &[]));
+    }
+    assert_eq!(s.connection_count(), 2);
+    assert_eq!(s.stats().refused_per_source, 2);
+    assert_eq!(sends(&mut s, now).len(), 2, "only the two accepted get a SYN|ACK");
+    // Another address is not affected.
+    s.handle(now, SocketAddr::from(([10, 9, 9, 10], 1000)), &dgram(7, 0, SYN, &[]));
+    assert_eq!(s.connection_count(), 3);
+    // Once the half-open connections are given up, their slots are free again.
+    let mut t = now;
+    while let Some(next) = s.poll_timeout() {
+        t = next;
+        s.handle_timeout(t);
+        let _ = sends(&mut s, t);
+    }
+    assert_eq!(s.connection_count(), 0);
+    s.handle(t, host(2000), &dgram(7, 0, SYN, &[]));
+    assert_eq!(s.connection_count(), 1);
+}
+
+#[test]
+fn draining_server_refuses_new_connections_and_finishes_open_ones() {
+    let (mut s, peer, now, first) = established(600);
+    assert_eq!(Header::decode(&first).unwrap().1.len(), 512);
+    s.stop_accepting();
+    s.handle(now, client_addr(1), &dgram(9, 0, SYN, &[]));
+    assert_eq!(s.stats().refused_draining, 1);
+    assert!(sends(&mut s, now).is_empty(), "no SYN|ACK while draining");
+    // The open connection goes on to its end.
+    s.handle(now, peer, &dgram(5002, 613, ACK, &[]));
+    let last = sends(&mut s, now);
+    let (h, payload) = Header::decode(&last[0].1).unwrap();
+    assert!(h.flags.contains(FIN));
+    assert_eq!(payload, &page(600)[512..]);
+    s.handle(now, peer, &dgram(5003, 613 + 88 + 1, ACK | FIN, &[]));
+    assert_eq!(s.connection_count(), 0);
+    assert_eq!(s.stats().completed, 1);
+}
+
+/// RFC 5961's reasoning: an attacker who knows the client's address and port
+/// but not the sequence numbers sends SYNs, ACKs and FINs with numbers
+/// outside the window. None of them may end, stall or corrupt the transfer.
+#[test]
+fn forged_packets_for_an_open_connection_change_nothing() {
+    let (mut s, peer, now, first) = established(2000);
+    let forged = [
+        dgram(0x1234_5678, 0, SYN, &[]),
+        dgram(5002, 101 + 0x4000_0000, ACK, &[]),
+        dgram(5002, 101u32.wrapping_sub(0x4000_0000), ACK, &[]),
+        dgram(0x9999_0000, 0x9999_0000, ACK | FIN, &[]),
+        dgram(0x7777_0000, 0x7777_0000, FIN, &[]),
+        dgram(5002, 0xdead_beef, ACK | SYN, &[]),
+        dgram(5002, 0xdead_beef, ACK | SYN | FIN, &[]),
+    ];
+    let before = s.stats();
+    for d in &forged {
+        s.handle(now, peer, d);
+        assert!(sends(&mut s, now).is_empty(), "answered a forgery {:?}", Header::decode(d));
+    }
+    assert_eq!(s.stats().unexpected, before.unexpected + forged.len() as u64);
+    assert_eq!(s.connection_count(), 1);
+    // The retransmission timer still runs for the genuine first segment.
+    let rto = s.poll_timeout().unwrap();
+    s.handle_timeout(rto);
+    let again = sends(&mut s, rto);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1, first, "sent again unchanged");
+    // And the genuine next ACK moves the transfer on, byte exact, to its end.
+    let mut t = rto;
+    let mut ack = 613u32;
+    let mut seq = 5002u32;
+    let mut got = page(2000)[..512].to_vec();
+    loop {
+        s.handle(t, peer, &dgram(seq, ack, ACK, &[]));
+        seq += 1;
+        let out = sends(&mut s, t);
+        let (h, payload) = Header::decode(&out[0].1).unwrap();
+        assert_eq!(h.seq, Seq(ack));
+        got.extend_from_slice(payload);
+        ack += payload.len() as u32;
+        if h.flags.contains(FIN) {
+            s.handle(t, peer, &dgram(seq, ack + 1, ACK | FIN, &[]));
+            break;
+        }
+        t += Duration::from_millis(1);
+    }
+    assert_eq!(got, page(2000));
+    assert_eq!(s.stats().completed, 1);
+}
+
+/// The same in fast mode, with forged SACK blocks: blocks outside what was
+/// sent must not mark anything as received.
+#[test]
+fn forged_sack_blocks_are_ignored() {
+    let (mut s, peer, now) = fast_established(5000, 1 << 20);
+    let mut sent = sends(&mut s, now).len();
+    let mut at = now;
+    while sent < 5 && at < now + Duration::from_millis(5) {
+        at = s.poll_timeout().unwrap();
+        s.handle_timeout(at);
+        sent += sends(&mut s, at).len();
+    }
+    assert_eq!(sent, 5, "the whole page in the first flight");
+    let before = s.stats().unexpected;
+    // Blocks beyond anything sent, and far behind.
+    s.handle(at, peer, &dgram(5002, 101, ACK, &ack_info(1 << 20, &[(0x5000_0000, 0x5000_1000)])));
+    s.handle(at, peer, &dgram(5002, 101, ACK, &ack_info(1 << 20, &[(1101, 0x7000_0000)])));
+    s.handle(at, peer, &dgram(5002, 0x6000_0000, ACK, &ack_info(1 << 20, &[])));
+    // The acknowledgment numbers of the first two are plausible (nothing new
+    // acknowledged), so those count as duplicate ACKs; their blocks are
+    // dropped. The third acknowledges data never sent.
+    assert_eq!(s.stats().unexpected, before + 1, "{:?}", s.stats());
+    // Nothing was taken as delivered: when the timer fires, every segment
+    // is still outstanding and the first is sent again.
+    let mut resent = Vec::new();
+    for _ in 0..10 {
+        at = s.poll_timeout().unwrap();
+        s.handle_timeout(at);
+        resent.extend(sends(&mut s, at).into_iter().map(|(_, d)| Header::decode(&d).unwrap().0.seq));
+        if resent.contains(&Seq(101)) {
+            break;
+        }
+    }
+    assert!(resent.contains(&Seq(101)), "{resent:?}");
+    assert_eq!(s.connection_count(), 1);
+}

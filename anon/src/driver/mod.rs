@@ -2,6 +2,7 @@
 //! datagrams and time between them and the sans-IO core.
 
 pub mod client;
+pub mod metrics;
 pub mod server;
 pub mod udp;
 
@@ -14,5 +15,43 @@ pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// SIGINT and SIGTERM, handled from the moment this is created (tokio's
+/// `ctrl_c` would register only on its first poll): a signal from then on
+/// stops the program cleanly instead of killing it.
+#[derive(Debug)]
+pub struct StopSignals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Registers the handlers; needs to run inside the runtime.
+    pub fn register() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Completes on the next signal; can be awaited again for the one after.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! The server's socket loop: one UDP socket, one endpoint, every client.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
 
 use anon_proto::{CloseReason, Server, ServerEvent, ServerStats};
 
-use super::MAX_DATAGRAM;
+use super::metrics::{Reporter, Shared, Snapshot};
 use super::udp::{BatchSocket, display_addr};
+use super::{MAX_DATAGRAM, StopSignals};
 use crate::packet_log::{Direction, PacketLog};
 
 /// Datagrams taken from the socket, and sends, per wake-up before
@@ -20,15 +21,30 @@ const SEND_BUDGET: usize = 256;
 /// Bytes one GSO send carries at most (a UDP datagram's limit, with room).
 const GSO_BYTES: usize = 60_000;
 
-/// Serves until `shutdown` completes, then flushes the log and returns the
-/// endpoint's counters.
+/// How the socket loop stops and reports.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// After a stop signal, how long transfers in flight may go on (new
+    /// connections are refused meanwhile); a second signal stops at once.
+    pub grace: Duration,
+    /// A counters line in the log this often (`None`: never).
+    pub stats_interval: Option<Duration>,
+    /// Where to publish counters for the metrics endpoint.
+    pub metrics: Option<Shared>,
+}
+
+/// Serves until a stop signal and the drain after it, then flushes the log
+/// and returns the endpoint's counters.
 pub async fn run(
     mut socket: BatchSocket,
     mut server: Server,
     mut log: PacketLog,
-    shutdown: impl Future<Output = ()>,
+    signals: &mut StopSignals,
+    options: Options,
 ) -> io::Result<ServerStats> {
-    tokio::pin!(shutdown);
+    let mut reporter = Reporter::new(Instant::now(), options.stats_interval);
+    // Set by the first stop signal: the end of the grace period.
+    let mut draining: Option<Instant> = None;
     let mut tx = Vec::with_capacity(MAX_DATAGRAM);
     let mut batch = Vec::with_capacity(GSO_BYTES);
     // A datagram taken from the endpoint that did not fit the last batch: it
@@ -69,12 +85,29 @@ pub async fn run(
         }
         report_events(&mut server);
         log.flush_if_due(now);
+        let snapshot =
+            Snapshot { stats: server.stats(), open: server.connection_count(), draining: draining.is_some() };
+        reporter.tick(now, &snapshot);
+        if let Some(shared) = &options.metrics {
+            *shared.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        }
+        if let Some(end) = draining {
+            if snapshot.open == 0 {
+                tracing::info!("every transfer in flight has ended");
+                break;
+            }
+            if now >= end {
+                tracing::warn!("grace period over: {} connections cut short", snapshot.open);
+                break;
+            }
+        }
 
         // Sends left over from the budget: yield to the I/O driver (reads
         // get their turn) and come straight back; no timer, which tokio
         // would round up to a millisecond.
         let pending = held.is_some() || server.has_pending_transmit();
-        let deadline = [server.poll_timeout(), log.flush_deadline()].into_iter().flatten().min();
+        let deadline =
+            [server.poll_timeout(), log.flush_deadline(), reporter.deadline(), draining].into_iter().flatten().min();
         let wait = async {
             if pending {
                 tokio::task::yield_now().await;
@@ -84,7 +117,22 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = signals.recv() => {
+                if draining.is_some() {
+                    tracing::warn!("second stop signal: stopping now");
+                    break;
+                }
+                server.stop_accepting();
+                let open = server.connection_count();
+                if open > 0 && !options.grace.is_zero() {
+                    tracing::info!(
+                        "stopping: new connections refused; {open} in flight get up to {:?} (a second signal stops at once)",
+                        options.grace
+                    );
+                }
+                // The loop's checks end it: at once when nothing is open.
+                draining = Some(Instant::now() + options.grace);
+            }
             ready = socket.readable() => {
                 ready?;
                 let mut taken = 0;

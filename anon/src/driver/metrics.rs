@@ -1,0 +1,178 @@
+//! The server's counters for operators: a Prometheus text endpoint (on a
+//! local TCP port when asked for) and a periodic line in the log.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anon_proto::ServerStats;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the endpoint reports: its counters and the gauges beside them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Counters since start.
+    pub stats: ServerStats,
+    /// Connections open now (half-open included).
+    pub open: usize,
+    /// Refusing new connections before a stop.
+    pub draining: bool,
+}
+
+/// The latest snapshot, written by the socket loop and read by the endpoint.
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+/// The snapshot in the Prometheus text exposition format (version 0.0.4).
+pub fn render(s: &Snapshot) -> String {
+    let st = &s.stats;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP anon_{name} {help}\n# TYPE anon_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "anon_{name}{labels} {value}");
+        }
+    };
+    metric("connections_open", "gauge", "Connections open, half-open included.", &[("", s.open as u64)]);
+    metric("draining", "gauge", "1 while refusing new connections before a stop.", &[("", u64::from(s.draining))]);
+    metric(
+        "connections_accepted_total",
+        "counter",
+        "Connections created, by mode.",
+        &[("{mode=\"fast\"}", st.accepted_fast), ("{mode=\"baseline\"}", st.accepted.saturating_sub(st.accepted_fast))],
+    );
+    metric("connections_completed_total", "counter", "Transfers the client fully acknowledged.", &[("", st.completed)]);
+    metric("connections_given_up_total", "counter", "Connections freed after the idle timeout.", &[("", st.given_up)]);
+    metric(
+        "syn_refused_total",
+        "counter",
+        "New connections refused, by the limit that refused them.",
+        &[
+            ("{limit=\"max_connections\"}", st.refused_max_connections),
+            ("{limit=\"per_source\"}", st.refused_per_source),
+            ("{limit=\"draining\"}", st.refused_draining),
+        ],
+    );
+    metric("datagrams_received_total", "counter", "Datagrams received.", &[("", st.datagrams_received)]);
+    metric("datagrams_malformed_total", "counter", "Datagrams shorter than a header.", &[("", st.malformed)]);
+    metric(
+        "datagrams_unexpected_total",
+        "counter",
+        "Datagrams that fit no connection or its state (strays, forgeries, duplicates).",
+        &[("", st.unexpected)],
+    );
+    metric("datagrams_sent_total", "counter", "Datagrams sent.", &[("", st.datagrams_sent)]);
+    metric(
+        "payload_bytes_sent_total",
+        "counter",
+        "Page bytes sent, retransmissions included.",
+        &[("", st.payload_bytes_sent)],
+    );
+    metric("retransmissions_total", "counter", "Datagrams sent again.", &[("", st.retransmissions)]);
+    out
+}
+
+/// Serves the snapshot to every HTTP request on `listener`, until dropped.
+/// Requests are read with a deadline, so a silent client holds nothing.
+pub async fn serve(listener: TcpListener, shared: Shared) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            // The request itself does not matter: read its head (bounded),
+            // then answer with the counters.
+            let mut head = [0u8; 2048];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head)).await;
+            if !matches!(read, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+            let snapshot = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let body = render(&snapshot);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(response.as_bytes())).await;
+        });
+    }
+}
+
+/// The periodic report: a counters line every `interval`, and a warning
+/// when a limit refused connections, at most once per `interval` (never one
+/// line per packet, whatever a flood does).
+#[derive(Debug)]
+pub struct Reporter {
+    interval: Option<Duration>,
+    next: Option<Instant>,
+    last: ServerStats,
+}
+
+impl Reporter {
+    /// Reports every `interval` (`None`: never).
+    pub fn new(now: Instant, interval: Option<Duration>) -> Self {
+        Reporter { interval, next: interval.map(|i| now + i), last: ServerStats::default() }
+    }
+
+    /// When [`tick`](Self::tick) wants to run next.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Logs what is due at `now`.
+    pub fn tick(&mut self, now: Instant, s: &Snapshot) {
+        let (Some(next), Some(interval)) = (self.next, self.interval) else { return };
+        if now < next {
+            return;
+        }
+        self.next = Some(now + interval);
+        let st = &s.stats;
+        tracing::info!(
+            open = s.open,
+            accepted = st.accepted,
+            completed = st.completed,
+            given_up = st.given_up,
+            malformed = st.malformed,
+            unexpected = st.unexpected,
+            bytes_sent = st.payload_bytes_sent,
+            retransmissions = st.retransmissions,
+            "stats"
+        );
+        let refused = [
+            (
+                st.refused_max_connections - self.last.refused_max_connections,
+                "the connection limit (--max-connections)",
+            ),
+            (st.refused_per_source - self.last.refused_per_source, "the per-address limit (--max-per-source)"),
+        ];
+        for (n, limit) in refused {
+            if n > 0 {
+                tracing::warn!("{n} new connections refused in the last {interval:?}: {limit} was reached");
+            }
+        }
+        self.last = *st;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter_once_with_its_type() {
+        let mut s = Snapshot { open: 3, draining: true, ..Snapshot::default() };
+        s.stats.accepted = 10;
+        s.stats.accepted_fast = 7;
+        s.stats.refused_per_source = 4;
+        let text = render(&s);
+        assert!(text.contains("anon_connections_open 3\n"));
+        assert!(text.contains("anon_draining 1\n"));
+        assert!(text.contains("anon_connections_accepted_total{mode=\"fast\"} 7\n"));
+        assert!(text.contains("anon_connections_accepted_total{mode=\"baseline\"} 3\n"));
+        assert!(text.contains("anon_syn_refused_total{limit=\"per_source\"} 4\n"));
+        // Every sample line belongs to a metric declared with HELP and TYPE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+        }
+    }
+}
