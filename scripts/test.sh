@@ -7,3 +7,12 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 cargo test --locked --workspace
+# The Wireshark dissector against a real capture (CI installs tshark).
+if command -v tshark >/dev/null 2>&1; then
+  bash wireshark/test.sh target/debug
+elif [[ -n ${ANON_REQUIRE_TSHARK:-} ]]; then
+  echo "tshark is not installed, and ANON_REQUIRE_TSHARK is set" >&2
+  exit 1
+else
+  echo "wireshark/test.sh skipped: tshark is not installed" >&2
+fi
