@@ -137,4 +137,55 @@ mod tests {
         assert!(matches!(fetch(&Source::File(f.clone()), limits(99)), Err(FetchError::TooLarge(99))));
         assert!(matches!(fetch(&Source::File(dir.path().join("none")), limits(9)), Err(FetchError::File { .. })));
     }
+
+    /// An origin on 127.0.0.1 that answers one request with `head` and then
+    /// `body` in chunks of `chunk` bytes, `pause` apart, and closes.
+    fn origin(head: &'static str, body: Vec<u8>, chunk: usize, pause: Duration) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let _ = s.write_all(head.as_bytes());
+            for part in body.chunks(chunk.max(1)) {
+                if s.write_all(part).is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn truncated_response_is_an_error_not_a_short_page() {
+        let url = origin("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", vec![b'x'; 500], 500, Duration::ZERO);
+        let limits = FetchLimits { max_bytes: 1 << 20, timeout: Duration::from_secs(5) };
+        let got = fetch(&Source::Http(url), limits);
+        assert!(matches!(got, Err(FetchError::Http(_))), "{got:?}");
+    }
+
+    #[test]
+    fn slow_origin_hits_the_download_deadline() {
+        // One byte every 100 ms of a 1000-byte page: 100 s; the deadline is 1 s.
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+        let url = origin(head, vec![b'x'; 1000], 1, Duration::from_millis(100));
+        let start = std::time::Instant::now();
+        let limits = FetchLimits { max_bytes: 1 << 20, timeout: Duration::from_secs(1) };
+        let got = fetch(&Source::Http(url), limits);
+        assert!(matches!(got, Err(FetchError::Http(_))), "{got:?}");
+        assert!(start.elapsed() < Duration::from_secs(5), "gave up after {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn oversized_response_is_refused_with_or_without_a_length() {
+        let limits = FetchLimits { max_bytes: 1000, timeout: Duration::from_secs(5) };
+        let sized = origin("HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", vec![b'x'; 5000], 5000, Duration::ZERO);
+        assert!(matches!(fetch(&Source::Http(sized), limits), Err(FetchError::TooLarge(1000))));
+        // No length: read until the connection closes, past the limit.
+        let unknown = origin("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", vec![b'x'; 5000], 1000, Duration::ZERO);
+        assert!(matches!(fetch(&Source::Http(unknown), limits), Err(FetchError::TooLarge(1000))));
+    }
 }
