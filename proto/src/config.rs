@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// one host cannot take every slot. High enough for a NAT in front of a
     /// whole site.
     pub max_per_source: usize,
+    /// Half-open connections (SYN received, handshake ACK not yet) kept at
+    /// most; beyond this the server answers SYNs with stateless SYN cookies
+    /// (docs/PROTOCOL.md §7), so a SYN flood cannot exhaust it.
+    pub max_half_open: usize,
     /// Accept fast-mode offers (docs/PROTOCOL.md §6); when false, every
     /// client gets the baseline exchange.
     pub fast: bool,
@@ -59,6 +63,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             max_per_source: 1024,
+            max_half_open: 1024,
             fast: true,
             congestion: Algorithm::default(),
             max_segment: ext::DEFAULT_SEGMENT,

@@ -14,9 +14,10 @@ use bytes::Bytes;
 use rand::RngCore;
 
 use crate::config::ServerConfig;
-use crate::conn::{CloseReason, Mode, ServerConn};
+use crate::conn::{CloseReason, Mode, ServerConn, encode_syn_ack, negotiate};
+use crate::cookie::{CookieJar, CookieMode};
 use crate::page::Page;
-use crate::wire::{Flags, Header};
+use crate::wire::{Flags, Header, Seq};
 
 /// What happened on the server, for logs and counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,12 @@ pub struct ServerStats {
     pub refused_per_source: u64,
     /// SYNs dropped because the server is draining before it stops.
     pub refused_draining: u64,
+    /// SYNs answered with a stateless SYN cookie (half-open limit reached).
+    pub cookies_sent: u64,
+    /// Connections rebuilt from a valid SYN cookie.
+    pub cookies_accepted: u64,
+    /// SYNs dropped because even the stateless reply queue was full.
+    pub refused_syn_flood: u64,
     /// Connections created.
     pub accepted: u64,
     /// Of those, connections in fast mode.
@@ -91,6 +98,11 @@ pub struct Server {
     per_source: HashMap<IpAddr, usize>,
     /// False once [`stop_accepting`](Self::stop_accepting) was called.
     accepting: bool,
+    /// Connections in SYN-RECEIVED, for `max_half_open`.
+    half_open: usize,
+    cookies: CookieJar,
+    /// Stateless SYN|ACKs (cookies) waiting to be sent; bounded.
+    stateless: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Connection deadlines, earliest first. An entry is live only while it
     /// equals its connection's `scheduled`; others are skipped when popped.
     timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
@@ -106,6 +118,9 @@ pub struct Server {
 
 /// Datagrams one connection sends in a row before the next one's turn.
 const TRANSMIT_BURST: usize = 32;
+/// Stateless SYN|ACKs queued at most: a flood faster than the socket drains
+/// them loses SYNs (counted), never memory.
+const STATELESS_QUEUE: usize = 4096;
 
 #[derive(Debug)]
 struct Slot {
@@ -127,8 +142,12 @@ impl fmt::Debug for Server {
 impl Server {
     /// A server for `page`, shared by every connection. `isn_rng` draws the
     /// initial sequence numbers (PROTOCOL.md §2: a CSPRNG).
-    pub fn new(config: ServerConfig, page: Bytes, isn_rng: Box<dyn RngCore + Send>) -> Self {
+    pub fn new(config: ServerConfig, page: Bytes, mut isn_rng: Box<dyn RngCore + Send>) -> Self {
+        let cookies = CookieJar::new(&mut *isn_rng);
         Server {
+            half_open: 0,
+            cookies,
+            stateless: VecDeque::new(),
             config,
             page: Arc::new(Page::new(page)),
             isn_rng,
@@ -151,11 +170,14 @@ impl Server {
             self.stats.malformed += 1;
             return;
         };
+        self.cookies.rotate(now, &mut *self.isn_rng);
         let open = self.conns.len();
         let bare_syn = header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK);
+        let mut was_half_open = true;
         let accepted = match self.conns.entry(peer) {
             Entry::Occupied(mut slot) => {
                 let slot = slot.get_mut();
+                was_half_open = slot.conn.half_open_isn().is_some();
                 match slot.conn.half_open_isn() {
                     // A new SYN from an address whose handshake is incomplete:
                     // the client restarted (or a late duplicate opened this
@@ -173,16 +195,73 @@ impl Server {
             Entry::Vacant(vacant) => {
                 // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
                 let from_source = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
-                if !bare_syn {
-                    false
-                } else if !self.accepting {
-                    self.stats.refused_draining += 1;
-                    return;
+                let refusal = if !self.accepting {
+                    Some(&mut self.stats.refused_draining)
                 } else if open >= self.config.max_connections {
-                    self.stats.refused_max_connections += 1;
-                    return;
+                    Some(&mut self.stats.refused_max_connections)
                 } else if from_source >= self.config.max_per_source {
-                    self.stats.refused_per_source += 1;
+                    Some(&mut self.stats.refused_per_source)
+                } else {
+                    None
+                };
+                // A handshake ACK for an unknown peer: a SYN cookie of ours?
+                let cookie = (header.flags == Flags::ACK)
+                    .then(|| self.cookies.check(peer, header.seq - 1, (header.ack - 1).0))
+                    .flatten();
+                if let Some(cookie) = cookie {
+                    if let Some(counter) = refusal {
+                        *counter += 1;
+                        return;
+                    }
+                    let (mode, window) = match cookie {
+                        CookieMode::Baseline => (Mode::Baseline, u64::MAX),
+                        CookieMode::Fast { segment, window } => (Mode::Fast { segment }, window),
+                    };
+                    let isn = (header.ack - 1).0;
+                    let conn = ServerConn::from_cookie(
+                        &self.config,
+                        Arc::clone(&self.page),
+                        isn,
+                        header.seq - 1,
+                        mode,
+                        window,
+                        now,
+                    );
+                    vacant.insert(Slot { conn, scheduled: None, in_ready: false });
+                    *self.per_source.entry(peer.ip()).or_default() += 1;
+                    self.stats.accepted += 1;
+                    self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
+                    self.stats.cookies_accepted += 1;
+                    self.events.push_back(ServerEvent::Accepted { peer, mode });
+                    was_half_open = false;
+                    true
+                } else if !bare_syn {
+                    false
+                } else if let Some(counter) = refusal {
+                    *counter += 1;
+                    return;
+                } else if self.half_open >= self.config.max_half_open {
+                    // Under a SYN flood: answer without keeping state.
+                    if self.stateless.len() >= STATELESS_QUEUE {
+                        self.stats.refused_syn_flood += 1;
+                        return;
+                    }
+                    let (mode, offer) = negotiate(&self.config, payload);
+                    let cookie_mode = match mode {
+                        Mode::Baseline => CookieMode::Baseline,
+                        Mode::Fast { segment } => {
+                            CookieMode::fast(segment, offer.map_or(u64::MAX, |o| u64::from(o.recv_window)))
+                        }
+                    };
+                    let mode = match cookie_mode {
+                        CookieMode::Baseline => Mode::Baseline,
+                        CookieMode::Fast { segment, .. } => Mode::Fast { segment },
+                    };
+                    let isn = self.cookies.make(peer, header.seq, cookie_mode);
+                    let mut d = Vec::new();
+                    encode_syn_ack(Seq(isn), header.seq, mode, &self.page, &mut d);
+                    self.stateless.push_back((peer, d));
+                    self.stats.cookies_sent += 1;
                     return;
                 } else {
                     let isn = self.isn_rng.next_u32();
@@ -190,6 +269,7 @@ impl Server {
                     let mode = conn.mode();
                     vacant.insert(Slot { conn, scheduled: None, in_ready: false });
                     *self.per_source.entry(peer.ip()).or_default() += 1;
+                    self.half_open += 1;
                     self.stats.accepted += 1;
                     self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
                     self.events.push_back(ServerEvent::Accepted { peer, mode });
@@ -200,7 +280,7 @@ impl Server {
         if !accepted {
             self.stats.unexpected += 1;
         }
-        self.after_activity(now, peer);
+        self.after_activity(now, peer, was_half_open);
     }
 
     /// Runs every timer due at `now`.
@@ -222,15 +302,19 @@ impl Server {
                 continue; // stale entry
             }
             slot.scheduled = None;
+            let was_half_open = slot.conn.half_open_isn().is_some();
             slot.conn.handle_timeout(now);
-            self.after_activity(now, peer);
+            self.after_activity(now, peer, was_half_open);
         }
     }
 
     /// Re-files a connection after anything happened to it: frees it when
     /// closed, else queues its transmit and its timer.
-    fn after_activity(&mut self, now: Instant, peer: SocketAddr) {
+    fn after_activity(&mut self, now: Instant, peer: SocketAddr, was_half_open: bool) {
         let Some(slot) = self.conns.get_mut(&peer) else { return };
+        if was_half_open && slot.conn.half_open_isn().is_none() {
+            self.half_open = self.half_open.saturating_sub(1);
+        }
         if let Some(reason) = slot.conn.close_reason() {
             let conn = &slot.conn;
             match reason {
@@ -270,6 +354,12 @@ impl Server {
     /// returns its destination, or `None` when nothing is waiting.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<SocketAddr> {
+        if let Some((peer, d)) = self.stateless.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&d);
+            self.stats.datagrams_sent += 1;
+            return Some(peer);
+        }
         while let Some(peer) = self.ready.pop_front() {
             if self.last_served != Some(peer) {
                 self.last_served = Some(peer);
@@ -297,7 +387,8 @@ impl Server {
                 } else {
                     self.burst = 0;
                 }
-                self.after_activity(now, peer);
+                let was_half_open = self.conns.get(&peer).is_some_and(|s| s.conn.half_open_isn().is_some());
+                self.after_activity(now, peer, was_half_open);
                 return Some(peer);
             }
         }
@@ -307,7 +398,7 @@ impl Server {
     /// Whether a connection has a datagram waiting for
     /// [`poll_transmit`](Self::poll_transmit).
     pub fn has_pending_transmit(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || !self.stateless.is_empty()
     }
 
     /// The earliest deadline at which [`handle_timeout`](Self::handle_timeout)
@@ -329,6 +420,11 @@ impl Server {
     /// Open connections (half-open ones included).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Connections whose handshake is incomplete.
+    pub fn half_open_count(&self) -> usize {
+        self.half_open
     }
 
     /// Starts draining before a stop: SYNs that would open a new connection

@@ -20,6 +20,7 @@
 pub mod cc;
 pub mod config;
 pub mod conn;
+pub mod cookie;
 pub mod endpoint;
 pub mod page;
 pub mod recovery;

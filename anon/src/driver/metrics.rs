@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub stats: ServerStats,
     /// Connections open now (half-open included).
     pub open: usize,
+    /// Of those, connections whose handshake is incomplete.
+    pub half_open: usize,
     /// Refusing new connections before a stop.
     pub draining: bool,
 }
@@ -34,6 +36,7 @@ pub fn render(s: &Snapshot) -> String {
         }
     };
     metric("connections_open", "gauge", "Connections open, half-open included.", &[("", s.open as u64)]);
+    metric("connections_half_open", "gauge", "Connections whose handshake is incomplete.", &[("", s.half_open as u64)]);
     metric("draining", "gauge", "1 while refusing new connections before a stop.", &[("", u64::from(s.draining))]);
     metric(
         "connections_accepted_total",
@@ -51,7 +54,20 @@ pub fn render(s: &Snapshot) -> String {
             ("{limit=\"max_connections\"}", st.refused_max_connections),
             ("{limit=\"per_source\"}", st.refused_per_source),
             ("{limit=\"draining\"}", st.refused_draining),
+            ("{limit=\"syn_flood\"}", st.refused_syn_flood),
         ],
+    );
+    metric(
+        "syn_cookies_sent_total",
+        "counter",
+        "SYNs answered statelessly with a SYN cookie (half-open limit reached).",
+        &[("", st.cookies_sent)],
+    );
+    metric(
+        "syn_cookies_accepted_total",
+        "counter",
+        "Connections rebuilt from a valid SYN cookie.",
+        &[("", st.cookies_accepted)],
     );
     metric("datagrams_received_total", "counter", "Datagrams received.", &[("", st.datagrams_received)]);
     metric("datagrams_malformed_total", "counter", "Datagrams shorter than a header.", &[("", st.malformed)]);
@@ -128,6 +144,7 @@ impl Reporter {
         let st = &s.stats;
         tracing::info!(
             open = s.open,
+            cookies_sent = st.cookies_sent,
             accepted = st.accepted,
             completed = st.completed,
             given_up = st.given_up,

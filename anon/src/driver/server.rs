@@ -85,19 +85,26 @@ pub async fn run(
         }
         report_events(&mut server);
         log.flush_if_due(now);
-        let snapshot =
-            Snapshot { stats: server.stats(), open: server.connection_count(), draining: draining.is_some() };
+        let snapshot = Snapshot {
+            stats: server.stats(),
+            open: server.connection_count(),
+            half_open: server.half_open_count(),
+            draining: draining.is_some(),
+        };
         reporter.tick(now, &snapshot);
         if let Some(shared) = &options.metrics {
             *shared.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
         }
         if let Some(end) = draining {
-            if snapshot.open == 0 {
+            // Half-open connections carry no transfer yet: they do not hold
+            // the stop up.
+            let in_flight = snapshot.open.saturating_sub(snapshot.half_open);
+            if in_flight == 0 {
                 tracing::info!("every transfer in flight has ended");
                 break;
             }
             if now >= end {
-                tracing::warn!("grace period over: {} connections cut short", snapshot.open);
+                tracing::warn!("grace period over: {in_flight} transfers cut short");
                 break;
             }
         }
@@ -123,7 +130,7 @@ pub async fn run(
                     break;
                 }
                 server.stop_accepting();
-                let open = server.connection_count();
+                let open = server.connection_count().saturating_sub(server.half_open_count());
                 if open > 0 && !options.grace.is_zero() {
                     tracing::info!(
                         "stopping: new connections refused; {open} in flight get up to {:?} (a second signal stops at once)",

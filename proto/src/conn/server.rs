@@ -25,6 +25,31 @@ use crate::wire::{BASELINE_SEGMENT, Flags, HEADER_LEN, Header, Seq};
 /// ACK keeps getting lost repeats it on its own timer.
 const MAX_SYN_ACK_RETRANSMITS: u32 = 2;
 
+/// The mode a SYN's payload settles, and the offer it carried: fast mode is
+/// answered only to a well-formed offer in a SYN at least as long as the
+/// SYN|ACK carrying the answer (no amplification).
+pub(crate) fn negotiate(config: &ServerConfig, syn_payload: &[u8]) -> (Mode, Option<Offer>) {
+    let offer = (config.fast && HEADER_LEN + syn_payload.len() >= ANSWER_DATAGRAM_LEN)
+        .then(|| Offer::decode(syn_payload))
+        .flatten()
+        .filter(|o| o.max_segment > 0);
+    let mode = match offer {
+        Some(o) => Mode::Fast { segment: o.max_segment.min(config.max_segment).clamp(1, MAX_SEGMENT) },
+        None => Mode::Baseline,
+    };
+    (mode, offer)
+}
+
+/// The SYN|ACK for a client whose SYN had `peer_isn`, with the fast-mode
+/// answer when the mode is fast.
+pub(crate) fn encode_syn_ack(isn: Seq, peer_isn: Seq, mode: Mode, page: &Page, buf: &mut Vec<u8>) {
+    buf.clear();
+    Header::new(isn, peer_isn + 1, Flags::SYN | Flags::ACK).encode(&[], buf);
+    if let Mode::Fast { segment } = mode {
+        Answer { segment, page_len: page.len(), page_sha256: page.sha256() }.encode(buf);
+    }
+}
+
 /// Why a server connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -119,14 +144,7 @@ impl ServerConn {
         syn_payload: &[u8],
         now: Instant,
     ) -> Self {
-        let offer = (config.fast && HEADER_LEN + syn_payload.len() >= ANSWER_DATAGRAM_LEN)
-            .then(|| Offer::decode(syn_payload))
-            .flatten()
-            .filter(|o| o.max_segment > 0);
-        let mode = match offer {
-            Some(o) => Mode::Fast { segment: o.max_segment.min(config.max_segment).clamp(1, MAX_SEGMENT) },
-            None => Mode::Baseline,
-        };
+        let (mode, offer) = negotiate(config, syn_payload);
         ServerConn {
             state: State::SynReceived(Handshake {
                 rtt: RttEstimator::new(config.rto),
@@ -149,6 +167,26 @@ impl ServerConn {
             acked_at_close: 0,
             stats: ConnStats::default(),
         }
+    }
+
+    /// A connection rebuilt from a valid SYN cookie: the handshake ACK has
+    /// just arrived, so it starts sending at once. There is no RTT sample
+    /// (the SYN|ACK's send time was not kept).
+    pub(crate) fn from_cookie(
+        config: &ServerConfig,
+        page: Arc<Page>,
+        isn: u32,
+        peer_isn: Seq,
+        mode: Mode,
+        peer_window: u64,
+        now: Instant,
+    ) -> Self {
+        let mut conn = ServerConn::new(config, page, isn, peer_isn, &[], now);
+        conn.mode = mode;
+        conn.peer_window = peer_window;
+        conn.peer_seq = peer_isn + 1;
+        conn.start_sending(RttEstimator::new(config.rto));
+        conn
     }
 
     /// The mode the handshake settled.
@@ -189,6 +227,11 @@ impl ServerConn {
             rtt.on_sample(now.saturating_duration_since(sent));
         }
         self.peer_seq = h.seq;
+        self.start_sending(rtt);
+        true
+    }
+
+    fn start_sending(&mut self, rtt: RttEstimator) {
         let params = match self.mode {
             Mode::Baseline => SenderParams {
                 segment: BASELINE_SEGMENT as u64,
@@ -207,7 +250,6 @@ impl ServerConn {
         };
         // RFC 6298 §5.2: the SYN|ACK is acknowledged; its timer goes with it.
         self.state = State::Established(Box::new(Sender::new(self.page.len(), params, rtt)));
-        true
     }
 
     fn on_established(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
@@ -273,11 +315,7 @@ impl ServerConn {
                     return false;
                 }
                 hs.send_due = false;
-                Header::new(self.isn, self.peer_isn + 1, Flags::SYN | Flags::ACK).encode(&[], buf);
-                if let Mode::Fast { segment } = self.mode {
-                    let answer = Answer { segment, page_len: self.page.len(), page_sha256: self.page.sha256() };
-                    answer.encode(buf);
-                }
+                encode_syn_ack(self.isn, self.peer_isn, self.mode, &self.page, buf);
                 if hs.sent_at.is_none() {
                     hs.sent_at = Some(now);
                 } else {
