@@ -86,7 +86,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 /// anonserver: download a web page once, then serve it over UDP to any number
 /// of anonclients at once, until SIGINT or SIGTERM.
 #[derive(Debug, Parser)]
-#[command(version, after_help = format!("Example:\n  anonserver -p 30000 -l /tmp/server.log -w www.example.com\n\n{EXIT_CODES}"))]
+#[command(name = "anonserver", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANON_GIT_REV"), ")"), after_help = format!("Example:\n  anonserver -p 30000 -l /tmp/server.log -w www.example.com\n\n{EXIT_CODES}"))]
 pub struct ServerArgs {
     /// UDP port to listen on (1-65535).
     #[arg(short, long, value_parser = parse_port)]
@@ -112,6 +112,11 @@ pub struct ServerArgs {
     /// once (high enough for a NAT in front of a whole site).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_per_source: u32,
+    /// Keep at most this many half-open connections (SYN received, handshake
+    /// not complete); beyond it SYNs get stateless SYN cookies, so a SYN
+    /// flood cannot exhaust the server.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_half_open: usize,
     /// On SIGINT or SIGTERM, refuse new connections and give transfers in
     /// flight this long to finish; a second signal stops at once.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
@@ -159,7 +164,7 @@ pub enum Congestion {
 /// The file appears only once the whole page has arrived (it is written
 /// beside OUTFILE and renamed): a failed transfer leaves no partial file.
 #[derive(Debug, Parser)]
-#[command(version, after_help = format!("Example:\n  anonclient -s 192.168.2.1 -p 30000 -l /tmp/client.log -f page.html\n\n{EXIT_CODES}"))]
+#[command(name = "anonclient", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANON_GIT_REV"), ")"), after_help = format!("Example:\n  anonclient -s 192.168.2.1 -p 30000 -l /tmp/client.log -f page.html\n\n{EXIT_CODES}"))]
 pub struct ClientArgs {
     /// The server's IPv4 or IPv6 address (or host name).
     #[arg(short, long, value_name = "SERVER-IP")]
@@ -258,6 +263,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
         max_per_source: args.max_per_source as usize,
+        max_half_open: args.max_half_open,
         fast: !args.no_fast,
         max_segment: args.max_segment,
         congestion: match args.congestion {
