@@ -83,6 +83,14 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
+/// Like [`parse_secs`], with 0 allowed (meaning "never" or "at once").
+fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v == 0.0 => Ok(Duration::ZERO),
+        _ => parse_secs(s),
+    }
+}
+
 /// anonserver: download a web page once, then serve it over UDP to any number
 /// of anonclients at once, until SIGINT or SIGTERM.
 #[derive(Debug, Parser)]
@@ -118,12 +126,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_half_open: usize,
     /// On SIGINT or SIGTERM, refuse new connections and give transfers in
-    /// flight this long to finish; a second signal stops at once.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    /// flight this long to finish (0: stop at once); a second signal stops
+    /// at once.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs_or_zero, default_value = "10")]
     pub grace: Duration,
     /// Log a line of counters this often (0: never). Limits that refused
     /// connections are reported at the same pace, never once per packet.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs_or_zero, default_value = "60")]
     pub stats_interval: Duration,
     /// Serve the counters in the Prometheus text format over HTTP on this
     /// TCP address, e.g. 127.0.0.1:9464 (anyone who can reach it can read
@@ -288,6 +297,9 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
                 completed = stats.completed,
                 given_up = stats.given_up,
                 malformed = stats.malformed,
+                unexpected = stats.unexpected,
+                cookies_sent = stats.cookies_sent,
+                cookies_accepted = stats.cookies_accepted,
                 retransmissions = stats.retransmissions,
                 "stopped"
             );

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod load;
 mod path;
 
 use anon_proto::wire::{Flags, Header, Seq};
@@ -70,6 +71,30 @@ enum What {
         #[arg(long, value_name = "FILE")]
         csv: Option<PathBuf>,
     },
+    /// Many concurrent clients (the protocol core's client, one socket
+    /// each, both modes) against one server on loopback: all byte-exact,
+    /// with completion time, server memory and CPU time.
+    Load {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Page size in bytes.
+        #[arg(long, default_value_t = 100_000)]
+        size: usize,
+        /// Share of clients in fast mode; the rest ask for baseline.
+        #[arg(long, default_value_t = 0.5)]
+        fast_share: f64,
+        /// Seconds over which the clients start.
+        #[arg(long, default_value_t = 1.0)]
+        ramp: f64,
+        /// Seconds the whole run may take.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Meanwhile, flood the server with malformed and random datagrams
+        /// from one socket, as fast as it sends.
+        #[arg(long)]
+        storm: bool,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -92,6 +117,17 @@ fn main() -> ExitCode {
             throughput(&bins, size, runs.max(1), !no_baseline, csv.as_deref())
         }
         What::Memory { connections } => memory(&bins, connections),
+        What::Load { clients, size, fast_share, ramp, timeout, storm } => load::run(
+            &bins,
+            &load::Options {
+                clients,
+                size,
+                fast_share,
+                ramp: Duration::from_secs_f64(ramp.max(0.0)),
+                timeout: Duration::from_secs(timeout),
+                storm,
+            },
+        ),
         What::Path { only, quick, timeout, seed, csv } => {
             path::run(&path::Options { bins, only, quick, timeout, seed, csv })
         }
