@@ -85,10 +85,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 /// Like [`parse_secs`], with 0 allowed (meaning "never" or "at once").
 fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v == 0.0 => Ok(Duration::ZERO),
-        _ => parse_secs(s),
-    }
+    if s.trim().parse::<f64>() == Ok(0.0) { Ok(Duration::ZERO) } else { parse_secs(s) }
 }
 
 /// anonserver: download a web page once, then serve it over UDP to any number
