@@ -44,7 +44,7 @@ fn storm(server: SocketAddr, stop: Arc<std::sync::atomic::AtomicBool>) -> io::Re
         d.clear();
         match sent % 4 {
             // Shorter than a header.
-            0 => d.extend_from_slice(&rng.random::<[u8; 8]>()[..(sent % 12) as usize % 8]),
+            0 => d.extend(rng.random::<[u8; 8]>().into_iter().take((sent % 12) as usize % 8)),
             // A header with random numbers and flags (SYNs among them).
             1 => Header::new(Seq(rng.random()), Seq(rng.random()), Flags::from_word(rng.random::<u32>() & 7))
                 .encode(&[], &mut d),
