@@ -262,8 +262,6 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         },
         None => None,
     };
-    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!("serving {} ({} bytes) on udp {local}", args.web, page.len());
 
     let config = ServerConfig {
         idle_timeout: args.idle_timeout,
@@ -278,7 +276,12 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         },
         ..ServerConfig::default()
     };
+    let page_len = page.len();
+    // The page's SHA-256 is computed here, before the server says it is
+    // ready (half a second for 1 GiB).
     let server = Server::new(config, Bytes::from(page), Box::new(StdRng::from_os_rng()));
+    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!("serving {} ({page_len} bytes) on udp {local}", args.web);
     let result = rt.block_on(async {
         let socket = driver::udp::BatchSocket::new(socket)?;
         let options = driver::server::Options {
