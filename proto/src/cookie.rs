@@ -64,19 +64,19 @@ impl CookieMode {
         }
     }
 
-    /// The 9 bits above the MAC (without the epoch bit).
+    /// Bits 30–23 of the cookie, shifted down: fast, segment, window.
     fn bits(self) -> u32 {
         match self {
             CookieMode::Baseline => 0,
             CookieMode::Fast { segment, window } => {
                 let index = SEGMENTS.iter().position(|&s| s == segment).unwrap_or(0) as u32;
-                1 << 8 | index << 4 | encode_window(segment, window)
+                1 << 7 | index << 4 | encode_window(segment, window)
             }
         }
     }
 
     fn from_bits(bits: u32) -> CookieMode {
-        if bits & 1 << 8 == 0 {
+        if bits & 1 << 7 == 0 {
             return CookieMode::Baseline;
         }
         let segment = SEGMENTS.get((bits >> 4 & 7) as usize).copied().unwrap_or(512);
@@ -101,6 +101,11 @@ pub(crate) struct CookieJar {
     /// Rotations so far; its parity picks the current key.
     generation: u64,
     next_rotation: Option<Instant>,
+    /// When the last cookie was made: ACKs are checked as cookies only for
+    /// two rotation periods after it (the lifetime of a cookie), so outside
+    /// a flood a stray ACK costs no hash, and a late handshake ACK cannot
+    /// rebuild a connection long finished.
+    last_made: Option<Instant>,
 }
 
 impl std::fmt::Debug for CookieJar {
@@ -116,7 +121,7 @@ impl CookieJar {
         for k in &mut keys {
             rng.fill_bytes(k);
         }
-        CookieJar { keys, generation: 0, next_rotation: None }
+        CookieJar { keys, generation: 0, next_rotation: None, last_made: None }
     }
 
     /// Replaces the older key once per [`ROTATION`], counted from the first
@@ -155,23 +160,29 @@ impl CookieJar {
     }
 
     /// The ISN of a stateless SYN|ACK to `peer`, whose SYN had `peer_isn`.
-    pub(crate) fn make(&self, peer: SocketAddr, peer_isn: Seq, mode: CookieMode) -> u32 {
+    pub(crate) fn make(&mut self, now: Instant, peer: SocketAddr, peer_isn: Seq, mode: CookieMode) -> u32 {
+        self.last_made = Some(now);
         let parity = (self.generation % 2) as u32;
-        let top = parity << 9 | mode.bits();
+        let top = parity << 8 | mode.bits();
+        debug_assert!(top < 1 << 9, "the cookie's top bits overflow");
         top << MAC_BITS | self.mac(parity, peer, peer_isn, top)
     }
 
     /// The mode carried by `cookie` if it is one of ours for this peer and
     /// client ISN, made with the current or the previous key.
-    pub(crate) fn check(&self, peer: SocketAddr, peer_isn: Seq, cookie: u32) -> Option<CookieMode> {
+    pub(crate) fn check(&self, now: Instant, peer: SocketAddr, peer_isn: Seq, cookie: u32) -> Option<CookieMode> {
+        let recent = self.last_made.is_some_and(|t| now.saturating_duration_since(t) <= ROTATION * 2);
+        if !recent {
+            return None;
+        }
         let top = cookie >> MAC_BITS;
-        let parity = top >> 9 & 1;
+        let parity = top >> 8 & 1;
         // Cookies of the previous key are fine, but not before any rotation
         // happened: that "previous" key was never used.
         if parity != (self.generation % 2) as u32 && self.generation == 0 {
             return None;
         }
-        (self.mac(parity, peer, peer_isn, top) == cookie & MAC_MASK).then(|| CookieMode::from_bits(top & 0x1ff))
+        (self.mac(parity, peer, peer_isn, top) == cookie & MAC_MASK).then(|| CookieMode::from_bits(top & 0xff))
     }
 }
 
@@ -189,16 +200,19 @@ mod tests {
     #[test]
     fn a_cookie_checks_only_for_its_peer_and_isn() {
         let mut rng = StdRng::seed_from_u64(1);
-        let jar = CookieJar::new(&mut rng);
+        let mut jar = CookieJar::new(&mut rng);
+        let t = Instant::now();
         let mode = CookieMode::fast(1200, 8 << 20);
-        let c = jar.make(peer(1), Seq(77), mode);
-        assert_eq!(jar.check(peer(1), Seq(77), c), Some(mode));
-        assert_eq!(jar.check(peer(2), Seq(77), c), None);
-        assert_eq!(jar.check(peer(1), Seq(78), c), None);
-        assert_eq!(jar.check(peer(1), Seq(77), c ^ 1), None);
-        assert_eq!(jar.check(peer(1), Seq(77), c ^ 1 << 30), None, "the mode bits are authenticated");
-        let base = jar.make(peer(1), Seq(77), CookieMode::Baseline);
-        assert_eq!(jar.check(peer(1), Seq(77), base), Some(CookieMode::Baseline));
+        let c = jar.make(t, peer(1), Seq(77), mode);
+        assert_eq!(c >> 30 & 1, 1, "bit 30 is the fast bit (PROTOCOL.md §7.2)");
+        assert_eq!(jar.check(t, peer(1), Seq(77), c), Some(mode));
+        assert_eq!(jar.check(t, peer(2), Seq(77), c), None);
+        assert_eq!(jar.check(t, peer(1), Seq(78), c), None);
+        assert_eq!(jar.check(t, peer(1), Seq(77), c ^ 1), None);
+        assert_eq!(jar.check(t, peer(1), Seq(77), c ^ 1 << 30), None, "the mode bits are authenticated");
+        let base = jar.make(t, peer(1), Seq(77), CookieMode::Baseline);
+        assert_eq!(base >> 23 & 0xff, 0);
+        assert_eq!(jar.check(t, peer(1), Seq(77), base), Some(CookieMode::Baseline));
     }
 
     #[test]
@@ -220,18 +234,37 @@ mod tests {
         let mut jar = CookieJar::new(&mut rng);
         let t0 = Instant::now();
         jar.rotate(t0, &mut rng);
-        let c = jar.make(peer(5), Seq(9), CookieMode::Baseline);
-        jar.rotate(t0 + ROTATION, &mut rng);
-        assert!(jar.check(peer(5), Seq(9), c).is_some(), "valid through the next period");
-        jar.rotate(t0 + ROTATION * 2, &mut rng);
-        assert!(jar.check(peer(5), Seq(9), c).is_none(), "its key is gone");
+        // Cookies of every generation, the odd ones (epoch bit 1) included.
+        for g in 0..4u32 {
+            let t = t0 + ROTATION * g;
+            jar.rotate(t, &mut rng);
+            let mode = CookieMode::fast(1440, 1 << 20);
+            let c = jar.make(t, peer(5), Seq(9), mode);
+            assert_eq!(c >> 31, g % 2, "bit 31 is the epoch parity");
+            assert_eq!(jar.check(t, peer(5), Seq(9), c), Some(mode), "generation {g}");
+            jar.rotate(t + ROTATION, &mut rng);
+            assert_eq!(jar.check(t + ROTATION, peer(5), Seq(9), c), Some(mode), "valid through the next period");
+            let mut later = CookieJar {
+                keys: jar.keys,
+                generation: jar.generation,
+                next_rotation: jar.next_rotation,
+                last_made: jar.last_made,
+            };
+            later.rotate(t + ROTATION * 2, &mut rng);
+            assert_eq!(later.check(t + ROTATION * 2, peer(5), Seq(9), c), None, "its key is gone");
+        }
+        // Long after the last cookie, no ACK is checked at all.
+        let c = jar.make(t0, peer(6), Seq(1), CookieMode::Baseline);
+        assert!(jar.check(t0 + ROTATION * 3, peer(6), Seq(1), c).is_none());
     }
 
     #[test]
     fn blind_guesses_rarely_pass() {
         let mut rng = StdRng::seed_from_u64(3);
-        let jar = CookieJar::new(&mut rng);
-        let passed = (0..200_000u32).filter(|&i| jar.check(peer(9), Seq(1), rng.next_u32() ^ i).is_some()).count();
+        let mut jar = CookieJar::new(&mut rng);
+        let t = Instant::now();
+        let _ = jar.make(t, peer(8), Seq(1), CookieMode::Baseline);
+        let passed = (0..200_000u32).filter(|&i| jar.check(t, peer(9), Seq(1), rng.next_u32() ^ i).is_some()).count();
         // Expected 200000 / 2^23 / 2 (half the guesses name the unused key).
         assert!(passed <= 3, "{passed}");
     }

@@ -103,6 +103,8 @@ pub struct Server {
     cookies: CookieJar,
     /// Stateless SYN|ACKs (cookies) waiting to be sent; bounded.
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Connection datagrams sent since the last stateless one.
+    stateless_turn: usize,
     /// Connection deadlines, earliest first. An entry is live only while it
     /// equals its connection's `scheduled`; others are skipped when popped.
     timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
@@ -148,6 +150,7 @@ impl Server {
             half_open: 0,
             cookies,
             stateless: VecDeque::new(),
+            stateless_turn: 0,
             config,
             page: Arc::new(Page::new(page)),
             isn_rng,
@@ -182,11 +185,18 @@ impl Server {
                     // A new SYN from an address whose handshake is incomplete:
                     // the client restarted (or a late duplicate opened this
                     // one). Start over, as TCP does in SYN-RECEIVED.
+                    // Draining: a handshake not complete is not a transfer in
+                    // flight; it does not start one now (docs/PROTOCOL.md §7.4).
+                    Some(_) if !self.accepting => {
+                        self.stats.refused_draining += 1;
+                        return;
+                    }
                     Some(isn) if bare_syn && isn != header.seq => {
                         let isn = self.isn_rng.next_u32();
                         slot.conn =
                             ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, payload, now);
                         self.stats.accepted += 1;
+                        self.stats.accepted_fast += u64::from(slot.conn.mode() != Mode::Baseline);
                         true
                     }
                     _ => slot.conn.handle(now, header, payload),
@@ -206,7 +216,7 @@ impl Server {
                 };
                 // A handshake ACK for an unknown peer: a SYN cookie of ours?
                 let cookie = (header.flags == Flags::ACK)
-                    .then(|| self.cookies.check(peer, header.seq - 1, (header.ack - 1).0))
+                    .then(|| self.cookies.check(now, peer, header.seq - 1, (header.ack - 1).0))
                     .flatten();
                 if let Some(cookie) = cookie {
                     if let Some(counter) = refusal {
@@ -257,7 +267,7 @@ impl Server {
                         CookieMode::Baseline => Mode::Baseline,
                         CookieMode::Fast { segment, .. } => Mode::Fast { segment },
                     };
-                    let isn = self.cookies.make(peer, header.seq, cookie_mode);
+                    let isn = self.cookies.make(now, peer, header.seq, cookie_mode);
                     let mut d = Vec::new();
                     encode_syn_ack(Seq(isn), header.seq, mode, &self.page, &mut d);
                     self.stateless.push_back((peer, d));
@@ -354,12 +364,19 @@ impl Server {
     /// returns its destination, or `None` when nothing is waiting.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<SocketAddr> {
-        if let Some((peer, d)) = self.stateless.pop_front() {
-            buf.clear();
-            buf.extend_from_slice(&d);
-            self.stats.datagrams_sent += 1;
-            return Some(peer);
+        // Stateless SYN|ACKs take turns with the connections (one per
+        // TRANSMIT_BURST of theirs), so a flood cannot starve transfers.
+        let connections_waiting = !self.ready.is_empty();
+        if !connections_waiting || self.stateless_turn >= TRANSMIT_BURST {
+            if let Some((peer, d)) = self.stateless.pop_front() {
+                self.stateless_turn = 0;
+                buf.clear();
+                buf.extend_from_slice(&d);
+                self.stats.datagrams_sent += 1;
+                return Some(peer);
+            }
         }
+        self.stateless_turn = self.stateless_turn.saturating_add(1);
         while let Some(peer) = self.ready.pop_front() {
             if self.last_served != Some(peer) {
                 self.last_served = Some(peer);
@@ -368,6 +385,7 @@ impl Server {
             let Some(slot) = self.conns.get_mut(&peer) else { continue };
             slot.in_ready = false;
             let before = slot.conn.stats;
+            let was_half_open = slot.conn.half_open_isn().is_some();
             if slot.conn.poll_transmit(now, buf) {
                 let after = slot.conn.stats;
                 self.stats.datagrams_sent += 1;
@@ -387,7 +405,6 @@ impl Server {
                 } else {
                     self.burst = 0;
                 }
-                let was_half_open = self.conns.get(&peer).is_some_and(|s| s.conn.half_open_isn().is_some());
                 self.after_activity(now, peer, was_half_open);
                 return Some(peer);
             }

@@ -46,7 +46,8 @@ pub enum FetchFailed {
 pub struct FetchSummary {
     /// Page length in bytes.
     pub bytes: u64,
-    /// From the first SYN to the page being complete.
+    /// From the first SYN to the whole page hashed and written (before the
+    /// final sync and rename).
     pub elapsed: Duration,
     /// Packets the client sent again.
     pub retransmissions: u64,
@@ -68,6 +69,8 @@ pub struct Output {
     pending: Vec<u8>,
     chunks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     writer: Option<std::thread::JoinHandle<io::Result<Written>>>,
+    /// Set when the page will not be kept: the writer skips what is queued.
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the writer thread wrote.
@@ -104,6 +107,8 @@ impl Output {
             .tempfile_in(dir)
             .map_err(err)?;
         let (chunks, queue) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUED_CHUNKS);
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::clone(&abandoned);
         let writer = std::thread::Builder::new()
             .name("page-writer".into())
             .spawn(move || {
@@ -111,6 +116,9 @@ impl Output {
                 let mut sha256 = Sha256::new();
                 let mut len = 0u64;
                 for chunk in queue {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(io::Error::other("abandoned"));
+                    }
                     sha256.update(&chunk);
                     len += chunk.len() as u64;
                     file.write_all(&chunk)?;
@@ -124,13 +132,21 @@ impl Output {
             pending: Vec::with_capacity(CHUNK),
             chunks: Some(chunks),
             writer: Some(writer),
+            abandoned,
         })
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<(), FetchFailed> {
-        self.pending.extend_from_slice(data);
-        if self.pending.len() >= CHUNK {
-            self.hand_over()?;
+    fn write(&mut self, mut data: &[u8]) -> Result<(), FetchFailed> {
+        // Chunks of at most CHUNK bytes, whatever arrives at once (up to a
+        // whole receive window when a hole fills): the queue's bound holds.
+        while !data.is_empty() {
+            let room = CHUNK - self.pending.len().min(CHUNK);
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.pending.extend_from_slice(now);
+            data = rest;
+            if self.pending.len() >= CHUNK {
+                self.hand_over()?;
+            }
         }
         Ok(())
     }
@@ -167,9 +183,13 @@ impl Output {
     /// then flushes, syncs and renames the complete page over OUTFILE, with
     /// the permissions a newly created file would get (the temporary file is
     /// private to its owner until then).
-    fn finish(mut self, answer: Option<&Answer>) -> Result<(), FetchFailed> {
+    ///
+    /// `written_at` is set once every byte is hashed and written, before
+    /// the sync: the time a transfer takes, as curl's `time_total` counts it.
+    fn finish(mut self, answer: Option<&Answer>, written_at: &mut Option<Instant>) -> Result<(), FetchFailed> {
         self.hand_over()?;
         let written = self.join()?;
+        *written_at = Some(Instant::now());
         if let Some(answer) = answer {
             if written.len != answer.page_len {
                 return Err(FetchFailed::Integrity("length"));
@@ -191,6 +211,7 @@ impl Drop for Output {
     /// Not finished: the writer ends and its temporary file is deleted
     /// before this returns, so an interrupted client leaves no `.part`.
     fn drop(&mut self) {
+        self.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(self.chunks.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -288,12 +309,12 @@ pub async fn run(
                     }
                 }
                 ClientEvent::Finished { len } => {
-                    finished_at = Some(Instant::now());
                     if let Some(bar) = bar.take() {
                         bar.finish_and_clear();
                     }
-                    if let Some(out) = output.take() {
-                        out.finish(conn.answer())?;
+                    match output.take() {
+                        Some(out) => out.finish(conn.answer(), &mut finished_at)?,
+                        None => finished_at = Some(Instant::now()),
                     }
                     tracing::debug!(bytes = len, "page complete");
                 }

@@ -91,27 +91,46 @@ pub fn render(s: &Snapshot) -> String {
 /// Serves the snapshot to every HTTP request on `listener`, until dropped.
 /// Requests are read with a deadline, so a silent client holds nothing.
 pub async fn serve(listener: TcpListener, shared: Shared) {
+    // At most a few scrapes at once, each bounded in time: whoever reaches
+    // the port cannot pile up connections or tasks on the server's thread.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: the pending connection stays
+                // queued, so retrying at once would spin. Wait a little.
+                tracing::debug!("metrics endpoint: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            // The request itself does not matter: read its head (bounded),
-            // then answer with the counters.
-            let mut head = [0u8; 2048];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head)).await;
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
-                return;
-            }
-            let snapshot = *shared.lock().unwrap_or_else(PoisonError::into_inner);
-            let body = render(&snapshot);
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(response.as_bytes())).await;
+            let _permit = permit;
+            let answer = async {
+                // The request itself does not matter: read its head (bounded),
+                // then answer with the counters.
+                let mut head = [0u8; 2048];
+                if stream.read(&mut head).await? == 0 {
+                    return Ok(());
+                }
+                let snapshot = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let body = render(&snapshot);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
         });
     }
 }
+
+/// Scrapes served at once.
+const MAX_SCRAPES: usize = 4;
 
 /// The periodic report: a counters line every `interval`, and a warning
 /// when a limit refused connections, at most once per `interval` (never one
@@ -160,6 +179,8 @@ impl Reporter {
                 "the connection limit (--max-connections)",
             ),
             (st.refused_per_source - self.last.refused_per_source, "the per-address limit (--max-per-source)"),
+            (st.refused_syn_flood - self.last.refused_syn_flood, "the stateless reply queue (SYN flood)"),
+            (st.refused_draining - self.last.refused_draining, "draining before the stop"),
         ];
         for (n, limit) in refused {
             if n > 0 {

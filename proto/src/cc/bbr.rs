@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{Controller, RateSample, initial_window};
+use super::{Controller, RateSample, first_window, initial_window};
 
 /// Startup's pacing gain. The draft's 2/ln(2) = 2.885 ("BBRStartupPacingGain")
 /// is the smallest that doubles the delivery rate each round; with 4 and a
@@ -84,11 +84,11 @@ impl Bbr {
             full_bw: 0,
             full_bw_rounds: 0,
             filled_pipe: false,
-            cwnd: initial_window(mss),
+            cwnd: first_window(mss, rtt),
             prior_cwnd: 0,
             // BBRInitPacingRate: the initial window over the handshake RTT,
             // or over a nominal millisecond without one.
-            pacing_rate: (STARTUP_GAIN * initial_window(mss) as f64
+            pacing_rate: (STARTUP_GAIN * first_window(mss, rtt) as f64
                 / rtt.unwrap_or(Duration::from_millis(1)).as_secs_f64().max(1e-6)) as u64,
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Controller, RateSample, initial_window, minimum_window};
+use super::{Controller, RateSample, first_window, minimum_window};
 
 /// RFC 9438 §4.6: multiplicative decrease factor.
 const BETA: f64 = 0.7;
@@ -34,7 +34,7 @@ impl Cubic {
     pub fn new(mss: u64, rtt: Option<Duration>) -> Self {
         Cubic {
             mss,
-            cwnd: initial_window(mss),
+            cwnd: first_window(mss, rtt),
             ssthresh: u64::MAX,
             w_max: 0.0,
             k: 0.0,

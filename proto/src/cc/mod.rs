@@ -103,6 +103,15 @@ pub(crate) fn initial_window(mss: u64) -> u64 {
     64 * mss
 }
 
+/// The window a connection starts with: the initial window when the
+/// handshake measured the RTT its first flight is paced over, else RFC
+/// 6928's ten segments (a connection rebuilt from a SYN cookie, or whose
+/// SYN|ACK was retransmitted, has no sample, and a nominal RTT would send
+/// the larger window as one burst).
+pub(crate) fn first_window(mss: u64, rtt: Option<Duration>) -> u64 {
+    if rtt.is_some() { initial_window(mss) } else { 10 * mss }
+}
+
 /// Smallest window a controller reduces to on loss (a timeout may go to
 /// one segment, RFC 5681 §3.1).
 pub(crate) fn minimum_window(mss: u64) -> u64 {

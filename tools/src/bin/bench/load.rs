@@ -135,7 +135,7 @@ fn usage(pid: u32) -> io::Result<(f64, u64, u64)> {
             .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Ok(((ticks(11) + ticks(12)) / 100.0, field("VmRSS:"), field("VmHWM:")))
+    Ok(((ticks(11) + ticks(12)) / super::path::clock_ticks(), field("VmRSS:"), field("VmHWM:")))
 }
 
 pub fn run(bins: &Path, o: &Options) -> io::Result<()> {

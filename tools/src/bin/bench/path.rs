@@ -229,13 +229,28 @@ fn proc_usage(pid: u32) -> io::Result<(f64, u64)> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the name.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let cpu = (ticks(11) + ticks(12)) / clock_ticks();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let hwm = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
         .unwrap_or(0);
     Ok((cpu, hwm))
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on
+/// Linux when it cannot be asked).
+pub fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t: &f64| t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 /// A client run to its end under `timeout` and GNU time.
@@ -355,6 +370,8 @@ impl Runner<'_> {
             }
         };
         server.wait_for_line(ready, Duration::from_secs(120))?;
+        // CPU from here on: loading (and hashing) the page is not the transfer.
+        let (cpu_at_ready, _) = proc_usage(server.pid())?;
 
         let path = |p: &Path| p.to_string_lossy().into_owned();
         let argv: Vec<String> = match t {
@@ -394,6 +411,7 @@ impl Runner<'_> {
         let _ = server.wait(Duration::from_secs(15));
         let run = run?;
         let (server_cpu, server_rss_kib) = usage?;
+        let server_cpu = server_cpu - cpu_at_ready;
         let secs = match t {
             Transport::TcpCubic | Transport::TcpBbr => number_after(&run.stdout, "time_total "),
             _ => number_after(&run.stderr, " in "),
