@@ -292,19 +292,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         driver::server::run(socket, server, log, &mut signals, options).await
     });
     match result {
-        Ok(stats) => {
-            tracing::info!(
-                completed = stats.completed,
-                given_up = stats.given_up,
-                malformed = stats.malformed,
-                unexpected = stats.unexpected,
-                cookies_sent = stats.cookies_sent,
-                cookies_accepted = stats.cookies_accepted,
-                retransmissions = stats.retransmissions,
-                "stopped"
-            );
-            Exit::Ok.into()
-        }
+        Ok(_) => Exit::Ok.into(),
         Err(e) => fail(ME, Exit::Network, format_args!("socket error: {e}")),
     }
 }

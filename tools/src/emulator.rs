@@ -53,7 +53,8 @@ pub struct Stats {
 const FROM_A: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(0, 0, 0, 1)), 1);
 const FROM_B: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(0, 0, 0, 2)), 2);
 
-fn ip(args: &[&str]) -> io::Result<()> {
+/// Runs `ip ARGS`; its stderr becomes the error.
+pub fn ip(args: &[&str]) -> io::Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if out.status.success() {
         Ok(())

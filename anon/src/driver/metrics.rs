@@ -132,6 +132,24 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
 /// Scrapes served at once.
 const MAX_SCRAPES: usize = 4;
 
+/// One line of the endpoint's counters in the log: the periodic report,
+/// and the last word when the server stops.
+pub fn log_counters(st: &ServerStats, open: usize, what: &str) {
+    tracing::info!(
+        open,
+        accepted = st.accepted,
+        completed = st.completed,
+        given_up = st.given_up,
+        malformed = st.malformed,
+        unexpected = st.unexpected,
+        cookies_sent = st.cookies_sent,
+        cookies_accepted = st.cookies_accepted,
+        bytes_sent = st.payload_bytes_sent,
+        retransmissions = st.retransmissions,
+        "{what}"
+    );
+}
+
 /// The periodic report: a counters line every `interval`, and a warning
 /// when a limit refused connections, at most once per `interval` (never one
 /// line per packet, whatever a flood does).
@@ -161,18 +179,7 @@ impl Reporter {
         }
         self.next = Some(now + interval);
         let st = &s.stats;
-        tracing::info!(
-            open = s.open,
-            cookies_sent = st.cookies_sent,
-            accepted = st.accepted,
-            completed = st.completed,
-            given_up = st.given_up,
-            malformed = st.malformed,
-            unexpected = st.unexpected,
-            bytes_sent = st.payload_bytes_sent,
-            retransmissions = st.retransmissions,
-            "stats"
-        );
+        log_counters(st, s.open, "stats");
         let refused = [
             (
                 st.refused_max_connections - self.last.refused_max_connections,

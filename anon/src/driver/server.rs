@@ -165,6 +165,7 @@ pub async fn run(
         }
     }
     log.flush();
+    super::metrics::log_counters(&server.stats(), server.connection_count(), "stopped");
     Ok(server.stats())
 }
 

@@ -122,20 +122,10 @@ async fn client(server: SocketAddr, fast: bool, page: Arc<[u8]>, deadline: tokio
     }
 }
 
-/// CPU seconds and resident/peak memory (KiB) of a process, from /proc.
+/// CPU seconds and resident/peak memory (KiB) of a process.
 fn usage(pid: u32) -> io::Result<(f64, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok(((ticks(11) + ticks(12)) / super::path::clock_ticks(), field("VmRSS:"), field("VmHWM:")))
+    let (rss, hwm) = super::procfs::memory_kib(pid)?;
+    Ok((super::procfs::cpu_seconds(pid)?, rss, hwm))
 }
 
 pub fn run(bins: &Path, o: &Options) -> io::Result<()> {

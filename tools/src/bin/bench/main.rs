@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 mod load;
 mod path;
+mod procfs;
 
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_tools::origin::Origin;
@@ -171,7 +172,7 @@ fn fetch_runs(
         let pid = client.pid();
         let mut rss = 0;
         // Sample the client's peak RSS while it runs (VmHWM survives until exit).
-        while let Ok((_, hwm)) = rss_kib(pid) {
+        while let Ok((_, hwm)) = procfs::memory_kib(pid) {
             rss = rss.max(hwm);
             if client.wait_for_line("wrote", Duration::from_millis(20)).is_ok() {
                 break;
@@ -270,18 +271,6 @@ fn throughput(bins: &Path, size: usize, runs: usize, with_baseline: bool, csv: O
     Ok(())
 }
 
-/// Resident and peak memory of a process, in KiB, from /proc.
-fn rss_kib(pid: u32) -> io::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
-}
-
 /// Completes `n` handshakes from `n` sockets and then goes silent, so the
 /// server holds `n` established connections. Returns the sockets.
 fn open_connections(server: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
@@ -335,10 +324,10 @@ fn memory(bins: &Path, connections: usize) -> io::Result<()> {
             Duration::from_secs(60),
         )?;
         let pid = server.proc.pid();
-        let (idle, _) = rss_kib(pid)?;
+        let (idle, _) = procfs::memory_kib(pid)?;
         let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
         let sockets = open_connections(addr, connections)?;
-        let (loaded, peak) = rss_kib(pid)?;
+        let (loaded, peak) = procfs::memory_kib(pid)?;
         let per_conn = (loaded.saturating_sub(idle)) * 1024 / connections.max(1) as u64;
         println!("{size:>12} {idle:>12} {loaded:>12} {peak:>12} {per_conn:>14}");
         drop(sockets);

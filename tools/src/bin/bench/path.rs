@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command};
 use std::time::Duration;
 
+use anon_tools::emulator;
 use anon_tools::process::Proc;
 
 /// Namespace names; fixed so that a run interrupted by Ctrl-C is cleaned up
@@ -157,8 +158,8 @@ impl Testbed {
         for ns in [NS_A, NS_B] {
             // Left over from an interrupted run: start clean.
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+            emulator::ip(&["netns", "add", ns])?;
+            emulator::ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         Ok(Testbed)
     }
@@ -169,16 +170,6 @@ impl Drop for Testbed {
         for ns in [NS_A, NS_B] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
-    }
-}
-
-fn sh(argv: &[&str]) -> io::Result<()> {
-    let (prog, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
-    let out = Command::new(prog).args(args).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("{}: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
@@ -221,36 +212,9 @@ impl Link {
     }
 }
 
-/// CPU seconds and peak RSS (KiB) of a running process, from /proc.
+/// CPU seconds and peak RSS (KiB) of a running process.
 fn proc_usage(pid: u32) -> io::Result<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the name.
-    let cpu = (ticks(11) + ticks(12)) / clock_ticks();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Ok((cpu, hwm))
-}
-
-/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on
-/// Linux when it cannot be asked).
-pub fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .filter(|&t: &f64| t > 0.0)
-            .unwrap_or(100.0)
-    })
+    Ok((super::procfs::cpu_seconds(pid)?, super::procfs::memory_kib(pid)?.1))
 }
 
 /// A client run to its end under `timeout` and GNU time.
