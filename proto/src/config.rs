@@ -54,6 +54,14 @@ pub struct ServerConfig {
     /// Largest receive window a fast-mode client is believed to have: bounds
     /// the per-connection scoreboard whatever the client claims.
     pub max_peer_window: u64,
+    /// How long a completed fast-mode connection is remembered, so that a
+    /// FIN|ACK sent again (the final ACK was lost) draws the final ACK again
+    /// (TCP's TIME-WAIT, on the side that sent the first FIN). As long as
+    /// the client's longest linger.
+    pub time_wait: Duration,
+    /// Completed connections remembered at most; the oldest is forgotten
+    /// first (its client then lingers instead of exiting at once).
+    pub max_time_wait: usize,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +76,8 @@ impl Default for ServerConfig {
             congestion: Algorithm::default(),
             max_segment: ext::DEFAULT_SEGMENT,
             max_peer_window: 16 << 20,
+            time_wait: Duration::from_secs(10),
+            max_time_wait: 65_536,
         }
     }
 }

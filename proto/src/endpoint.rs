@@ -78,6 +78,9 @@ pub struct ServerStats {
     pub payload_bytes_sent: u64,
     /// Datagrams sent again.
     pub retransmissions: u64,
+    /// Final ACKs sent to fast-mode clients' FIN|ACKs (the first with the
+    /// completion, more for FIN|ACKs sent again).
+    pub final_acks: u64,
 }
 
 /// A server: the page, the connections, no sockets and no clock.
@@ -101,7 +104,12 @@ pub struct Server {
     /// Connections in SYN-RECEIVED, for `max_half_open`.
     half_open: usize,
     cookies: CookieJar,
-    /// Stateless SYN|ACKs (cookies) waiting to be sent; bounded.
+    /// Completed fast-mode connections, for a FIN|ACK sent again.
+    time_wait: HashMap<SocketAddr, TimeWait>,
+    /// Their expiry, oldest first.
+    time_wait_order: VecDeque<(Instant, SocketAddr)>,
+    /// Stateless SYN|ACKs (cookies) and final ACKs waiting to be sent;
+    /// bounded.
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Connection datagrams sent since the last stateless one.
     stateless_turn: usize,
@@ -123,6 +131,18 @@ const TRANSMIT_BURST: usize = 32;
 /// Stateless SYN|ACKs queued at most: a flood faster than the socket drains
 /// them loses SYNs (counted), never memory.
 const STATELESS_QUEUE: usize = 4096;
+
+/// What a completed fast-mode connection leaves behind: 32 bytes, not a
+/// connection.
+#[derive(Debug, Clone, Copy)]
+struct TimeWait {
+    /// The client's FIN|ACK: its sequence number and ack field.
+    fin_seq: Seq,
+    fin_ack: Seq,
+    /// The final ACK that answers it.
+    reply: Header,
+    until: Instant,
+}
 
 #[derive(Debug)]
 struct Slot {
@@ -151,6 +171,8 @@ impl Server {
             cookies,
             stateless: VecDeque::new(),
             stateless_turn: 0,
+            time_wait: HashMap::new(),
+            time_wait_order: VecDeque::new(),
             config,
             page: Arc::new(Page::new(page)),
             isn_rng,
@@ -174,6 +196,7 @@ impl Server {
             return;
         };
         self.cookies.rotate(now, &mut *self.isn_rng);
+        self.expire_time_wait(now);
         let open = self.conns.len();
         let bare_syn = header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK);
         let mut was_half_open = true;
@@ -214,6 +237,15 @@ impl Server {
                 } else {
                     None
                 };
+                // A FIN|ACK again from a client whose transfer completed: our
+                // final ACK was lost. It gets the final ACK again, no larger.
+                if header.flags == Flags::ACK | Flags::FIN {
+                    let tw = self.time_wait.get(&peer).copied();
+                    if let Some(tw) = tw.filter(|t| t.fin_seq == header.seq && t.fin_ack == header.ack) {
+                        self.queue_stateless(peer, tw.reply);
+                        return;
+                    }
+                }
                 // A handshake ACK for an unknown peer: a SYN cookie of ours?
                 let cookie = (header.flags == Flags::ACK)
                     .then(|| self.cookies.check(now, peer, header.seq - 1, (header.ack - 1).0))
@@ -293,8 +325,47 @@ impl Server {
         self.after_activity(now, peer, was_half_open);
     }
 
+    /// Queues a 12-byte datagram sent from no connection state (a final
+    /// ACK); dropped when the stateless queue is full.
+    fn queue_stateless(&mut self, peer: SocketAddr, header: Header) {
+        if self.stateless.len() < STATELESS_QUEUE {
+            let mut d = Vec::with_capacity(crate::wire::HEADER_LEN);
+            header.encode(&[], &mut d);
+            self.stateless.push_back((peer, d));
+            self.stats.final_acks += 1;
+        }
+    }
+
+    /// Remembers a completed fast-mode connection for `time_wait`.
+    fn enter_time_wait(&mut self, now: Instant, peer: SocketAddr, tw: TimeWait) {
+        if self.config.max_time_wait == 0 {
+            return;
+        }
+        while self.time_wait.len() >= self.config.max_time_wait {
+            let Some((_, oldest)) = self.time_wait_order.pop_front() else { break };
+            self.time_wait.remove(&oldest);
+        }
+        let until = crate::time::after(now, self.config.time_wait);
+        self.time_wait.insert(peer, TimeWait { until, ..tw });
+        self.time_wait_order.push_back((until, peer));
+    }
+
+    fn expire_time_wait(&mut self, now: Instant) {
+        while let Some(&(until, peer)) = self.time_wait_order.front() {
+            if until > now {
+                break;
+            }
+            self.time_wait_order.pop_front();
+            // Only if it was not renewed by a later completion since.
+            if self.time_wait.get(&peer).is_some_and(|t| t.until <= now) {
+                self.time_wait.remove(&peer);
+            }
+        }
+    }
+
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_time_wait(now);
         // Only entries due now: a connection re-filed for `now` or earlier
         // during this call (a pacing deadline that has passed, say) waits
         // for the next call, so this loop always ends.
@@ -337,7 +408,15 @@ impl Server {
                 acked: conn.acked(),
                 retransmissions: conn.stats.retransmissions,
             });
+            let final_ack = conn.final_ack();
             self.conns.remove(&peer);
+            if let Some(reply) = final_ack {
+                // The FIN|ACK it answers is the datagram just handled.
+                let fin_ack = reply.seq;
+                let fin_seq = reply.ack - 1;
+                self.queue_stateless(peer, reply);
+                self.enter_time_wait(now, peer, TimeWait { fin_seq, fin_ack, reply, until: now });
+            }
             if let Entry::Occupied(mut n) = self.per_source.entry(peer.ip()) {
                 *n.get_mut() = n.get().saturating_sub(1);
                 if *n.get() == 0 {

@@ -57,6 +57,8 @@ pub struct SimClient {
     pub log: Vec<String>,
     /// Virtual time at which the page was complete.
     pub finished_at: Option<Instant>,
+    /// Virtual time at which the connection ended (the process would exit).
+    pub closed_at: Option<Instant>,
 }
 
 /// A whole simulated scenario.
@@ -155,6 +157,7 @@ impl Sim {
                 data: Vec::new(),
                 log: Vec::new(),
                 finished_at: None,
+                closed_at: None,
             })
             .collect();
         Sim {
@@ -204,6 +207,9 @@ impl Sim {
             c.conn.consume(n);
             if c.finished_at.is_none() && c.conn.is_finished() {
                 c.finished_at = Some(now);
+            }
+            if c.closed_at.is_none() && c.conn.outcome().is_some() {
+                c.closed_at = Some(now);
             }
             while c.conn.poll_event().is_some() {}
         }

@@ -136,7 +136,7 @@ fn sequence_numbers_wrap_around() {
 /// Each control packet lost once, twice and three times in a row.
 #[test]
 fn targeted_loss_of_handshake_and_fin() {
-    control_packet_losses(baseline, &[0, 1541], |_| {});
+    control_packet_losses(baseline, &[0, 1541], |_, _, _| {});
 }
 
 #[test]

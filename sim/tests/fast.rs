@@ -151,10 +151,63 @@ fn sequence_numbers_wrap_around() {
     }
 }
 
+/// The client exits one round trip after the last byte: the server's final
+/// ACK confirms its FIN|ACK, so no linger (docs/PROTOCOL.md §6.3).
+#[test]
+fn client_exits_one_round_trip_after_the_page() {
+    let rtt = Duration::from_millis(40);
+    for size in [0, 1200, 300_000] {
+        let (sim, report) = run_and_check(fast(7, LinkConfig::clean(rtt / 2), page(size, 7)));
+        let c = &sim.clients[0];
+        let tail = c.closed_at.unwrap() - c.finished_at.unwrap();
+        assert!(tail <= rtt + Duration::from_millis(1), "size {size}: closed {tail:?} after the page");
+        assert_eq!(report.server.final_acks, 1);
+    }
+}
+
+/// A lost final ACK: the client's FIN|ACK timer draws it again from the
+/// server's TIME-WAIT record, well before the linger would end.
+#[test]
+fn lost_final_ack_is_recovered_by_the_fin_ack_timer() {
+    let rtt = Duration::from_millis(40);
+    for n in 1..=2 {
+        let mut sim = Sim::new(fast(8, LinkConfig::clean(rtt / 2), page(50_000, 8)));
+        sim.net.set_filter(drop_first(n, is_final_ack));
+        let report = sim.run(Duration::from_secs(60), 1_000_000);
+        check(&sim, &report, &page(50_000, 8), 1, 8);
+        assert_eq!(sim.net.dropped, n as u64);
+        let c = &sim.clients[0];
+        let tail = c.closed_at.unwrap() - c.finished_at.unwrap();
+        // The client's RTO after one 40 ms sample is 120 ms; then 240 ms.
+        assert!(tail < Duration::from_millis(500), "x{n}: closed {tail:?} after the page");
+        assert_eq!(report.server.final_acks, 1 + n as u64);
+    }
+}
+
+/// With no final ACK at all (a server that never sends one, or a path that
+/// loses them all) the client still exits, at the end of its linger.
+#[test]
+fn client_without_a_final_ack_exits_after_its_linger() {
+    let mut sim = Sim::new(fast(9, LinkConfig::clean(Duration::from_millis(20)), page(50_000, 9)));
+    sim.net.set_filter(drop_first(1000, is_final_ack));
+    let report = sim.run(Duration::from_secs(60), 1_000_000);
+    check(&sim, &report, &page(50_000, 9), 1, 9);
+    let c = &sim.clients[0];
+    let tail = c.closed_at.unwrap() - c.finished_at.unwrap();
+    assert!(tail >= Duration::from_secs(1) && tail <= Duration::from_secs(10), "{tail:?}");
+}
+
 #[test]
 fn control_packets_lost_once_twice_three_times() {
-    control_packet_losses(fast, &[0, 1200, 100_000], |sim| {
-        assert!(matches!(sim.clients[0].conn.mode(), Mode::Fast { .. }));
+    control_packet_losses(fast, &[0, 1200, 100_000], |sim, lost, n| {
+        // Two offers unanswered: the third SYN is bare and gets baseline;
+        // the fourth carries the offer again.
+        let mode = sim.clients[0].conn.mode();
+        if lost == "SYN" && n == 2 {
+            assert_eq!(mode, Mode::Baseline, "{lost} x{n}");
+        } else {
+            assert!(matches!(mode, Mode::Fast { .. }), "{lost} x{n}: {mode:?}");
+        }
     });
 }
 

@@ -687,3 +687,21 @@ fn forged_sack_blocks_are_ignored() {
     assert!(resent.contains(&Seq(101)), "{resent:?}");
     assert_eq!(s.connection_count(), 1);
 }
+
+/// PROTOCOL.md §2: a retransmitted packet is sent again unchanged, the FIN
+/// segment included, even after a plain ACK of its data moved the server's
+/// idea of the client's sequence number.
+#[test]
+fn server_fin_retransmission_is_unchanged() {
+    let (mut s, peer, now, first) = established(600);
+    assert_eq!(first, dgram(101, 5002, ACK, &page(600)[..512]));
+    s.handle(now, peer, &dgram(5002, 613, ACK, &[]));
+    let fin = sends(&mut s, now);
+    assert_eq!(fin, [(peer, dgram(613, 5003, ACK | FIN, &page(600)[512..]))]);
+    // The data of the FIN segment acknowledged without the FIN.
+    s.handle(now, peer, &dgram(5003, 701, ACK, &[]));
+    assert!(sends(&mut s, now).is_empty());
+    let at = s.poll_timeout().unwrap();
+    s.handle_timeout(at);
+    assert_eq!(sends(&mut s, at), fin, "the FIN went out changed");
+}

@@ -1,5 +1,7 @@
 //! The client side of a connection: handshake (with the fast-mode offer),
-//! reception, FIN|ACK and TIME-WAIT (PROTOCOL.md §2–3, docs/PROTOCOL.md §6).
+//! reception, FIN|ACK, then LAST-ACK in fast mode (the server confirms the
+//! FIN|ACK with a final ACK) or TIME-WAIT in baseline mode (PROTOCOL.md
+//! §2–3, docs/PROTOCOL.md §6).
 //!
 //! Once the first segment has arrived the client never retransmits on its
 //! own: like a TCP receiver it answers what it receives, and the server's
@@ -7,12 +9,20 @@
 //! client's sequence number moves by one only when it has something new to
 //! say (PROTOCOL.md §2).
 //!
-//! In baseline mode only the next in-order segment is taken and every one is
-//! acknowledged. In fast mode segments beyond a gap are kept (up to the
+//! In baseline mode only the next in-order segment is taken and every
+//! segment received, duplicates included, is answered by an ACK of its own on
+//! the wire (PROTOCOL.md §3), however many arrive in one receive batch. In
+//! fast mode segments beyond a gap are kept (up to the
 //! receive window, which bounds this memory) and reported in SACK blocks,
 //! and in-order segments are acknowledged every `ack_every` segments or
 //! after `max_ack_delay`, whichever comes first; anything out of order is
-//! acknowledged at once.
+//! acknowledged at once. ACKs due while one receive batch is processed
+//! collapse into the latest, which says everything the earlier ones would
+//! (docs/PROTOCOL.md §6.3).
+//!
+//! A hostile server cannot inflate the client's memory: out-of-order
+//! segments are kept only at segment boundaries, no longer than the
+//! negotiated segment, within the announced page and the receive window.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -23,6 +33,24 @@ use crate::recovery::RttEstimator;
 use crate::time::after;
 use crate::wire::ext::{AckInfo, Answer, MAX_SACK_BLOCKS, Offer};
 use crate::wire::{Flags, Header, Seq};
+
+/// SYNs sent with the fast-mode offer before one goes without it: a peer
+/// that drops SYNs with a payload (a middlebox, or an implementation that
+/// chokes on it) still gets a bare SYN, as TCP stacks retry without options
+/// (RFC 7413 §4.1.3 does the same for Fast Open). From then on the offer
+/// and the bare SYN alternate, so that a lossy path keeps its chance of
+/// fast mode.
+const OFFERS_BEFORE_BARE_SYN: u32 = 2;
+
+/// Packets queued for the wire at most. In baseline mode every segment
+/// received queues one ACK; the driver drains the queue after each receive
+/// batch, so this only bounds what a flood can queue.
+const MAX_QUEUED: usize = 256;
+
+/// Out-of-order segments kept at most, whatever the window and the
+/// negotiated segment size: with a tiny segment size a hostile server could
+/// otherwise fill the window with millions of tiny buffers.
+const MAX_PENDING_SEGMENTS: usize = 16_384;
 
 /// What happened on a client connection, for the driver to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,18 +63,29 @@ pub enum ClientEvent {
         /// Length of the page in bytes.
         len: u64,
     },
-    /// The connection is over (after TIME-WAIT, or on an error);
-    /// [`ClientConn::outcome`] says how.
+    /// The connection is over (after LAST-ACK or TIME-WAIT, or on an
+    /// error); [`ClientConn::outcome`] says how.
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum State {
     /// RFC 9293 SYN-SENT: our SYN is out, waiting for SYN|ACK.
-    SynSent,
-    /// Receiving the page.
-    Established,
-    /// FIN received and answered; answering retransmissions until `until`.
+    SynSent {
+        /// SYNs sent so far (with or without the offer).
+        syns: u32,
+    },
+    /// Receiving the page; fast mode keeps what arrives beyond a gap.
+    Established(Box<Reassembly>),
+    /// Fast mode: FIN|ACK sent, waiting for the server's final ACK (RFC 9293
+    /// LAST-ACK), sent again on our timer; closed at `until` regardless.
+    LastAck {
+        /// The FIN|ACK's sequence number: the final ACK acknowledges it.
+        fin_seq: Seq,
+        until: Instant,
+    },
+    /// Baseline: FIN received and answered; answering retransmissions until
+    /// `until` (TIME-WAIT, PROTOCOL.md §3).
     TimeWait {
         until: Instant,
     },
@@ -60,6 +99,10 @@ pub struct ClientStats {
     pub datagrams_received: u64,
     /// Datagrams that could not be decoded or fit no state.
     pub datagrams_dropped: u64,
+    /// Of those, data segments refused because they could inflate the
+    /// receive buffer: longer than the negotiated segment, beyond the
+    /// announced page or the receive window, or not at a segment boundary.
+    pub segments_refused: u64,
     /// Datagrams produced by [`ClientConn::poll_transmit`].
     pub datagrams_sent: u64,
     /// Packets sent again unchanged.
@@ -71,8 +114,11 @@ pub struct ClientStats {
 /// Fast-mode reception state.
 #[derive(Debug, Default)]
 struct Reassembly {
-    /// Segments beyond a gap, by page offset.
+    /// Segments beyond a gap, by page offset: each starts at a segment
+    /// boundary and none overlaps another.
     pending: BTreeMap<u64, Vec<u8>>,
+    /// Bytes in `pending`: at most the receive window.
+    pending_bytes: u64,
     /// Page offset where the FIN segment ends, once seen.
     fin_at: Option<u64>,
     /// In-order segments not yet acknowledged.
@@ -82,6 +128,14 @@ struct Reassembly {
     /// Offset of the most recently received out-of-order segment: its
     /// block is reported first (RFC 2018 §4).
     latest: Option<u64>,
+}
+
+/// A packet the client builds: header and a small payload (a fast-mode
+/// offer or ACK information; baseline packets have none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Packet {
+    header: Header,
+    payload: Vec<u8>,
 }
 
 /// One client connection, with no I/O and no clock: feed it datagrams and
@@ -110,20 +164,23 @@ pub struct ClientConn {
     /// Page bytes received in order so far.
     received: u64,
     /// The last packet we built; a retransmission sends it again unchanged.
-    last: Header,
-    last_payload: Vec<u8>,
-    /// `last` must be (re)sent.
-    send_due: bool,
+    last: Packet,
+    /// The offer, kept for SYN retransmissions after a bare one.
+    offer: Vec<u8>,
+    /// Packets waiting for the wire, in order; `true` marks a repetition.
+    queue: VecDeque<(Packet, bool)>,
     /// Whether `last` has been sent more than once (Karn's rule).
     last_resent: bool,
     /// When `last` was first sent, for RTT samples.
     last_sent_at: Option<Instant>,
     rtt: RttEstimator,
-    /// SYN and handshake-ACK retransmission deadline.
+    /// Retransmission deadline of the SYN, the handshake ACK, or the
+    /// FIN|ACK in LAST-ACK.
     rto_deadline: Option<Instant>,
-    /// Give-up deadline: connect timeout, then idle timeout.
+    /// Give-up deadline: the connect timeout, then the idle timeout, which
+    /// only new page bytes push back (a server that keeps sending nothing
+    /// new cannot hold the client).
     give_up_at: Instant,
-    reasm: Reassembly,
     readable: Vec<u8>,
     events: VecDeque<ClientEvent>,
     outcome: Option<Result<(), ConnectionError>>,
@@ -141,10 +198,11 @@ impl ClientConn {
         if let Some(fast) = config.fast {
             Offer { max_segment: fast.max_segment, recv_window: fast.recv_window }.encode(&mut offer);
         }
+        let syn = Packet { header: Header::new(isn, Seq(0), Flags::SYN), payload: offer.clone() };
         ClientConn {
             give_up_at: after(now, config.connect_timeout),
             config,
-            state: State::SynSent,
+            state: State::SynSent { syns: 0 },
             mode: Mode::Baseline,
             answer: None,
             connected: false,
@@ -152,14 +210,13 @@ impl ClientConn {
             peer_isn: Seq(0),
             rcv_nxt: Seq(0),
             received: 0,
-            last: Header::new(isn, Seq(0), Flags::SYN),
-            last_payload: offer,
-            send_due: true,
+            queue: VecDeque::from([(syn.clone(), false)]),
+            last: syn,
+            offer,
             last_resent: false,
             last_sent_at: None,
             rtt,
             rto_deadline: None,
-            reasm: Reassembly::default(),
             readable: Vec::new(),
             events: VecDeque::new(),
             outcome: None,
@@ -174,17 +231,19 @@ impl ClientConn {
             self.stats.datagrams_dropped += 1;
             return;
         };
+        let received = self.received;
         let accepted = match self.state {
-            State::SynSent => self.on_syn_sent(now, header, payload),
-            State::Established | State::TimeWait { .. } => self.on_segment(now, header, payload),
+            State::SynSent { .. } => self.on_syn_sent(now, header, payload),
+            State::Established(_) => self.on_segment(now, header, payload),
+            State::LastAck { fin_seq, .. } => self.on_last_ack(header, payload, fin_seq),
+            State::TimeWait { .. } => self.on_time_wait(header),
             State::Closed => false,
         };
-        if accepted {
-            if matches!(self.state, State::Established) {
-                self.give_up_at = after(now, self.config.idle_timeout);
-            }
-        } else {
+        if !accepted {
             self.stats.datagrams_dropped += 1;
+        }
+        if self.received > received && matches!(self.state, State::Established(_)) {
+            self.give_up_at = after(now, self.config.idle_timeout);
         }
     }
 
@@ -203,8 +262,10 @@ impl ClientConn {
         self.sample_rtt(now);
         self.peer_isn = h.seq;
         self.rcv_nxt = h.seq + 1;
-        self.state = State::Established;
+        self.state = State::Established(Box::default());
         self.connected = true;
+        // From now on only new page bytes hold the give-up deadline off.
+        self.give_up_at = after(now, self.config.idle_timeout);
         // The timer now guards the handshake ACK until the first segment.
         self.rto_deadline = None;
         self.events.push_back(ClientEvent::Connected(self.mode));
@@ -212,27 +273,52 @@ impl ClientConn {
         true
     }
 
+    /// A duplicate SYN|ACK after the handshake: our handshake ACK was lost
+    /// or is late.
+    fn is_dup_syn_ack(&self, h: Header) -> bool {
+        h.flags.contains(Flags::SYN | Flags::ACK) && h.seq == self.peer_isn && h.ack == self.isn + 1
+    }
+
     fn on_segment(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
         if h.flags.contains(Flags::SYN) {
-            // A duplicate SYN|ACK: our handshake ACK was lost or is late.
-            if h.flags.contains(Flags::ACK) && h.seq == self.peer_isn && h.ack == self.isn + 1 {
+            if self.is_dup_syn_ack(h) {
                 self.resend();
                 return true;
             }
             return false;
         }
-        if matches!(self.state, State::TimeWait { .. }) {
-            // The server is still sending: it missed our FIN|ACK, which
-            // acknowledges everything. Send it again.
-            self.resend();
-            return true;
-        }
         // The server has our handshake ACK: its timer is no longer needed.
         self.rto_deadline = None;
         match self.fast() {
-            None => self.on_baseline_segment(now, h, payload),
+            None => {
+                self.on_baseline_segment(now, h, payload);
+                true
+            }
             Some(fast) => self.on_fast_segment(now, h, payload, fast),
         }
+    }
+
+    /// LAST-ACK: the final ACK closes; a retransmitted FIN (or any data
+    /// segment: the server missed our FIN|ACK) draws the FIN|ACK again.
+    fn on_last_ack(&mut self, h: Header, payload: &[u8], fin_seq: Seq) -> bool {
+        if h.flags == Flags::ACK && payload.is_empty() && h.seq == self.rcv_nxt && h.ack == fin_seq + 1 {
+            self.close(Ok(()));
+            return true;
+        }
+        if h.flags.contains(Flags::SYN) && !self.is_dup_syn_ack(h) {
+            return false;
+        }
+        self.resend();
+        true
+    }
+
+    /// TIME-WAIT: whatever the server still sends means it missed our
+    /// FIN|ACK, which acknowledges everything: send it again.
+    fn on_time_wait(&mut self, h: Header) -> bool {
+        if h.flags.contains(Flags::SYN) && !self.is_dup_syn_ack(h) {
+            return false;
+        }
+        self.resend();
         true
     }
 
@@ -266,29 +352,50 @@ impl ClientConn {
     }
 
     /// Fast: keep what fits the window, acknowledge with SACK blocks.
-    fn on_fast_segment(&mut self, now: Instant, h: Header, payload: &[u8], fast: FastClient) {
+    /// Returns false for a segment refused as a threat to memory.
+    fn on_fast_segment(&mut self, now: Instant, h: Header, payload: &[u8], fast: FastClient) -> bool {
+        let Some(answer) = self.answer else { return false };
+        let segment = u64::from(answer.segment.max(1));
         let rel = i64::from(h.seq.since(self.rcv_nxt));
         let start = self.received as i64 + rel;
+        let len = payload.len() as u64;
         let end = start + payload.len() as i64;
-        if h.flags.contains(Flags::FIN) && end >= 0 {
-            self.reasm.fin_at = Some(end as u64);
+        // docs/PROTOCOL.md §6.2: no segment is longer than SEGMENT, none
+        // runs past PAGE_LEN, and the FIN segment ends exactly there.
+        let fin = h.flags.contains(Flags::FIN);
+        if len > segment || end > answer.page_len as i64 || (fin && end != answer.page_len as i64) {
+            self.stats.segments_refused += 1;
+            return false;
+        }
+        let State::Established(reasm) = &mut self.state else { return false };
+        if fin {
+            reasm.fin_at = Some(answer.page_len);
         }
         let window_end = self.received + u64::from(fast.recv_window);
         let mut ack_now = false;
         if rel > 0 {
-            // Beyond a gap: keep it if it fits the window, say so at once.
+            // Beyond a gap: kept only where a segment of the page starts and
+            // with that segment's length (so kept pieces never overlap), and
+            // within the window.
             let start = start as u64;
-            if (end as u64) <= window_end && !payload.is_empty() {
-                match self.reasm.pending.entry(start) {
-                    std::collections::btree_map::Entry::Occupied(_) => {
-                        self.stats.duplicate_bytes += payload.len() as u64;
-                    }
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(payload.to_vec());
-                    }
-                }
-                self.reasm.latest = Some(start);
+            let whole = len == segment || end as u64 == answer.page_len;
+            let fits = end as u64 <= window_end && reasm.pending.len() < MAX_PENDING_SEGMENTS;
+            if start % segment != 0 || !whole || !fits {
+                self.stats.segments_refused += 1;
+                // Still say where we are: the sender may have lost track.
+                self.send_fast_ack();
+                return false;
             }
+            match reasm.pending.entry(start) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    self.stats.duplicate_bytes += len;
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(payload.to_vec());
+                    reasm.pending_bytes += len;
+                }
+            }
+            reasm.latest = Some(start);
             ack_now = true;
         } else {
             let fresh = payload.get(rel.unsigned_abs() as usize..).unwrap_or(&[]);
@@ -297,33 +404,44 @@ impl ClientConn {
                 // A duplicate: the sender may be missing our acknowledgment.
                 ack_now = true;
             } else {
-                self.deliver(fresh);
-                self.reasm.unacked += 1;
-                // Anything queued that now follows on?
-                while let Some(entry) = self.reasm.pending.first_entry() {
+                let mut taken = Vec::new();
+                reasm.unacked += 1;
+                let mut received = self.received + fresh.len() as u64;
+                // Anything queued that now follows on? Trim what overlaps.
+                while let Some(entry) = reasm.pending.first_entry() {
                     let at = *entry.key();
-                    if at > self.received {
+                    if at > received {
                         break;
                     }
                     let data = entry.remove();
-                    let skip = usize::try_from(self.received - at).unwrap_or(usize::MAX);
-                    if let Some(tail) = data.get(skip..) {
-                        self.deliver(tail);
+                    reasm.pending_bytes -= data.len() as u64;
+                    let skip = usize::try_from(received - at).unwrap_or(usize::MAX);
+                    if let Some(tail) = data.get(skip..).filter(|t| !t.is_empty()) {
+                        received += tail.len() as u64;
+                        taken.push((data, skip));
                     }
                     // A gap was filled: report the new state at once.
                     ack_now = true;
                 }
+                self.deliver(fresh);
+                for (data, skip) in taken {
+                    if let Some(tail) = data.get(skip..) {
+                        self.deliver(tail);
+                    }
+                }
             }
         }
-        if self.reasm.fin_at.is_some_and(|f| self.received >= f) {
+        let State::Established(reasm) = &mut self.state else { return true };
+        if reasm.fin_at.is_some_and(|f| self.received >= f) {
             self.finish(now);
-            return;
+            return true;
         }
-        if ack_now || self.reasm.unacked >= fast.ack_every {
+        if ack_now || reasm.unacked >= fast.ack_every {
             self.send_fast_ack();
-        } else if self.reasm.ack_deadline.is_none() {
-            self.reasm.ack_deadline = Some(after(now, fast.max_ack_delay));
+        } else if reasm.ack_deadline.is_none() {
+            reasm.ack_deadline = Some(after(now, fast.max_ack_delay));
         }
+        true
     }
 
     fn fast(&self) -> Option<FastClient> {
@@ -339,16 +457,25 @@ impl ClientConn {
         self.received += data.len() as u64;
     }
 
-    /// The page is complete: FIN|ACK, then TIME-WAIT.
+    /// The page is complete: FIN|ACK, then LAST-ACK (fast) or TIME-WAIT.
     fn finish(&mut self, now: Instant) {
         let payload = self.ack_info(false);
-        self.send_new(Header::new(self.next_seq(), self.rcv_nxt, Flags::ACK | Flags::FIN), payload);
+        let fin_seq = self.next_seq();
+        self.send_new(Header::new(fin_seq, self.rcv_nxt, Flags::ACK | Flags::FIN), payload);
         let linger = match self.config.linger {
             Linger::Fixed(d) => d,
             Linger::Adaptive { min, max } => self.rtt.rto().saturating_mul(4).clamp(min, max.max(min)),
         };
-        self.state = State::TimeWait { until: after(now, linger) };
-        self.reasm = Reassembly::default();
+        let until = after(now, linger);
+        self.state = if self.fast().is_some() {
+            // The FIN|ACK is sent again on our own timer until the server's
+            // final ACK comes: the common case exits one round trip after
+            // the last byte.
+            self.rto_deadline = Some(after(now, self.rtt.rto()));
+            State::LastAck { fin_seq, until }
+        } else {
+            State::TimeWait { until }
+        };
         self.events.push_back(ClientEvent::Finished { len: self.received });
     }
 
@@ -357,8 +484,8 @@ impl ClientConn {
     fn ack_info(&self, with_sack: bool) -> Vec<u8> {
         let Some(fast) = self.fast() else { return Vec::new() };
         let mut blocks: Vec<(u64, u64)> = Vec::new();
-        if with_sack {
-            for (&at, data) in &self.reasm.pending {
+        if let (true, State::Established(reasm)) = (with_sack, &self.state) {
+            for (&at, data) in &reasm.pending {
                 let end = at + data.len() as u64;
                 match blocks.last_mut() {
                     Some((_, e)) if *e >= at => *e = (*e).max(end),
@@ -368,7 +495,7 @@ impl ClientConn {
             // RFC 2018 §4: the block with the latest arrival first, then the
             // others, highest first (the sender has the low ones' news).
             blocks.reverse();
-            if let Some(latest) = self.reasm.latest {
+            if let Some(latest) = reasm.latest {
                 if let Some(i) = blocks.iter().position(|&(s, e)| s <= latest && latest < e) {
                     let b = blocks.remove(i);
                     blocks.insert(0, b);
@@ -386,10 +513,13 @@ impl ClientConn {
     }
 
     fn send_fast_ack(&mut self) {
-        self.reasm.unacked = 0;
-        self.reasm.ack_deadline = None;
+        if let State::Established(reasm) = &mut self.state {
+            reasm.unacked = 0;
+            reasm.ack_deadline = None;
+        }
         let payload = self.ack_info(true);
-        if self.last.ack == self.rcv_nxt && self.last_payload == payload && !self.last.flags.contains(Flags::SYN) {
+        let same = self.last.header.ack == self.rcv_nxt && self.last.payload == payload;
+        if same && !self.last.header.flags.contains(Flags::SYN) {
             // Nothing new to say: the same packet again.
             self.resend();
         } else {
@@ -411,53 +541,83 @@ impl ClientConn {
         }
     }
 
+    /// Whether `last` is queued and has never been on the wire.
+    fn last_unsent(&self) -> bool {
+        self.last_sent_at.is_none()
+            && !self.last_resent
+            && self.queue.back().is_some_and(|(p, again)| !again && p.header == self.last.header)
+    }
+
     /// Sequence number for a new packet: one more than the last one sent.
-    /// A new packet that replaces one never sent takes over its number, so
-    /// the numbers count packets on the wire (PROTOCOL.md §2).
+    /// In fast mode a new ACK replaces one still queued and takes over its
+    /// number, so the numbers count packets on the wire (PROTOCOL.md §2).
     fn next_seq(&self) -> Seq {
-        let unsent = self.send_due && self.last_sent_at.is_none() && !self.last_resent;
-        if unsent && !self.last.flags.contains(Flags::SYN) { self.last.seq } else { self.last.seq + 1 }
+        let replaces = self.fast().is_some() && self.last_unsent() && !self.last.header.flags.contains(Flags::SYN);
+        if replaces { self.last.header.seq } else { self.last.header.seq + 1 }
     }
 
     /// Queues a new packet; it becomes the one a retransmission repeats.
+    /// In fast mode it supersedes whatever is still queued: a later ACK says
+    /// everything an earlier one would.
     fn send_new(&mut self, header: Header, payload: Vec<u8>) {
-        self.last = header;
-        self.last_payload = payload;
-        self.send_due = true;
+        if self.fast().is_some() {
+            self.queue.clear();
+        }
+        self.last = Packet { header, payload };
         self.last_resent = false;
         self.last_sent_at = None;
+        self.enqueue(false);
     }
 
-    /// Queues the last packet again, unchanged.
+    /// Queues the last packet again, unchanged. In fast mode a packet
+    /// already waiting covers it.
     fn resend(&mut self) {
-        if !self.send_due {
-            self.send_due = true;
-            self.last_resent = true;
+        if self.fast().is_some() && !self.queue.is_empty() {
+            return;
         }
+        self.enqueue(true);
+    }
+
+    fn enqueue(&mut self, again: bool) {
+        if self.queue.len() >= MAX_QUEUED {
+            self.queue.pop_front();
+        }
+        self.queue.push_back((self.last.clone(), again));
     }
 
     /// Writes the next datagram to send into `buf` (cleared first) and
     /// returns true, or returns false when there is nothing to send.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        if !self.send_due || self.state == State::Closed {
+        if matches!(self.state, State::Closed) {
             return false;
         }
-        self.send_due = false;
+        let Some((packet, again)) = self.queue.pop_front() else { return false };
         buf.clear();
-        self.last.encode(&self.last_payload, buf);
+        packet.header.encode(&packet.payload, buf);
         self.stats.datagrams_sent += 1;
-        if self.last_resent {
+        let is_last = packet.header == self.last.header;
+        if again || (is_last && self.last_sent_at.is_some()) {
             self.stats.retransmissions += 1;
-        } else if self.last_sent_at.is_none() {
+            if is_last {
+                self.last_resent = true;
+            }
+        } else if is_last {
             self.last_sent_at = Some(now);
         }
-        if self.state == State::SynSent || self.awaiting_first_segment() {
-            // RFC 6298 §5.1/§5.6: (re)arm the timer with the current RTO. It
-            // guards the SYN, then the handshake ACK: the server stops
-            // repeating its SYN|ACK after a few tries (no amplification), so
-            // a lost handshake ACK must be repeated from this side.
-            self.rto_deadline = Some(after(now, self.rtt.rto()));
+        match &mut self.state {
+            State::SynSent { syns } => {
+                *syns += 1;
+                // RFC 6298 §5.1/§5.6: (re)arm the timer with the current RTO.
+                self.rto_deadline = Some(after(now, self.rtt.rto()));
+            }
+            // It guards the handshake ACK too: the server stops repeating
+            // its SYN|ACK after a few tries (no amplification), so a lost
+            // handshake ACK must be repeated from this side.
+            State::Established(_) if self.last.header.seq == self.isn + 1 => {
+                self.rto_deadline = Some(after(now, self.rtt.rto()));
+            }
+            _ => {}
         }
         true
     }
@@ -465,46 +625,76 @@ impl ClientConn {
     /// The earliest time at which [`handle_timeout`](Self::handle_timeout)
     /// must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            State::SynSent | State::Established => {
-                [Some(self.give_up_at), self.rto_deadline, self.reasm.ack_deadline].into_iter().flatten().min()
+        match &self.state {
+            State::SynSent { .. } => [Some(self.give_up_at), self.rto_deadline].into_iter().flatten().min(),
+            State::Established(reasm) => {
+                [Some(self.give_up_at), self.rto_deadline, reasm.ack_deadline].into_iter().flatten().min()
             }
-            State::TimeWait { until } => Some(until),
+            State::LastAck { until, .. } => [Some(*until), self.rto_deadline].into_iter().flatten().min(),
+            State::TimeWait { until } => Some(*until),
             State::Closed => None,
         }
     }
 
     /// Runs the timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::SynSent | State::Established if now >= self.give_up_at => {
-                let err = if self.state == State::SynSent {
+        let rto_due = self.rto_deadline.is_some_and(|t| now >= t);
+        match &self.state {
+            State::SynSent { .. } | State::Established(_) if now >= self.give_up_at => {
+                let err = if matches!(self.state, State::SynSent { .. }) {
                     ConnectionError::ConnectTimeout(self.config.connect_timeout)
                 } else {
                     ConnectionError::IdleTimeout(self.config.idle_timeout)
                 };
                 self.close(Err(err));
             }
-            State::SynSent | State::Established => {
-                if self.rto_deadline.is_some_and(|t| now >= t) {
-                    // RFC 6298 §5.4–5.5: retransmit the SYN or handshake ACK, back off.
-                    self.rtt.on_timeout();
-                    self.rto_deadline = None;
-                    self.send_due = true;
-                    self.last_resent = true;
+            State::SynSent { syns } => {
+                if rto_due {
+                    // RFC 6298 §5.4–5.5: retransmit the SYN, back off; after
+                    // two unanswered offers, alternate with a bare SYN.
+                    let bare = *syns >= OFFERS_BEFORE_BARE_SYN && (*syns - OFFERS_BEFORE_BARE_SYN) % 2 == 0;
+                    let payload = if bare { Vec::new() } else { self.offer.clone() };
+                    self.retransmit_on_timer();
+                    if let Some((p, _)) = self.queue.back_mut() {
+                        p.payload = payload;
+                    }
                 }
-                if self.reasm.ack_deadline.is_some_and(|t| now >= t) {
+            }
+            State::Established(reasm) => {
+                let ack_due = reasm.ack_deadline.is_some_and(|t| now >= t);
+                if rto_due {
+                    self.retransmit_on_timer();
+                }
+                if ack_due {
                     self.send_fast_ack();
                 }
             }
-            State::TimeWait { until } if now >= until => self.close(Ok(())),
-            _ => {}
+            State::LastAck { until, .. } | State::TimeWait { until } if now >= *until => self.close(Ok(())),
+            State::LastAck { .. } => {
+                if rto_due {
+                    self.retransmit_on_timer();
+                    // The FIN|ACK's own timer: rearmed at once, since
+                    // poll_transmit arms only the handshake's.
+                    self.rto_deadline = Some(after(now, self.rtt.rto()));
+                }
+            }
+            State::TimeWait { .. } | State::Closed => {}
+        }
+    }
+
+    /// RFC 6298 §5.4–5.5: send the last packet again and back off.
+    fn retransmit_on_timer(&mut self) {
+        self.rtt.on_timeout();
+        self.rto_deadline = None;
+        if self.queue.is_empty() {
+            self.enqueue(true);
         }
     }
 
     fn close(&mut self, outcome: Result<(), ConnectionError>) {
         self.state = State::Closed;
-        self.send_due = false;
+        self.queue.clear();
+        self.rto_deadline = None;
         self.outcome = Some(outcome);
         self.events.push_back(ClientEvent::Closed);
     }
@@ -512,7 +702,7 @@ impl ClientConn {
     /// Aborts the connection locally, e.g. when the server is known to be
     /// unreachable. Nothing more is sent.
     pub fn abort(&mut self, error: ConnectionError) {
-        if self.state != State::Closed {
+        if !matches!(self.state, State::Closed) {
             self.close(Err(error));
         }
     }
@@ -542,11 +732,6 @@ impl ClientConn {
         self.answer.as_ref()
     }
 
-    /// Established, with nothing received from the server since its SYN|ACK.
-    fn awaiting_first_segment(&self) -> bool {
-        self.state == State::Established && self.last.seq == self.isn + 1
-    }
-
     /// Whether the handshake has completed (it may have ended since).
     pub fn is_established(&self) -> bool {
         self.connected
@@ -554,7 +739,7 @@ impl ClientConn {
 
     /// Whether the whole page has arrived (the FIN was accepted).
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, State::TimeWait { .. }) || self.outcome == Some(Ok(()))
+        matches!(self.state, State::LastAck { .. } | State::TimeWait { .. }) || self.outcome == Some(Ok(()))
     }
 
     /// How the connection ended, once it has.
@@ -565,6 +750,14 @@ impl ClientConn {
     /// Page bytes received in order so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Bytes held beyond a gap (fast mode): at most the receive window.
+    pub fn buffered(&self) -> u64 {
+        match &self.state {
+            State::Established(reasm) => reasm.pending_bytes,
+            _ => 0,
+        }
     }
 
     /// Counters of this connection.

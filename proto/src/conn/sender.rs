@@ -49,6 +49,9 @@ struct Seg {
     delivered_time: Instant,
     first_sent_time: Instant,
     app_limited: bool,
+    /// The caller's tag from the first transmission (the server's ack
+    /// field), so that a retransmission goes out unchanged.
+    tag: u32,
 }
 
 /// What the sender wants sent next.
@@ -58,6 +61,8 @@ pub(crate) struct Send {
     pub index: u64,
     /// Whether it was sent before.
     pub retransmission: bool,
+    /// The tag given when it was first sent.
+    pub tag: u32,
 }
 
 /// How the sender behaves: baseline or fast.
@@ -392,7 +397,8 @@ impl Sender {
     }
 
     /// The next segment to send, if the windows and the pacer allow one now.
-    pub(crate) fn poll_send(&mut self, now: Instant) -> Option<Send> {
+    /// A new segment is stamped with `tag`; one sent again keeps its own.
+    pub(crate) fn poll_send(&mut self, now: Instant, tag: u32) -> Option<Send> {
         if self.next_send.is_some_and(|t| t > now) {
             return None;
         }
@@ -410,7 +416,7 @@ impl Sender {
                 return None;
             }
             self.lost.pop_front();
-            let send = self.record_send(now, index);
+            let send = self.record_send(now, index, tag);
             self.prune_lost();
             if probe {
                 self.after_probe(now);
@@ -422,7 +428,7 @@ impl Sender {
             if (probe || self.cwnd_allows(end - start)) && self.window_allows(self.nxt) {
                 let index = self.nxt;
                 self.nxt += 1;
-                let send = self.record_send(now, index);
+                let send = self.record_send(now, index, tag);
                 if probe {
                     self.after_probe(now);
                 }
@@ -433,7 +439,7 @@ impl Sender {
             // Nothing new may go: probe with the last segment in flight.
             let last = (self.una..self.nxt).rev().find(|&i| self.seg(i).is_some_and(|s| s.state == SegState::InFlight));
             if let Some(index) = last {
-                let send = self.record_send(now, index);
+                let send = self.record_send(now, index, tag);
                 self.after_probe(now);
                 return Some(send);
             }
@@ -449,7 +455,7 @@ impl Sender {
         self.rto_deadline = Some(after(now, self.rtt.rto()));
     }
 
-    fn record_send(&mut self, now: Instant, index: u64) -> Send {
+    fn record_send(&mut self, now: Instant, index: u64, tag: u32) -> Send {
         let (start, end) = self.range(index);
         let len = end - start;
         if self.in_flight == 0 {
@@ -467,11 +473,14 @@ impl Sender {
             delivered_time: self.delivered_time.unwrap_or(now),
             first_sent_time: self.first_sent_time.unwrap_or(now),
             app_limited,
+            tag,
         };
+        let mut tag = tag;
         let retransmission = match self.seg(index) {
             Some(seg) => {
                 let was = seg.state;
-                *seg = Seg { transmissions: seg.transmissions + 1, ..stamp };
+                tag = seg.tag;
+                *seg = Seg { transmissions: seg.transmissions + 1, tag, ..stamp };
                 // A probe of a segment still in flight is not added twice.
                 if was != SegState::InFlight {
                     self.in_flight += len;
@@ -508,7 +517,7 @@ impl Sender {
         if !retransmission {
             self.arm_tlp(now);
         }
-        Send { index, retransmission }
+        Send { index, retransmission, tag }
     }
 
     /// Whether the windows allow a segment now (the pacer aside).

@@ -128,6 +128,9 @@ pub(crate) struct ServerConn {
     idle_deadline: Instant,
     /// Page bytes acknowledged when the connection closed.
     acked_at_close: u64,
+    /// Fast mode, completed: the sequence number of the client's FIN|ACK,
+    /// which the final ACK acknowledges (docs/PROTOCOL.md §6.3).
+    fin_ack_seq: Option<Seq>,
     pub(crate) stats: ConnStats,
 }
 
@@ -165,6 +168,7 @@ impl ServerConn {
             idle_timeout: config.idle_timeout,
             idle_deadline: after(now, config.idle_timeout),
             acked_at_close: 0,
+            fin_ack_seq: None,
             stats: ConnStats::default(),
         }
     }
@@ -197,12 +201,17 @@ impl ServerConn {
     /// Processes one datagram from this connection's client. Returns whether
     /// it fitted the connection's state.
     pub(crate) fn handle(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
+        let before = (self.acked(), self.half_open_isn().is_some());
         let accepted = match self.state {
             State::SynReceived(_) => self.on_syn_received(now, h),
             State::Established(_) => self.on_established(now, h, payload),
             State::Closed(_) => false,
         };
-        if accepted {
+        // Only progress (the handshake completing, the cumulative
+        // acknowledgment moving) holds the idle deadline off: a client that
+        // keeps sending SACKs or duplicates while never acknowledging the
+        // first segment cannot hold a connection forever.
+        if accepted && (self.acked(), self.half_open_isn().is_some()) != before {
             self.idle_deadline = after(now, self.idle_timeout);
         }
         accepted
@@ -294,6 +303,7 @@ impl ServerConn {
         sender.on_ack(now, ack, fin, &sacked, info.map(|i| u64::from(i.window)));
         if sender.all_acked() {
             self.acked_at_close = page_len;
+            self.fin_ack_seq = fast.then_some(h.seq);
             self.state = State::Closed(CloseReason::Completed);
         }
         true
@@ -329,11 +339,14 @@ impl ServerConn {
                 true
             }
             State::Established(sender) => {
-                let Some(send) = sender.poll_send(now) else { return false };
+                let Some(send) = sender.poll_send(now, peer_ack.0) else { return false };
                 let (start, end) = sender.range(send.index);
                 let flags = if sender.is_last(send.index) { Flags::ACK | Flags::FIN } else { Flags::ACK };
-                // Truncation is the modulo-2^32 wrap of sequence numbers.
-                Header::new(self.isn + 1 + start as u32, peer_ack, flags).encode(self.page.slice(start, end), buf);
+                // Truncation is the modulo-2^32 wrap of sequence numbers. A
+                // retransmission carries the ack field of its first
+                // transmission: it goes out unchanged (PROTOCOL.md §2).
+                let header = Header::new(self.isn + 1 + start as u32, Seq(send.tag), flags);
+                header.encode(self.page.slice(start, end), buf);
                 self.stats.datagrams_sent += 1;
                 self.stats.payload_bytes_sent += end - start;
                 if send.retransmission {
@@ -392,6 +405,15 @@ impl ServerConn {
             State::Closed(reason) => Some(reason),
             _ => None,
         }
+    }
+
+    /// The final ACK that confirms a fast-mode client's FIN|ACK, once the
+    /// transfer has completed: sequence number just past the page, ack field
+    /// one past the FIN|ACK's sequence number, ACK alone, no payload
+    /// (docs/PROTOCOL.md §6.3). Baseline mode has none (PROTOCOL.md §2).
+    pub(crate) fn final_ack(&self) -> Option<Header> {
+        let fin_ack_seq = self.fin_ack_seq?;
+        Some(Header::new(self.isn + 1 + self.page.len() as u32, fin_ack_seq + 1, Flags::ACK))
     }
 
     /// The client's ISN while the handshake is incomplete.

@@ -55,6 +55,10 @@ pub fn check(sim: &Sim, report: &Report, page: &[u8], clients: usize, seed: u64)
 pub fn is_syn(d: &Datagram) -> bool {
     flags(d) == Some(Flags::SYN)
 }
+/// The server's final ACK of a fast-mode FIN|ACK: ACK alone, no payload.
+pub fn is_final_ack(d: &Datagram) -> bool {
+    d.from == SERVER_ADDR && d.bytes.len() == 12 && flags(d) == Some(Flags::ACK)
+}
 pub fn is_syn_ack(d: &Datagram) -> bool {
     flags(d) == Some(Flags::SYN | Flags::ACK)
 }
@@ -90,7 +94,12 @@ pub fn drop_first(n: usize, pred: fn(&Datagram) -> bool) -> DropFilter {
 /// once, twice and three times in a row on an otherwise clean link, with
 /// the default (non-patient) settings, for every size; `make` builds the
 /// scenario, `also` checks more on each finished run.
-pub fn control_packet_losses(make: fn(u64, LinkConfig, Vec<u8>) -> Setup, sizes: &[usize], also: impl Fn(&Sim)) {
+/// `also` gets the run, the kind of packet lost and how many times.
+pub fn control_packet_losses(
+    make: fn(u64, LinkConfig, Vec<u8>) -> Setup,
+    sizes: &[usize],
+    also: impl Fn(&Sim, &str, usize),
+) {
     type Kind = (&'static str, fn(&Datagram) -> bool);
     let kinds: [Kind; 5] = [
         ("SYN", is_syn),
@@ -113,7 +122,7 @@ pub fn control_packet_losses(make: fn(u64, LinkConfig, Vec<u8>) -> Setup, sizes:
                 let report = sim.run(std::time::Duration::from_secs(2 * 3600), 1_000_000);
                 assert_eq!(sim.net.dropped, n as u64, "{name} x{n}: filter did not fire");
                 check(&sim, &report, &page_bytes, 1, n as u64);
-                also(&sim);
+                also(&sim, name, n);
             }
         }
     }
