@@ -160,7 +160,7 @@ fn sacking_client_cannot_hold_a_server_connection() {
         now += Duration::from_millis(100);
         s.handle_timeout(now);
         while s.poll_transmit(now, &mut buf).is_some() {}
-        let info = AckInfo { window: 1 << 20, sack: vec![(Seq(101 + 1000), Seq(101 + 64_000))] };
+        let info = AckInfo { window: 1 << 20, sack: [(Seq(101 + 1000), Seq(101 + 64_000))].into_iter().collect() };
         let mut p = Vec::new();
         info.encode(&mut p);
         s.handle(now, peer, &dgram(seq, 101, ACK, &p));

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::cc::{Controller, RateSample};
-use crate::recovery::RttEstimator;
+use crate::recovery::{RangeSet, RttEstimator};
 use crate::time::after;
 
 /// Pacing lets this much sending time accumulate while idle, so that timer
@@ -93,6 +93,14 @@ pub(crate) struct Sender {
     nxt: u64,
     /// Segments `una .. nxt`.
     board: VecDeque<Seg>,
+    /// Segments selectively acknowledged (delivered), as ranges of segment
+    /// numbers: a SACK block costs the ranges it meets and the segments it
+    /// newly reports, never its width. A left edge sent again after an RTO
+    /// stays here, so it is not counted as delivered twice.
+    sacked: RangeSet,
+    /// Segments examined by acknowledgment processing, for the tests that
+    /// bound the work one ACK can cause.
+    pub(crate) ack_work: u64,
     /// Transmissions in the order they happened: (time, segment, nth
     /// transmission). RACK walks it from the oldest; entries for segments
     /// since acknowledged or sent again are skipped.
@@ -139,6 +147,8 @@ impl Sender {
             una: 0,
             nxt: 0,
             board: VecDeque::new(),
+            sacked: RangeSet::new(),
+            ack_work: 0,
             sent_order: VecDeque::new(),
             lost: VecDeque::new(),
             in_flight: 0,
@@ -220,23 +230,38 @@ impl Sender {
             let Some(seg) = self.board.pop_front() else { break };
             let index = self.una;
             self.una += 1;
-            if seg.state != SegState::Sacked {
+            self.ack_work += 1;
+            if !self.sacked.contains(index) {
                 self.deliver(now, index, &seg, &mut sample, &mut newest);
+            } else if seg.state == SegState::InFlight {
+                // A SACKed left edge sent again after an RTO: delivered
+                // already, but its copy was counted in flight.
+                self.in_flight = self.in_flight.saturating_sub(u64::from(seg.len));
             }
         }
+        if self.una != una_before {
+            self.sacked.remove_below(self.una);
+        }
+        // Whole segments inside each block, never the last one (its FIN
+        // needs the FIN|ACK): only those not known to be SACKed are visited.
+        let last_sackable = self.nxt.min(self.total - 1);
+        let mut known = std::mem::take(&mut self.sacked);
         for &(start, end) in sacked {
             let first = start.div_ceil(self.segment).max(self.una);
-            let mut index = first;
-            while index < self.nxt && self.range(index).1 <= end && !self.is_last(index) {
-                if let Some(seg) = self.seg(index).copied().filter(|s| s.state != SegState::Sacked) {
-                    if let Some(s) = self.seg(index) {
-                        s.state = SegState::Sacked;
+            let beyond = (end / self.segment).min(last_sackable);
+            self.ack_work += 1;
+            known.insert(first..beyond.max(first), |new| {
+                for index in new {
+                    self.ack_work += 1;
+                    if let Some(seg) = self.seg(index) {
+                        let copy = *seg;
+                        seg.state = SegState::Sacked;
+                        self.deliver(now, index, &copy, &mut sample, &mut newest);
                     }
-                    self.deliver(now, index, &seg, &mut sample, &mut newest);
                 }
-                index += 1;
-            }
+            });
         }
+        self.sacked = known;
         if let Some((sent_at, index, transmissions)) = newest {
             // RTT from the most recently sent delivered segment; Karn's rule
             // for the RFC 6298 estimator, RFC 8985 §6.2 for RACK's own.
@@ -582,5 +607,86 @@ impl Sender {
 
     pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
         self.has_sendable() && self.next_send.is_none_or(|t| t <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // any instant will do as time zero
+
+    use super::*;
+    use crate::cc::Fixed;
+    use crate::recovery::RtoConfig;
+
+    const SEG: u64 = 1000;
+
+    fn sender(page_len: u64, window: u64) -> Sender {
+        let params = SenderParams {
+            segment: SEG,
+            fast: true,
+            cc: Box::new(Fixed(window)),
+            peer_window: window,
+            window_cap: window,
+        };
+        Sender::new(page_len, params, RttEstimator::new(RtoConfig::default()))
+    }
+
+    /// Sends everything the windows allow at `now`.
+    fn send_all(s: &mut Sender, now: Instant) -> Vec<Send> {
+        std::iter::from_fn(|| s.poll_send(now, 0)).collect()
+    }
+
+    /// The hostile client of issue 10: a 16 MiB window, the first segment
+    /// never acknowledged, everything else SACKed in 4 blocks per ACK, again
+    /// and again. Each ACK costs a few lookups, not the window.
+    #[test]
+    fn repeated_wide_sack_blocks_cost_what_they_newly_report() {
+        let window = 16 << 20;
+        let mut s = sender(64 << 20, window);
+        let t0 = Instant::now();
+        let sent = send_all(&mut s, t0);
+        let n = sent.len() as u64;
+        assert!(n > 16_000, "{n} segments in flight");
+        let end = n * SEG;
+        let q = n / 4 * SEG;
+        let blocks = [(SEG, q), (q, 2 * q), (2 * q, 3 * q), (3 * q, end)];
+        let t1 = t0 + Duration::from_millis(20);
+        s.on_ack(t1, 0, false, &blocks, Some(window));
+        let first = s.ack_work;
+        // Every segment but the first was newly reported, once.
+        assert!(first <= n + 8, "{first} for {n} segments");
+        for i in 0..10_000u32 {
+            s.on_ack(t1 + Duration::from_micros(u64::from(i)), 0, false, &blocks, Some(window));
+        }
+        let per_ack = (s.ack_work - first) as f64 / 10_000.0;
+        assert!(per_ack <= 8.0, "{per_ack} segments examined per repeated ACK");
+        assert_eq!(s.acked(), 0);
+        // Nothing delivered twice: the cumulative ACK of everything sent
+        // delivers only the first segment.
+        let delivered = s.delivered;
+        s.on_ack(t1 + Duration::from_secs(1), end, false, &[], Some(window));
+        assert_eq!(s.delivered - delivered, SEG);
+        assert_eq!(s.in_flight, 0);
+    }
+
+    /// RFC 2018 §8: after an RTO the SACKed left edge is sent again, and its
+    /// later acknowledgment does not count its bytes twice.
+    #[test]
+    fn sacked_left_edge_resent_after_rto_is_delivered_once() {
+        let mut s = sender(10 * SEG, 100 * SEG);
+        let t0 = Instant::now();
+        assert_eq!(send_all(&mut s, t0).len(), 10);
+        s.on_ack(t0 + Duration::from_millis(10), 0, false, &[(SEG, 3 * SEG + 500)], None);
+        // Only whole segments: 1 and 2.
+        assert_eq!(s.delivered, 2 * SEG);
+        let rto = s.poll_timeout().unwrap().max(t0 + Duration::from_secs(2));
+        s.handle_timeout(rto);
+        let again = send_all(&mut s, rto);
+        assert!(again.iter().all(|x| x.retransmission));
+        assert_eq!(again.first().map(|x| x.index), Some(0), "left edge first");
+        s.on_ack(rto + Duration::from_millis(10), 10 * SEG, true, &[], None);
+        assert_eq!(s.delivered, 10 * SEG, "every byte delivered exactly once");
+        assert_eq!(s.in_flight, 0);
+        assert!(s.all_acked());
     }
 }

@@ -15,7 +15,7 @@ use crate::config::ServerConfig;
 use crate::page::Page;
 use crate::recovery::RttEstimator;
 use crate::time::after;
-use crate::wire::ext::{ANSWER_DATAGRAM_LEN, AckInfo, Answer, MAX_SEGMENT, Offer};
+use crate::wire::ext::{ANSWER_DATAGRAM_LEN, AckInfo, Answer, MAX_SACK_BLOCKS, MAX_SEGMENT, Offer};
 use crate::wire::{BASELINE_SEGMENT, Flags, HEADER_LEN, Header, Seq};
 
 /// SYN|ACK retransmissions on the server's own timer, per connection. With
@@ -284,23 +284,25 @@ impl ServerConn {
         }
         let ack = (acked + advance as u64).min(self.page.len());
         let info = if fast { AckInfo::decode(payload) } else { None };
-        let sacked: Vec<(u64, u64)> = info
-            .as_ref()
-            .map(|i| {
-                i.sack
-                    .iter()
-                    .filter_map(|&(start, end)| {
-                        let s = start.since(una);
-                        let e = end.since(una);
-                        (s > 0 && e > s && (e as u64) <= in_flight).then(|| (acked + s as u64, acked + e as u64))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Page-offset blocks, inline (no allocation per ACK); blocks outside
+        // what is outstanding are ignored (docs/PROTOCOL.md §7.3).
+        let mut sacked = [(0u64, 0u64); MAX_SACK_BLOCKS];
+        let mut blocks = 0;
+        for &(start, end) in info.as_ref().map_or(&[][..], |i| i.sack.as_slice()) {
+            let s = start.since(una);
+            let e = end.since(una);
+            if s > 0 && e > s && (e as u64) <= in_flight {
+                if let Some(slot) = sacked.get_mut(blocks) {
+                    *slot = (acked + s as u64, acked + e as u64);
+                    blocks += 1;
+                }
+            }
+        }
+        let sacked = sacked.get(..blocks).unwrap_or(&[]);
         if advance > 0 {
             self.peer_seq = self.peer_seq.max(h.seq);
         }
-        sender.on_ack(now, ack, fin, &sacked, info.map(|i| u64::from(i.window)));
+        sender.on_ack(now, ack, fin, sacked, info.map(|i| u64::from(i.window)));
         if sender.all_acked() {
             self.acked_at_close = page_len;
             self.fin_ack_seq = fast.then_some(h.seq);

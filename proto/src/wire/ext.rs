@@ -189,24 +189,72 @@ impl Answer {
 ///  5..    n blocks: start (u32), end (u32) sequence numbers, end exclusive
 ///         (RFC 2018 §3); the most recently changed block first
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AckInfo {
     /// Receive window beyond the cumulative acknowledgment.
     pub window: u32,
     /// Selective acknowledgments: `(start, end)` sequence numbers.
-    pub sack: Vec<(super::Seq, super::Seq)>,
+    pub sack: SackBlocks,
 }
 
 /// Most SACK blocks one ACK carries.
 pub const MAX_SACK_BLOCKS: usize = 4;
 
+/// Up to [`MAX_SACK_BLOCKS`] blocks, inline: decoding an ACK allocates
+/// nothing (it is the server's hot path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SackBlocks {
+    blocks: [(super::Seq, super::Seq); MAX_SACK_BLOCKS],
+    len: usize,
+}
+
+impl SackBlocks {
+    /// Adds a block; false (and nothing added) when full.
+    pub fn push(&mut self, block: (super::Seq, super::Seq)) -> bool {
+        match self.blocks.get_mut(self.len) {
+            Some(slot) => {
+                *slot = block;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The blocks, in order.
+    pub fn as_slice(&self) -> &[(super::Seq, super::Seq)] {
+        self.blocks.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The first [`MAX_SACK_BLOCKS`]; the rest are left out.
+impl FromIterator<(super::Seq, super::Seq)> for SackBlocks {
+    fn from_iter<I: IntoIterator<Item = (super::Seq, super::Seq)>>(iter: I) -> Self {
+        let mut blocks = SackBlocks::default();
+        for b in iter.into_iter().take(MAX_SACK_BLOCKS) {
+            blocks.push(b);
+        }
+        blocks
+    }
+}
+
 impl AckInfo {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.window.to_be_bytes());
-        let n = self.sack.len().min(MAX_SACK_BLOCKS);
-        out.push(n as u8);
-        for (start, end) in self.sack.iter().take(n) {
+        let blocks = self.sack.as_slice();
+        out.push(blocks.len() as u8);
+        for (start, end) in blocks {
             out.extend_from_slice(&start.get().to_be_bytes());
             out.extend_from_slice(&end.get().to_be_bytes());
         }
@@ -219,14 +267,13 @@ impl AckInfo {
         if n > MAX_SACK_BLOCKS || payload.len() != 5 + 8 * n {
             return None;
         }
-        let sack = (0..n)
-            .map(|i| {
-                let at = 5 + 8 * i;
-                let start = u32::from_be_bytes(be(payload.get(at..at + 4)?)?);
-                let end = u32::from_be_bytes(be(payload.get(at + 4..at + 8)?)?);
-                Some((super::Seq(start), super::Seq(end)))
-            })
-            .collect::<Option<Vec<_>>>()?;
+        let mut sack = SackBlocks::default();
+        for i in 0..n {
+            let at = 5 + 8 * i;
+            let start = u32::from_be_bytes(be(payload.get(at..at + 4)?)?);
+            let end = u32::from_be_bytes(be(payload.get(at + 4..at + 8)?)?);
+            sack.push((super::Seq(start), super::Seq(end)));
+        }
         Some(AckInfo { window, sack })
     }
 }
@@ -298,7 +345,8 @@ mod tests {
 
     #[test]
     fn ack_info_round_trip_and_limits() {
-        let info = AckInfo { window: 65536, sack: vec![(Seq(10), Seq(20)), (Seq(u32::MAX - 5), Seq(3))] };
+        let info =
+            AckInfo { window: 65536, sack: [(Seq(10), Seq(20)), (Seq(u32::MAX - 5), Seq(3))].into_iter().collect() };
         let mut p = Vec::new();
         info.encode(&mut p);
         assert_eq!(p.len(), 5 + 16);
