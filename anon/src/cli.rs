@@ -113,10 +113,25 @@ pub struct ServerArgs {
     /// Refuse new connections beyond this many.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_connections: usize,
-    /// Refuse new connections from one IP address beyond this many open at
-    /// once (high enough for a NAT in front of a whole site).
+    /// Refuse new connections from one source beyond this many open at once
+    /// (high enough for a NAT in front of a whole site). A source is an IPv4
+    /// address or an IPv6 /64 (see the prefix options).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_per_source: u32,
+    /// Leading bits of an IPv4 address that make one source for
+    /// --max-per-source.
+    #[arg(long, value_name = "BITS", default_value_t = 32, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub source_prefix_v4: u8,
+    /// Leading bits of an IPv6 address that make one source for
+    /// --max-per-source (a host usually has a whole /64).
+    #[arg(long, value_name = "BITS", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub source_prefix_v6: u8,
+    /// Memory, in MiB, that the send scoreboards of all connections together
+    /// may take. Past half of it, each connection's window shrinks to an
+    /// equal share of the rest, so many clients holding large windows
+    /// unacknowledged cannot exhaust the server.
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub memory_budget: u64,
     /// Keep at most this many half-open connections (SYN received, handshake
     /// not complete); beyond it SYNs get stateless SYN cookies, so a SYN
     /// flood cannot exhaust the server.
@@ -267,6 +282,9 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
         max_per_source: args.max_per_source as usize,
+        source_prefix_v4: args.source_prefix_v4,
+        source_prefix_v6: args.source_prefix_v6,
+        memory_budget: args.memory_budget << 20,
         max_half_open: args.max_half_open,
         fast: !args.no_fast,
         max_segment: args.max_segment,

@@ -26,6 +26,11 @@ pub enum Linger {
     Fixed(Duration),
 }
 
+/// Bytes one segment on a sender's scoreboard is accounted at: its entry
+/// (80 bytes), its transmission record (32), a loss-queue slot (8), times two
+/// for the queues' spare capacity, rounded up.
+pub const SEGMENT_COST: u64 = 256;
+
 /// Settings of the server side.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -36,10 +41,22 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// New connections beyond this many are refused (their SYN is dropped).
     pub max_connections: usize,
-    /// New connections from one IP address beyond this many are refused, so
-    /// one host cannot take every slot. High enough for a NAT in front of a
-    /// whole site.
+    /// New connections from one source beyond this many are refused, so one
+    /// host cannot take every slot. High enough for a NAT in front of a
+    /// whole site. A source is an IPv4 address within `source_prefix_v4` and
+    /// an IPv6 address within `source_prefix_v6` bits: one host usually has
+    /// a whole IPv6 /64 to draw addresses from.
     pub max_per_source: usize,
+    /// Leading bits of an IPv4 address that make one source (32: the address).
+    pub source_prefix_v4: u8,
+    /// Leading bits of an IPv6 address that make one source (64: the /64).
+    pub source_prefix_v6: u8,
+    /// Memory the scoreboards of all connections together may take, in
+    /// bytes (each segment in flight costs [`SEGMENT_COST`]). Once half of it
+    /// is in use, a connection sends new segments only while its scoreboard
+    /// is under an equal share of the other half: windows shrink under
+    /// pressure, and the total stays within the budget.
+    pub memory_budget: u64,
     /// Half-open connections (SYN received, handshake ACK not yet) kept at
     /// most; beyond this the server answers SYNs with stateless SYN cookies
     /// (docs/PROTOCOL.md §7), so a SYN flood cannot exhaust it.
@@ -71,6 +88,9 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             max_per_source: 1024,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            memory_budget: 256 << 20,
             max_half_open: 1024,
             fast: true,
             congestion: Algorithm::default(),

@@ -97,8 +97,12 @@ pub struct Server {
     /// Draws initial sequence numbers; a CSPRNG outside tests.
     isn_rng: Box<dyn RngCore + Send>,
     conns: HashMap<SocketAddr, Slot>,
-    /// Open connections per source IP address, for `max_per_source`.
+    /// Open connections per source (an address masked to its prefix, see
+    /// [`source_key`]), for `max_per_source`.
     per_source: HashMap<IpAddr, usize>,
+    /// Segments on all connections' scoreboards together, for the memory
+    /// budget.
+    tracked: u64,
     /// False once [`stop_accepting`](Self::stop_accepting) was called.
     accepting: bool,
     /// Connections in SYN-RECEIVED, for `max_half_open`.
@@ -144,9 +148,29 @@ struct TimeWait {
     until: Instant,
 }
 
+/// `ip` masked to its first `v4` (IPv4) or `v6` (IPv6) bits; an IPv4-mapped
+/// IPv6 address (a dual-stack socket's view of an IPv4 client) counts as
+/// IPv4.
+pub fn source_key(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
+    fn mask(bits: u8, width: u32) -> u128 {
+        let bits = u32::from(bits).min(width);
+        if bits == 0 { 0 } else { u128::MAX << (128 - bits) >> (128 - width) }
+    }
+    let ip = match ip {
+        IpAddr::V6(v6addr) => v6addr.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4addr => v4addr,
+    };
+    match ip {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask(v4, 32) as u32).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask(v6, 128)).into()),
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     conn: ServerConn,
+    /// Its scoreboard's size when last seen, for the endpoint's total.
+    tracked: u64,
     scheduled: Option<Instant>,
     in_ready: bool,
 }
@@ -178,6 +202,7 @@ impl Server {
             isn_rng,
             conns: HashMap::new(),
             per_source: HashMap::new(),
+            tracked: 0,
             accepting: true,
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
@@ -200,6 +225,7 @@ impl Server {
         let open = self.conns.len();
         let bare_syn = header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK);
         let mut was_half_open = true;
+        let source = self.source(peer);
         let accepted = match self.conns.entry(peer) {
             Entry::Occupied(mut slot) => {
                 let slot = slot.get_mut();
@@ -227,7 +253,7 @@ impl Server {
             }
             Entry::Vacant(vacant) => {
                 // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
-                let from_source = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
+                let from_source = self.per_source.get(&source).copied().unwrap_or(0);
                 let refusal = if !self.accepting {
                     Some(&mut self.stats.refused_draining)
                 } else if open >= self.config.max_connections {
@@ -269,8 +295,8 @@ impl Server {
                         window,
                         now,
                     );
-                    vacant.insert(Slot { conn, scheduled: None, in_ready: false });
-                    *self.per_source.entry(peer.ip()).or_default() += 1;
+                    vacant.insert(Slot { conn, tracked: 0, scheduled: None, in_ready: false });
+                    *self.per_source.entry(source).or_default() += 1;
                     self.stats.accepted += 1;
                     self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
                     self.stats.cookies_accepted += 1;
@@ -309,8 +335,8 @@ impl Server {
                     let isn = self.isn_rng.next_u32();
                     let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, payload, now);
                     let mode = conn.mode();
-                    vacant.insert(Slot { conn, scheduled: None, in_ready: false });
-                    *self.per_source.entry(peer.ip()).or_default() += 1;
+                    vacant.insert(Slot { conn, tracked: 0, scheduled: None, in_ready: false });
+                    *self.per_source.entry(source).or_default() += 1;
                     self.half_open += 1;
                     self.stats.accepted += 1;
                     self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
@@ -396,6 +422,9 @@ impl Server {
         if was_half_open && slot.conn.half_open_isn().is_none() {
             self.half_open = self.half_open.saturating_sub(1);
         }
+        let tracked = slot.conn.tracked();
+        self.tracked = (self.tracked + tracked).saturating_sub(slot.tracked);
+        slot.tracked = tracked;
         if let Some(reason) = slot.conn.close_reason() {
             let conn = &slot.conn;
             match reason {
@@ -409,6 +438,7 @@ impl Server {
                 retransmissions: conn.stats.retransmissions,
             });
             let final_ack = conn.final_ack();
+            self.tracked = self.tracked.saturating_sub(slot.tracked);
             self.conns.remove(&peer);
             if let Some(reply) = final_ack {
                 // The FIN|ACK it answers is the datagram just handled.
@@ -417,7 +447,8 @@ impl Server {
                 self.queue_stateless(peer, reply);
                 self.enter_time_wait(now, peer, TimeWait { fin_seq, fin_ack, reply, until: now });
             }
-            if let Entry::Occupied(mut n) = self.per_source.entry(peer.ip()) {
+            let source = self.source(peer);
+            if let Entry::Occupied(mut n) = self.per_source.entry(source) {
                 *n.get_mut() = n.get().saturating_sub(1);
                 if *n.get() == 0 {
                     n.remove();
@@ -456,6 +487,7 @@ impl Server {
             }
         }
         self.stateless_turn = self.stateless_turn.saturating_add(1);
+        let max_tracked = self.max_tracked();
         while let Some(peer) = self.ready.pop_front() {
             if self.last_served != Some(peer) {
                 self.last_served = Some(peer);
@@ -465,7 +497,7 @@ impl Server {
             slot.in_ready = false;
             let before = slot.conn.stats;
             let was_half_open = slot.conn.half_open_isn().is_some();
-            if slot.conn.poll_transmit(now, buf) {
+            if slot.conn.poll_transmit(now, buf, max_tracked) {
                 let after = slot.conn.stats;
                 self.stats.datagrams_sent += 1;
                 self.stats.payload_bytes_sent += after.payload_bytes_sent - before.payload_bytes_sent;
@@ -489,6 +521,26 @@ impl Server {
             }
         }
         None
+    }
+
+    /// How many segments one connection's scoreboard may hold before it
+    /// sends another new one: no limit while under half the memory budget,
+    /// then an equal share of the other half (docs/PROTOCOL.md §7.1). The
+    /// total stays within the budget: what grew beyond a share did so while
+    /// under the first half.
+    fn max_tracked(&self) -> u64 {
+        let budget = self.config.memory_budget / crate::config::SEGMENT_COST;
+        if self.tracked < budget / 2 { u64::MAX } else { budget / 2 / (self.conns.len().max(1) as u64) }
+    }
+
+    /// The source a peer counts against for `max_per_source`.
+    fn source(&self, peer: SocketAddr) -> IpAddr {
+        source_key(peer.ip(), self.config.source_prefix_v4, self.config.source_prefix_v6)
+    }
+
+    /// Segments on every connection's scoreboard together.
+    pub fn tracked_segments(&self) -> u64 {
+        self.tracked
     }
 
     /// Whether a connection has a datagram waiting for

@@ -224,3 +224,142 @@ fn baseline_acks_every_segment_of_a_batch() {
     );
     assert_eq!(c.stats().retransmissions, 2);
 }
+
+/// 1,000 hostile fast-mode clients that each offer a 16 MiB window, SACK
+/// everything they receive but never acknowledge the first segment: they
+/// would hold 14,000 segments each. The scoreboards of all connections
+/// together stay within the server's memory budget, and honest clients
+/// that arrive meanwhile complete.
+#[test]
+fn hostile_window_holders_stay_within_the_memory_budget() {
+    use anon_proto::config::SEGMENT_COST;
+    use std::collections::HashMap;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    let budget: u64 = 32 << 20;
+    let config = ServerConfig { memory_budget: budget, max_per_source: 10_000, ..ServerConfig::default() };
+    let body = page(4 << 20, 3);
+    let start = Instant::now();
+    let mut s = Server::new(config, Bytes::from(body.clone()), Box::new(FixedIsn(100)));
+    let hostile_addr = |i: u32| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a09_0000 + i)), 50000);
+    let mut offer = Vec::new();
+    Offer { max_segment: 1200, recv_window: 16 << 20 }.encode(&mut offer);
+    let n = 1000u32;
+    // Highest page offset each hostile client has seen, and its next seq.
+    let mut seen: HashMap<SocketAddr, (u64, u32)> = HashMap::new();
+    for i in 0..n {
+        s.handle(start, hostile_addr(i), &dgram(5000, 0, SYN, &offer));
+        seen.insert(hostile_addr(i), (0, 5002));
+    }
+    let mut honest: Vec<ClientConn> = Vec::new();
+    let mut honest_data: Vec<Vec<u8>> = Vec::new();
+    let honest_addr = |i: usize| client_addr(i);
+    let mut buf = Vec::new();
+    let mut now = start;
+    let mut max_tracked = 0;
+    let mut handshaken = false;
+    let tick = Duration::from_millis(5);
+    while now < start + Duration::from_secs(20) {
+        // Server output, delivered at once.
+        let mut to_honest: Vec<(usize, Vec<u8>)> = Vec::new();
+        while let Some(to) = s.poll_transmit(now, &mut buf) {
+            if let Some(e) = seen.get_mut(&to) {
+                let (h, payload) = Header::decode(&buf).unwrap();
+                if !h.flags.contains(SYN) {
+                    e.0 = e.0.max(u64::from(h.seq.since(Seq(101)) as u32) + payload.len() as u64);
+                }
+            } else if let Some(i) = (0..honest.len()).find(|&i| honest_addr(i) == to) {
+                to_honest.push((i, buf.clone()));
+            }
+        }
+        for (i, d) in to_honest {
+            honest[i].handle(now, &d);
+        }
+        max_tracked = max_tracked.max(s.tracked_segments());
+        assert!(s.tracked_segments() * SEGMENT_COST <= budget, "{} segments tracked", s.tracked_segments());
+        // Hostile ACKs: the handshake once, then SACK everything but the
+        // first segment.
+        for (&peer, e) in seen.iter_mut() {
+            if !handshaken {
+                s.handle(now, peer, &dgram(5001, 101, ACK, &[]));
+            } else if e.0 > 1200 {
+                let info = AckInfo {
+                    window: 16 << 20,
+                    sack: [(Seq(101 + 1200), Seq(101 + e.0 as u32))].into_iter().collect(),
+                };
+                let mut p = Vec::new();
+                info.encode(&mut p);
+                s.handle(now, peer, &dgram(e.1, 101, ACK, &p));
+                e.1 += 1;
+            }
+        }
+        handshaken = true;
+        // Honest clients arrive once the hostile ones have had a second.
+        if honest.is_empty() && now >= start + Duration::from_secs(1) {
+            for i in 0..3 {
+                honest.push(ClientConn::new(ClientConfig::default(), 7000 + i, now));
+                honest_data.push(Vec::new());
+            }
+        }
+        for (i, c) in honest.iter_mut().enumerate() {
+            c.handle_timeout(now);
+            while c.poll_transmit(now, &mut buf) {
+                s.handle(now, honest_addr(i), &buf);
+            }
+            honest_data[i].extend_from_slice(c.readable());
+            let k = c.readable().len();
+            c.consume(k);
+        }
+        if !honest.is_empty() && honest.iter().all(|c| c.outcome().is_some()) {
+            break;
+        }
+        now += tick;
+        s.handle_timeout(now);
+    }
+    eprintln!("most segments tracked: {max_tracked}; {:?}", s.stats());
+    assert!(max_tracked * SEGMENT_COST > budget / 2, "the budget never came under pressure: {max_tracked}");
+    assert_eq!(honest.len(), 3);
+    for (i, c) in honest.iter().enumerate() {
+        assert_eq!(c.outcome(), Some(&Ok(())), "honest client {i}");
+        assert!(honest_data[i] == body, "honest client {i}: {} bytes", honest_data[i].len());
+    }
+}
+
+/// One host usually holds a whole IPv6 /64: `max_per_source` counts IPv6
+/// sources by /64 (and IPv4 ones by address, IPv4-mapped included), so one
+/// /64 cannot take every slot by changing addresses.
+#[test]
+fn per_source_limit_counts_ipv6_by_prefix() {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    let now = Instant::now();
+    let config = ServerConfig { max_per_source: 2, ..ServerConfig::default() };
+    let mut s = Server::new(config, Bytes::from(page(1000, 1)), Box::new(FixedIsn(100)));
+    let v6 =
+        |net: u16, host: u16| SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, host)), 40000);
+    for host in 1..=5 {
+        s.handle(now, v6(1, host), &dgram(7, 0, SYN, &[]));
+    }
+    assert_eq!(s.connection_count(), 2);
+    assert_eq!(s.stats().refused_per_source, 3);
+    // Another /64 is another source.
+    s.handle(now, v6(2, 1), &dgram(7, 0, SYN, &[]));
+    assert_eq!(s.connection_count(), 3);
+    // IPv4, plain and mapped, by address.
+    let mapped = |last: u8| SocketAddr::new(IpAddr::V6(std::net::Ipv4Addr::new(192, 0, 2, last).to_ipv6_mapped()), 1);
+    let plain = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)), 2);
+    s.handle(now, mapped(1), &dgram(7, 0, SYN, &[]));
+    s.handle(now, plain, &dgram(7, 0, SYN, &[]));
+    s.handle(now, SocketAddr::new(plain.ip(), 3), &dgram(7, 0, SYN, &[]));
+    s.handle(now, mapped(2), &dgram(7, 0, SYN, &[]));
+    assert_eq!(s.connection_count(), 6);
+    assert_eq!(s.stats().refused_per_source, 4);
+    // The prefixes are settings.
+    use anon_proto::endpoint::source_key;
+    let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+    assert_eq!(source_key(a, 32, 48), "2001:db8:1::".parse::<IpAddr>().unwrap());
+    assert_eq!(source_key(a, 32, 128), a);
+    assert_eq!(source_key(a, 32, 0), "::".parse::<IpAddr>().unwrap());
+    let b: IpAddr = "198.51.100.77".parse().unwrap();
+    assert_eq!(source_key(b, 24, 64), "198.51.100.0".parse::<IpAddr>().unwrap());
+    assert_eq!(source_key(b, 200, 64), b);
+}

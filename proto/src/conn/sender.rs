@@ -193,6 +193,11 @@ impl Sender {
         self.range(self.nxt).0
     }
 
+    /// Segments on the scoreboard: what this connection's memory grows with.
+    pub(crate) fn tracked(&self) -> u64 {
+        self.board.len() as u64
+    }
+
     /// Whether every segment, the FIN one included, has been acknowledged.
     pub(crate) fn all_acked(&self) -> bool {
         self.una >= self.total
@@ -422,8 +427,10 @@ impl Sender {
     }
 
     /// The next segment to send, if the windows and the pacer allow one now.
-    /// A new segment is stamped with `tag`; one sent again keeps its own.
-    pub(crate) fn poll_send(&mut self, now: Instant, tag: u32) -> Option<Send> {
+    /// A new segment is stamped with `tag`; one sent again keeps its own. A
+    /// new segment is sent only while fewer than `max_tracked` are on the
+    /// scoreboard (the server's memory budget; one may always be).
+    pub(crate) fn poll_send(&mut self, now: Instant, tag: u32, max_tracked: u64) -> Option<Send> {
         if self.next_send.is_some_and(|t| t > now) {
             return None;
         }
@@ -448,7 +455,8 @@ impl Sender {
             }
             return Some(send);
         }
-        if self.nxt < self.total {
+        let room = self.board.is_empty() || (self.board.len() as u64) < max_tracked;
+        if self.nxt < self.total && room {
             let (start, end) = self.range(self.nxt);
             if (probe || self.cwnd_allows(end - start)) && self.window_allows(self.nxt) {
                 let index = self.nxt;
@@ -633,7 +641,7 @@ mod tests {
 
     /// Sends everything the windows allow at `now`.
     fn send_all(s: &mut Sender, now: Instant) -> Vec<Send> {
-        std::iter::from_fn(|| s.poll_send(now, 0)).collect()
+        std::iter::from_fn(|| s.poll_send(now, 0, u64::MAX)).collect()
     }
 
     /// The hostile client of issue 10: a 16 MiB window, the first segment

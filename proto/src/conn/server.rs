@@ -317,8 +317,9 @@ impl ServerConn {
     }
 
     /// Writes the next datagram into `buf` (cleared first); false when there
-    /// is nothing to send now.
-    pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+    /// is nothing to send now. New segments only while fewer than
+    /// `max_tracked` are on the scoreboard.
+    pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>, max_tracked: u64) -> bool {
         buf.clear();
         let peer_ack = self.peer_seq + 1;
         match &mut self.state {
@@ -341,7 +342,7 @@ impl ServerConn {
                 true
             }
             State::Established(sender) => {
-                let Some(send) = sender.poll_send(now, peer_ack.0) else { return false };
+                let Some(send) = sender.poll_send(now, peer_ack.0, max_tracked) else { return false };
                 let (start, end) = sender.range(send.index);
                 let flags = if sender.is_last(send.index) { Flags::ACK | Flags::FIN } else { Flags::ACK };
                 // Truncation is the modulo-2^32 wrap of sequence numbers. A
@@ -416,6 +417,14 @@ impl ServerConn {
     pub(crate) fn final_ack(&self) -> Option<Header> {
         let fin_ack_seq = self.fin_ack_seq?;
         Some(Header::new(self.isn + 1 + self.page.len() as u32, fin_ack_seq + 1, Flags::ACK))
+    }
+
+    /// Segments on this connection's scoreboard.
+    pub(crate) fn tracked(&self) -> u64 {
+        match &self.state {
+            State::Established(sender) => sender.tracked(),
+            _ => 0,
+        }
     }
 
     /// The client's ISN while the handshake is incomplete.

@@ -128,6 +128,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of ranges, meant
     fn reports_only_what_is_new_and_merges() {
         let mut s = RangeSet::new();
         assert_eq!(insert(&mut s, 10..20), [10..20]);
