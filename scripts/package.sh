@@ -88,13 +88,15 @@ for bin in anonserver anonclient; do
 done
 install -m 0644 packaging/anonserver.service "$root/lib/systemd/system/anonserver.service"
 install -m 0644 packaging/anonserver.default "$root/etc/default/anonserver"
+install -d -m 0755 "$root/etc/logrotate.d"
+install -m 0644 packaging/anonserver.logrotate "$root/etc/logrotate.d/anonserver"
 install -m 0644 packaging/copyright "$doc/copyright"
 install -m 0644 packaging/changelog "$doc/changelog"
 gzip -9n "$doc/changelog"
 for script in postinst prerm postrm; do
   install -m 0755 "packaging/$script" "$root/DEBIAN/$script"
 done
-echo /etc/default/anonserver >"$root/DEBIAN/conffiles"
+printf '%s\n' /etc/default/anonserver /etc/logrotate.d/anonserver >"$root/DEBIAN/conffiles"
 chmod 0644 "$root/DEBIAN/conffiles"
 (cd "$root" && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -printf '%P\0' |
   LC_ALL=C sort -z | xargs -0 md5sum >DEBIAN/md5sums)
@@ -138,7 +140,8 @@ info=$(dpkg-deb -I "$deb")
 for field in "Package: $PKG" "Version: $version" "Architecture: $ARCH" "Depends: libc6 (>= "; do
   grep -qF " $field" <<<"$info" || die "dpkg-deb -I: no '$field'"
 done
-[[ $(dpkg-deb -I "$deb" conffiles) == /etc/default/anonserver ]] || die "/etc/default/anonserver is not the conffile"
+[[ $(dpkg-deb -I "$deb" conffiles) == $'/etc/default/anonserver\n/etc/logrotate.d/anonserver' ]] ||
+  die "the conffiles are not /etc/default/anonserver and /etc/logrotate.d/anonserver"
 for script in postinst prerm postrm; do
   dpkg-deb -I "$deb" "$script" | sh -n || die "DEBIAN/$script does not parse"
 done
@@ -157,6 +160,7 @@ for bin in anonserver anonclient; do
 done
 expect -rw-r--r-- /lib/systemd/system/anonserver.service
 expect -rw-r--r-- /etc/default/anonserver
+expect -rw-r--r-- /etc/logrotate.d/anonserver
 expect -rw-r--r-- "/usr/share/doc/$PKG/copyright"
 expect -rw-r--r-- "/usr/share/doc/$PKG/changelog.gz"
 
@@ -187,6 +191,13 @@ for bin in anonserver anonclient; do
   if command -v fish >/dev/null; then fish -n "$unpacked/usr/share/fish/vendor_completions.d/$bin.fish" || die "$bin.fish does not parse"; fi
 done
 grep -q '^ANONSERVER_ARGS=' "$unpacked/etc/default/anonserver" || die "/etc/default/anonserver sets no ANONSERVER_ARGS"
+if command -v logrotate >/dev/null; then
+  # --debug parses the configuration and rotates nothing.
+  logrotate --debug "$unpacked/etc/logrotate.d/anonserver" >"$work/logrotate.out" 2>&1 ||
+    die "logrotate --debug: $(cat "$work/logrotate.out")"
+  ! grep -qi "error" "$work/logrotate.out" || die "logrotate --debug: $(cat "$work/logrotate.out")"
+  echo "logrotate --debug: the configuration parses"
+fi
 
 if command -v systemd-analyze >/dev/null; then
   # In the unpacked root, so that ExecStart's /usr/bin/anonserver is there;

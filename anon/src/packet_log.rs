@@ -6,8 +6,24 @@
 //! exit (both wait for the writer, so the file is complete when they return).
 //! A write error is reported once and then logging stops: losing the log
 //! must not stop a transfer.
+//!
+//! **A slow disk cannot stall transfers.** The queue to the writer is
+//! bounded (16 batches of 4,096 lines) and the event loop never waits on
+//! it: when the writer falls behind and the queue is full, the batch is
+//! dropped and counted ([`LogStats::behind`]); the server reports the count
+//! once per stats interval and in its metrics. While the disk keeps up,
+//! every datagram is logged.
+//!
+//! **A flood cannot grow the log without bound.** Datagrams that belong to
+//! no connection (strays, forgeries, SYNs answered with a cookie, and the
+//! replies to them) go through [`PacketLog::record_stray`], which logs at
+//! most [`STRAY_PER_SEC`] lines a second on average (bursts of
+//! [`STRAY_BURST`]) and counts the rest ([`LogStats::stray`]).
+//!
+//! [`PacketLog::reopen`] (the server calls it on SIGHUP) makes the writer
+//! reopen the path, so that logrotate can move the file away.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -20,9 +36,23 @@ use anon_proto::wire::Header;
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Records handed to the writer at once.
 const BATCH: usize = 4096;
-/// Batches in flight to the writer; beyond this the event loop waits (the
-/// log loses nothing, and its memory stays bounded).
+/// Batches in flight to the writer; beyond this batches are dropped and
+/// counted, and the event loop goes on.
 const QUEUE: usize = 16;
+/// Lines a second, on average, for datagrams that belong to no connection.
+pub const STRAY_PER_SEC: u64 = 200;
+/// The largest burst of such lines.
+pub const STRAY_BURST: u64 = 2_000;
+
+/// What the log could not write, since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Lines dropped because the writer was behind (a slow disk).
+    pub behind: u64,
+    /// Lines of datagrams that belong to no connection, left out beyond
+    /// the stray rate.
+    pub stray: u64,
+}
 
 /// Direction of a logged datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +76,8 @@ enum Msg {
     Records(Vec<(Direction, Header)>),
     /// Write everything out, then answer.
     Flush(SyncSender<()>),
+    /// Write everything out, then open the path again (after logrotate).
+    Reopen,
 }
 
 /// An append-only packet log with a writer thread.
@@ -56,6 +88,10 @@ pub struct PacketLog {
     writer: Option<JoinHandle<()>>,
     /// When unflushed lines were first recorded.
     dirty_since: Option<Instant>,
+    /// Stray-line tokens (a token bucket refilled at STRAY_PER_SEC).
+    stray_tokens: u64,
+    stray_refilled: Option<Instant>,
+    stats: LogStats,
 }
 
 impl std::fmt::Debug for Msg {
@@ -63,13 +99,22 @@ impl std::fmt::Debug for Msg {
         match self {
             Msg::Records(r) => write!(f, "Records({})", r.len()),
             Msg::Flush(_) => f.write_str("Flush"),
+            Msg::Reopen => f.write_str("Reopen"),
         }
     }
 }
 
-fn write_loop(file: File, rx: Receiver<Msg>) {
-    let mut out = Some(BufWriter::with_capacity(1 << 18, file));
-    let fail = |out: &mut Option<BufWriter<File>>, e: io::Error| {
+/// Where the writer writes: a file, or anything else in tests.
+type Sink = Box<dyn Write + Send>;
+
+/// Opens the log for appending, never truncating.
+fn open_append(path: &Path) -> io::Result<Sink> {
+    Ok(Box::new(OpenOptions::new().append(true).create(true).open(path)?))
+}
+
+fn write_loop(sink: Sink, path: Option<std::path::PathBuf>, rx: Receiver<Msg>) {
+    let mut out = Some(BufWriter::with_capacity(1 << 18, sink));
+    let fail = |out: &mut Option<BufWriter<Sink>>, e: io::Error| {
         tracing::warn!("packet log write failed, logging stops: {e}");
         *out = None;
     };
@@ -92,6 +137,26 @@ fn write_loop(file: File, rx: Receiver<Msg>) {
                 }
                 let _ = done.send(());
             }
+            Msg::Reopen => {
+                let Some(path) = &path else { continue };
+                if let Some(w) = out.as_mut() {
+                    if let Err(e) = w.flush() {
+                        fail(&mut out, e);
+                    }
+                }
+                // A log that failed is tried again: the operator may have
+                // made room and rotated.
+                match open_append(path) {
+                    Ok(file) => {
+                        out = Some(BufWriter::with_capacity(1 << 18, file));
+                        tracing::info!("packet log reopened: {}", path.display());
+                    }
+                    Err(e) => tracing::warn!(
+                        "cannot reopen the packet log {}: {e}; still writing the old one",
+                        path.display()
+                    ),
+                }
+            }
         }
     }
 }
@@ -100,10 +165,63 @@ impl PacketLog {
     /// Opens `path` for appending (never truncating), creating it if needed,
     /// and starts its writer thread.
     pub fn open(path: &Path) -> io::Result<PacketLog> {
-        let file = OpenOptions::new().append(true).create(true).open(path)?;
+        let file = open_append(path)?;
+        PacketLog::start(file, Some(path.to_path_buf()))
+    }
+
+    /// A log that writes to `sink` (tests: a slow disk).
+    pub fn to_writer(sink: impl Write + Send + 'static) -> io::Result<PacketLog> {
+        PacketLog::start(Box::new(sink), None)
+    }
+
+    fn start(sink: Sink, path: Option<std::path::PathBuf>) -> io::Result<PacketLog> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let writer = std::thread::Builder::new().name("packet-log".into()).spawn(move || write_loop(file, rx))?;
-        Ok(PacketLog { batch: Vec::with_capacity(BATCH), tx: Some(tx), writer: Some(writer), dirty_since: None })
+        let writer = std::thread::Builder::new().name("packet-log".into()).spawn(move || write_loop(sink, path, rx))?;
+        Ok(PacketLog {
+            batch: Vec::with_capacity(BATCH),
+            tx: Some(tx),
+            writer: Some(writer),
+            dirty_since: None,
+            stray_tokens: STRAY_BURST,
+            stray_refilled: None,
+            stats: LogStats::default(),
+        })
+    }
+
+    /// What could not be logged so far.
+    pub fn stats(&self) -> LogStats {
+        self.stats
+    }
+
+    /// Logs a datagram that belongs to no connection, within the stray
+    /// rate; beyond it the line is left out and counted.
+    pub fn record_stray(&mut self, now: Instant, dir: Direction, datagram: &[u8]) {
+        let Ok((header, _)) = Header::decode(datagram) else { return };
+        // Refill: STRAY_PER_SEC tokens a second, at most STRAY_BURST held.
+        let since = self.stray_refilled.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let fresh = (since.as_micros() as u64).saturating_mul(STRAY_PER_SEC) / 1_000_000;
+        if fresh > 0 || self.stray_refilled.is_none() {
+            self.stray_tokens = (self.stray_tokens + fresh).min(STRAY_BURST);
+            self.stray_refilled = Some(now);
+        }
+        if self.stray_tokens == 0 {
+            self.stats.stray += 1;
+            return;
+        }
+        self.stray_tokens -= 1;
+        self.record_header(now, dir, &header);
+    }
+
+    /// Asks the writer to reopen the log's path (SIGHUP, after logrotate
+    /// moved the file): lines recorded so far go to the old file.
+    pub fn reopen(&mut self) {
+        self.hand_over();
+        if let Some(tx) = &self.tx {
+            // Waiting here is fine: it happens once per signal, not per packet.
+            if tx.send(Msg::Reopen).is_err() {
+                self.tx = None;
+            }
+        }
     }
 
     /// Logs the datagram if it has a header; datagrams too short to have one
@@ -130,10 +248,12 @@ impl PacketLog {
             return;
         }
         let records = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        if let Some(tx) = &self.tx {
-            if tx.send(Msg::Records(records)).is_err() {
-                self.tx = None;
-            }
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Msg::Records(records)) {
+            Ok(()) => {}
+            // The writer is behind (a slow disk): drop, count, go on.
+            Err(mpsc::TrySendError::Full(Msg::Records(lost))) => self.stats.behind += lost.len() as u64,
+            Err(_) => self.tx = None,
         }
     }
 
@@ -160,8 +280,15 @@ impl PacketLog {
         self.hand_over();
         let Some(tx) = &self.tx else { return };
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        if tx.send(Msg::Flush(done_tx)).is_ok() && wait {
-            let _ = done_rx.recv();
+        if wait {
+            // On exit and in tests: everything must reach the file.
+            if tx.send(Msg::Flush(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        } else {
+            // The periodic flush never waits: if the queue is full the
+            // writer is busy anyway, and the next second asks again.
+            let _ = tx.try_send(Msg::Flush(done_tx));
         }
     }
 }
@@ -199,5 +326,114 @@ mod tests {
         // The periodic flush does not wait for the writer; an explicit one does.
         log.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\nSEND 100 12346 ACK SYN\nRECV 12346 101 ACK\n");
+    }
+}
+
+#[cfg(test)]
+mod flood_tests {
+    use super::*;
+    use anon_proto::wire::{Flags, Seq};
+    use std::sync::{Arc, Mutex};
+
+    /// A disk that takes nothing until the test opens the gate.
+    struct Gate {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (lock, cv) = &*self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn header(i: u32) -> Header {
+        Header::new(Seq(i), Seq(0), Flags::ACK)
+    }
+
+    /// The disk stalls: recording never waits for it; what does not fit the
+    /// queue is dropped and counted, and what was queued is written, in
+    /// order, once the disk comes back.
+    #[test]
+    fn a_stalled_disk_never_blocks_recording() {
+        let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut log = PacketLog::to_writer(Gate { open: Arc::clone(&open), written: Arc::clone(&written) }).unwrap();
+        let now = Instant::now();
+        // Far more than the queue holds; none of these calls may block (if
+        // one did, this test would hang: the gate is still closed).
+        let total = (BATCH * (QUEUE + 8)) as u32;
+        for i in 0..total {
+            log.record_header(now, Direction::Send, &header(i));
+            log.flush_if_due(now + FLUSH_INTERVAL * (i / 100_000));
+        }
+        let behind = log.stats().behind;
+        assert!(behind > 0, "nothing dropped");
+        // At most the queue, what the writer holds (its buffer takes a few
+        // batches before the first write blocks) and the batch being filled
+        // survive.
+        assert!(u64::from(total) - behind <= (BATCH * (QUEUE + 6)) as u64, "{behind} dropped");
+        {
+            let (lock, cv) = &*open;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        log.flush();
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let lines = text.lines().count() as u64;
+        assert_eq!(lines + behind, u64::from(total), "every line written or counted");
+        assert!(text.starts_with("SEND 0 0 ACK\nSEND 1 0 ACK\n"));
+    }
+
+    /// A flood of strays logs at most the burst at once and the stray rate
+    /// after; connection datagrams are logged whatever the strays did.
+    #[test]
+    fn strays_are_logged_within_the_rate() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let mut log = PacketLog::to_writer(Gate { open, written: Arc::clone(&written) }).unwrap();
+        let t0 = Instant::now();
+        let stray = header(7).to_bytes();
+        // 10 seconds of 10,000 strays a second.
+        for ms in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            for _ in 0..10 {
+                log.record_stray(now, Direction::Recv, &stray);
+            }
+        }
+        log.record_header(t0 + Duration::from_secs(10), Direction::Send, &header(1));
+        log.flush();
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let strays = text.lines().filter(|l| *l == "RECV 7 0 ACK").count() as u64;
+        assert!(strays <= STRAY_BURST + 10 * STRAY_PER_SEC, "{strays} stray lines");
+        assert!(strays >= STRAY_BURST + 9 * STRAY_PER_SEC, "{strays} stray lines");
+        assert_eq!(strays + log.stats().stray, 100_000);
+        assert!(text.ends_with("SEND 1 0 ACK\n"));
+    }
+
+    #[test]
+    fn reopen_follows_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = PacketLog::open(&path).unwrap();
+        let now = Instant::now();
+        log.record_header(now, Direction::Send, &header(1));
+        log.flush();
+        std::fs::rename(&path, dir.path().join("log.1")).unwrap();
+        log.record_header(now, Direction::Send, &header(2));
+        log.reopen();
+        log.record_header(now, Direction::Send, &header(3));
+        log.flush();
+        assert_eq!(std::fs::read_to_string(dir.path().join("log.1")).unwrap(), "SEND 1 0 ACK\nSEND 2 0 ACK\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "SEND 3 0 ACK\n");
     }
 }

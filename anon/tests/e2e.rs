@@ -125,8 +125,10 @@ fn malformed_storm_changes_nothing() {
     let body = page(400_000, 2);
     let origin = Origin::serve(body.clone()).unwrap();
     let server_log = dir.path().join("server.log");
-    let mut server = ServerProcess::start(Path::new(SERVER), &server_log, &origin.url(), &[], READY).unwrap();
+    let mut server =
+        ServerProcess::start(Path::new(SERVER), &server_log, &origin.url(), &["--stats-interval", "1"], READY).unwrap();
     let port = server.port;
+    let started = Instant::now();
 
     let clients: Vec<_> = (0..5).map(|i| fetch(port, dir.path(), &format!("c{i}"), &[])).collect();
     // A bounded storm from 16 sockets: short datagrams, headers with every
@@ -156,19 +158,48 @@ fn malformed_storm_changes_nothing() {
         }
         sent
     });
-    for (mut proc, out, _) in clients {
+    let mut client_lines = 0;
+    for (mut proc, out, log) in clients {
         let status = proc.wait(CLIENT_DEADLINE).unwrap();
         assert!(status.success(), "client failed during the storm: {:?}", proc.stderr);
         assert!(std::fs::read(&out).unwrap() == body);
+        client_lines += assert_log_format(&log);
     }
     let sent = storm.join().unwrap();
     assert!(sent > 10_000, "storm too small: {sent}");
     // After the storm the server still serves new clients.
-    let (mut proc, out, _) = fetch(port, dir.path(), "after", &[]);
+    let (mut proc, out, log) = fetch(port, dir.path(), "after", &[]);
     assert!(proc.wait(CLIENT_DEADLINE).unwrap().success());
     assert!(std::fs::read(&out).unwrap() == body);
+    client_lines += assert_log_format(&log);
 
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    // The packet log: every datagram of the six transfers (on loopback
+    // nothing is lost, so the server logs what the clients log), and of
+    // the 45,000 storm datagrams with a header, no more than the stray
+    // rate allows over the run.
+    let server_lines = assert_log_format(&server_log) as u64;
+    {
+        let text = std::fs::read_to_string(&server_log).unwrap();
+        let mut h = std::collections::BTreeMap::new();
+        for l in text.lines() {
+            let w: Vec<&str> = l.split(' ').collect();
+            *h.entry(format!("{} {}", w[0], w[3..].join(" "))).or_insert(0) += 1;
+        }
+        eprintln!("DEBUG {h:?}");
+    }
+    let secs = started.elapsed().as_secs() + 1;
+    let stray_bound = anon::packet_log::STRAY_BURST + anon::packet_log::STRAY_PER_SEC * secs;
+    assert!(server_lines >= client_lines as u64, "{server_lines} lines, the clients logged {client_lines}");
+    assert!(
+        server_lines <= client_lines as u64 + stray_bound,
+        "{server_lines} lines, the clients {client_lines}, strays at most {stray_bound}: the storm was logged in full"
+    );
+    assert!(
+        server.proc.stderr.iter().any(|l| l.contains("datagrams of no connection not logged")),
+        "{:?}",
+        server.proc.stderr
+    );
     let stopped = server.proc.stderr.iter().find(|l| l.contains("stopped")).unwrap().clone();
     assert!(stopped.contains("completed=6"), "{stopped}");
     let malformed: u64 = stopped.split("malformed=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();

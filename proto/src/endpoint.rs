@@ -166,11 +166,24 @@ pub fn source_key(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
     }
 }
 
+/// How a datagram for a known address fitted its connection.
+enum Fit {
+    /// Accepted, and part of the connection's exchange.
+    Connection,
+    /// Accepted (or refused while draining), but a SYN again for a
+    /// half-open connection: not counted as unexpected, not logged in full.
+    Repeat,
+    /// Not acceptable in the connection's state.
+    No,
+}
+
 #[derive(Debug)]
 struct Slot {
     conn: ServerConn,
     /// Its scoreboard's size when last seen, for the endpoint's total.
     tracked: u64,
+    /// SYN|ACKs sent from this slot, restarted handshakes included.
+    syn_acks: u32,
     scheduled: Option<Instant>,
     in_ready: bool,
 }
@@ -213,142 +226,168 @@ impl Server {
         }
     }
 
-    /// Processes one datagram received from `peer`.
-    pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+    /// Processes one datagram received from `peer`. Returns whether it
+    /// belongs to a connection, for the packet log: it fitted an established
+    /// connection, opened or completed a handshake, or drew a completed
+    /// one's final ACK again. Everything else returns false: malformed,
+    /// refused, answered with a SYN cookie, stray (all counted), and SYNs
+    /// again for a half-open connection (a duplicate or a restart: a flood
+    /// of them from one address must not fill the log either).
+    pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> bool {
         self.stats.datagrams_received += 1;
         let Ok((header, payload)) = Header::decode(datagram) else {
             self.stats.malformed += 1;
-            return;
+            return false;
         };
         self.cookies.rotate(now, &mut *self.isn_rng);
         self.expire_time_wait(now);
-        let open = self.conns.len();
         let bare_syn = header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK);
-        let mut was_half_open = true;
-        let source = self.source(peer);
-        let accepted = match self.conns.entry(peer) {
-            Entry::Occupied(mut slot) => {
-                let slot = slot.get_mut();
-                was_half_open = slot.conn.half_open_isn().is_some();
-                match slot.conn.half_open_isn() {
-                    // A new SYN from an address whose handshake is incomplete:
-                    // the client restarted (or a late duplicate opened this
-                    // one). Start over, as TCP does in SYN-RECEIVED.
-                    // Draining: a handshake not complete is not a transfer in
-                    // flight; it does not start one now (docs/PROTOCOL.md §7.4).
-                    Some(_) if !self.accepting => {
-                        self.stats.refused_draining += 1;
-                        return;
-                    }
-                    Some(isn) if bare_syn && isn != header.seq => {
-                        let isn = self.isn_rng.next_u32();
-                        slot.conn =
-                            ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, payload, now);
-                        self.stats.accepted += 1;
-                        self.stats.accepted_fast += u64::from(slot.conn.mode() != Mode::Baseline);
-                        true
-                    }
-                    _ => slot.conn.handle(now, header, payload),
-                }
+        let accepted = if self.conns.contains_key(&peer) {
+            match self.handle_known(now, peer, header, payload, bare_syn) {
+                Fit::Connection => true,
+                Fit::Repeat => return false,
+                Fit::No => false,
             }
-            Entry::Vacant(vacant) => {
-                // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
-                let from_source = self.per_source.get(&source).copied().unwrap_or(0);
-                let refusal = if !self.accepting {
-                    Some(&mut self.stats.refused_draining)
-                } else if open >= self.config.max_connections {
-                    Some(&mut self.stats.refused_max_connections)
-                } else if from_source >= self.config.max_per_source {
-                    Some(&mut self.stats.refused_per_source)
-                } else {
-                    None
-                };
-                // A FIN|ACK again from a client whose transfer completed: our
-                // final ACK was lost. It gets the final ACK again, no larger.
-                if header.flags == Flags::ACK | Flags::FIN {
-                    let tw = self.time_wait.get(&peer).copied();
-                    if let Some(tw) = tw.filter(|t| t.fin_seq == header.seq && t.fin_ack == header.ack) {
-                        self.queue_stateless(peer, tw.reply);
-                        return;
-                    }
-                }
-                // A handshake ACK for an unknown peer: a SYN cookie of ours?
-                let cookie = (header.flags == Flags::ACK)
-                    .then(|| self.cookies.check(now, peer, header.seq - 1, (header.ack - 1).0))
-                    .flatten();
-                if let Some(cookie) = cookie {
-                    if let Some(counter) = refusal {
-                        *counter += 1;
-                        return;
-                    }
-                    let (mode, window) = match cookie {
-                        CookieMode::Baseline => (Mode::Baseline, u64::MAX),
-                        CookieMode::Fast { segment, window } => (Mode::Fast { segment }, window),
-                    };
-                    let isn = (header.ack - 1).0;
-                    let conn = ServerConn::from_cookie(
-                        &self.config,
-                        Arc::clone(&self.page),
-                        isn,
-                        header.seq - 1,
-                        mode,
-                        window,
-                        now,
-                    );
-                    vacant.insert(Slot { conn, tracked: 0, scheduled: None, in_ready: false });
-                    *self.per_source.entry(source).or_default() += 1;
-                    self.stats.accepted += 1;
-                    self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
-                    self.stats.cookies_accepted += 1;
-                    self.events.push_back(ServerEvent::Accepted { peer, mode });
-                    was_half_open = false;
-                    true
-                } else if !bare_syn {
-                    false
-                } else if let Some(counter) = refusal {
-                    *counter += 1;
-                    return;
-                } else if self.half_open >= self.config.max_half_open {
-                    // Under a SYN flood: answer without keeping state.
-                    if self.stateless.len() >= STATELESS_QUEUE {
-                        self.stats.refused_syn_flood += 1;
-                        return;
-                    }
-                    let (mode, offer) = negotiate(&self.config, payload);
-                    let cookie_mode = match mode {
-                        Mode::Baseline => CookieMode::Baseline,
-                        Mode::Fast { segment } => {
-                            CookieMode::fast(segment, offer.map_or(u64::MAX, |o| u64::from(o.recv_window)))
-                        }
-                    };
-                    let mode = match cookie_mode {
-                        CookieMode::Baseline => Mode::Baseline,
-                        CookieMode::Fast { segment, .. } => Mode::Fast { segment },
-                    };
-                    let isn = self.cookies.make(now, peer, header.seq, cookie_mode);
-                    let mut d = Vec::new();
-                    encode_syn_ack(Seq(isn), header.seq, mode, &self.page, &mut d);
-                    self.stateless.push_back((peer, d));
-                    self.stats.cookies_sent += 1;
-                    return;
-                } else {
-                    let isn = self.isn_rng.next_u32();
-                    let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, header.seq, payload, now);
-                    let mode = conn.mode();
-                    vacant.insert(Slot { conn, tracked: 0, scheduled: None, in_ready: false });
-                    *self.per_source.entry(source).or_default() += 1;
-                    self.half_open += 1;
-                    self.stats.accepted += 1;
-                    self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
-                    self.events.push_back(ServerEvent::Accepted { peer, mode });
-                    true
-                }
-            }
+        } else if header.flags == Flags::ACK | Flags::FIN {
+            self.handle_time_wait(peer, header)
+        } else if header.flags == Flags::ACK {
+            self.handle_cookie(now, peer, header)
+        } else if bare_syn {
+            self.handle_syn(now, peer, header, payload)
+        } else {
+            // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
+            false
         };
         if !accepted {
             self.stats.unexpected += 1;
         }
-        self.after_activity(now, peer, was_half_open);
+        accepted
+    }
+
+    /// Why a new connection from `peer` may not open now, as the counter to
+    /// bump (docs/PROTOCOL.md §7.1).
+    fn refusal(&mut self, peer: SocketAddr) -> Option<&mut u64> {
+        let from_source = self.per_source.get(&self.source(peer)).copied().unwrap_or(0);
+        if !self.accepting {
+            Some(&mut self.stats.refused_draining)
+        } else if self.conns.len() >= self.config.max_connections {
+            Some(&mut self.stats.refused_max_connections)
+        } else if from_source >= self.config.max_per_source {
+            Some(&mut self.stats.refused_per_source)
+        } else {
+            None
+        }
+    }
+
+    /// A datagram from an address with a connection.
+    fn handle_known(&mut self, now: Instant, peer: SocketAddr, h: Header, payload: &[u8], bare_syn: bool) -> Fit {
+        let Some(slot) = self.conns.get_mut(&peer) else { return Fit::No };
+        let half_open = slot.conn.half_open_isn();
+        let accepted = match half_open {
+            // Draining: a handshake not complete is not a transfer in flight;
+            // it does not start one now (docs/PROTOCOL.md §7.4).
+            Some(_) if !self.accepting => {
+                self.stats.refused_draining += 1;
+                return Fit::Repeat;
+            }
+            // A new SYN from an address whose handshake is incomplete: the
+            // client restarted (or a late duplicate opened this one). Start
+            // over, as TCP does in SYN-RECEIVED.
+            Some(isn) if bare_syn && isn != h.seq => {
+                let isn = self.isn_rng.next_u32();
+                slot.conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, h.seq, payload, now);
+                self.stats.accepted += 1;
+                self.stats.accepted_fast += u64::from(slot.conn.mode() != Mode::Baseline);
+                true
+            }
+            _ => slot.conn.handle(now, h, payload),
+        };
+        self.after_activity(now, peer, half_open.is_some());
+        match (accepted, half_open.is_some() && h.flags.contains(Flags::SYN)) {
+            (false, _) => Fit::No,
+            (true, true) => Fit::Repeat,
+            (true, false) => Fit::Connection,
+        }
+    }
+
+    /// A FIN|ACK from an address with no connection: a completed client
+    /// whose final ACK was lost gets it again, no larger (§6.3).
+    fn handle_time_wait(&mut self, peer: SocketAddr, h: Header) -> bool {
+        let tw = self.time_wait.get(&peer).copied();
+        let Some(tw) = tw.filter(|t| t.fin_seq == h.seq && t.fin_ack == h.ack) else { return false };
+        self.queue_stateless(peer, tw.reply);
+        true
+    }
+
+    /// An ACK from an address with no connection: the handshake ACK of a
+    /// SYN cookie of ours, or a stray (docs/PROTOCOL.md §7.2).
+    fn handle_cookie(&mut self, now: Instant, peer: SocketAddr, h: Header) -> bool {
+        let Some(cookie) = self.cookies.check(now, peer, h.seq - 1, (h.ack - 1).0) else { return false };
+        if let Some(counter) = self.refusal(peer) {
+            *counter += 1;
+            return false;
+        }
+        let (mode, window) = match cookie {
+            CookieMode::Baseline => (Mode::Baseline, u64::MAX),
+            CookieMode::Fast { segment, window } => (Mode::Fast { segment }, window),
+        };
+        let isn = (h.ack - 1).0;
+        let conn = ServerConn::from_cookie(&self.config, Arc::clone(&self.page), isn, h.seq - 1, mode, window, now);
+        self.insert(peer, conn, mode);
+        self.stats.cookies_accepted += 1;
+        self.after_activity(now, peer, false);
+        true
+    }
+
+    /// A bare SYN from an address with no connection: a new connection, a
+    /// stateless SYN cookie under a flood, or a refusal.
+    fn handle_syn(&mut self, now: Instant, peer: SocketAddr, h: Header, payload: &[u8]) -> bool {
+        if let Some(counter) = self.refusal(peer) {
+            *counter += 1;
+            return false;
+        }
+        if self.half_open >= self.config.max_half_open {
+            self.send_cookie(now, peer, h, payload);
+            return false;
+        }
+        let isn = self.isn_rng.next_u32();
+        let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, h.seq, payload, now);
+        let mode = conn.mode();
+        self.insert(peer, conn, mode);
+        self.half_open += 1;
+        self.after_activity(now, peer, true);
+        true
+    }
+
+    /// Under a SYN flood: answers without keeping state (§7.2).
+    fn send_cookie(&mut self, now: Instant, peer: SocketAddr, h: Header, payload: &[u8]) {
+        if self.stateless.len() >= STATELESS_QUEUE {
+            self.stats.refused_syn_flood += 1;
+            return;
+        }
+        let (mode, offer) = negotiate(&self.config, payload);
+        let cookie_mode = match mode {
+            Mode::Baseline => CookieMode::Baseline,
+            Mode::Fast { segment } => CookieMode::fast(segment, offer.map_or(u64::MAX, |o| u64::from(o.recv_window))),
+        };
+        let mode = match cookie_mode {
+            CookieMode::Baseline => Mode::Baseline,
+            CookieMode::Fast { segment, .. } => Mode::Fast { segment },
+        };
+        let isn = self.cookies.make(now, peer, h.seq, cookie_mode);
+        let mut d = Vec::new();
+        encode_syn_ack(Seq(isn), h.seq, mode, &self.page, &mut d);
+        self.stateless.push_back((peer, d));
+        self.stats.cookies_sent += 1;
+    }
+
+    /// Files a new connection and counts it.
+    fn insert(&mut self, peer: SocketAddr, conn: ServerConn, mode: Mode) {
+        self.conns.insert(peer, Slot { conn, tracked: 0, syn_acks: 0, scheduled: None, in_ready: false });
+        *self.per_source.entry(self.source(peer)).or_default() += 1;
+        self.stats.accepted += 1;
+        self.stats.accepted_fast += u64::from(mode != Mode::Baseline);
+        self.events.push_back(ServerEvent::Accepted { peer, mode });
     }
 
     /// Queues a 12-byte datagram sent from no connection state (a final
@@ -498,6 +537,9 @@ impl Server {
             let before = slot.conn.stats;
             let was_half_open = slot.conn.half_open_isn().is_some();
             if slot.conn.poll_transmit(now, buf, max_tracked) {
+                if was_half_open {
+                    slot.syn_acks = slot.syn_acks.saturating_add(1);
+                }
                 let after = slot.conn.stats;
                 self.stats.datagrams_sent += 1;
                 self.stats.payload_bytes_sent += after.payload_bytes_sent - before.payload_bytes_sent;
@@ -536,6 +578,18 @@ impl Server {
     /// The source a peer counts against for `max_per_source`.
     fn source(&self, peer: SocketAddr) -> IpAddr {
         source_key(peer.ip(), self.config.source_prefix_v4, self.config.source_prefix_v6)
+    }
+
+    /// Whether what was just sent to `peer` belongs to a connection, for
+    /// the packet log: anything to an established connection or one that
+    /// completed moments ago (its final ACK), and a half-open connection's
+    /// first SYN|ACK. Not: SYN cookies, SYN|ACKs again (they answer
+    /// duplicate SYNs, which a flood can repeat).
+    pub fn knows(&self, peer: SocketAddr) -> bool {
+        match self.conns.get(&peer) {
+            Some(slot) => slot.conn.half_open_isn().is_none() || slot.syn_acks <= 1,
+            None => self.time_wait.contains_key(&peer),
+        }
     }
 
     /// Segments on every connection's scoreboard together.

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anon_proto::ServerStats;
+
+use crate::packet_log::LogStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -20,6 +22,8 @@ pub struct Snapshot {
     pub half_open: usize,
     /// Refusing new connections before a stop.
     pub draining: bool,
+    /// What the packet log could not write.
+    pub log: LogStats,
 }
 
 /// The latest snapshot, written by the socket loop and read by the endpoint.
@@ -85,6 +89,13 @@ pub fn render(s: &Snapshot) -> String {
         &[("", st.payload_bytes_sent)],
     );
     metric("retransmissions_total", "counter", "Datagrams sent again.", &[("", st.retransmissions)]);
+    metric("final_acks_total", "counter", "Final ACKs sent to fast-mode FIN|ACKs.", &[("", st.final_acks)]);
+    metric(
+        "log_lines_dropped_total",
+        "counter",
+        "Packet-log lines not written: the disk was behind, or datagrams of no connection beyond the stray rate.",
+        &[("{reason=\"behind\"}", s.log.behind), ("{reason=\"stray\"}", s.log.stray)],
+    );
     out
 }
 
@@ -158,12 +169,18 @@ pub struct Reporter {
     interval: Option<Duration>,
     next: Option<Instant>,
     last: ServerStats,
+    last_log: LogStats,
 }
 
 impl Reporter {
     /// Reports every `interval` (`None`: never).
     pub fn new(now: Instant, interval: Option<Duration>) -> Self {
-        Reporter { interval, next: interval.map(|i| now + i), last: ServerStats::default() }
+        Reporter {
+            interval,
+            next: interval.map(|i| now + i),
+            last: ServerStats::default(),
+            last_log: LogStats::default(),
+        }
     }
 
     /// When [`tick`](Self::tick) wants to run next.
@@ -178,8 +195,21 @@ impl Reporter {
             return;
         }
         self.next = Some(now + interval);
+        log_counters(&s.stats, s.open, "stats");
+        self.warn(s, &format!("in the last {interval:?}"));
+    }
+
+    /// At the stop: what the last interval has not reported yet.
+    pub fn last_word(&mut self, s: &Snapshot) {
+        if self.interval.is_some() {
+            self.warn(s, "since the last report");
+        }
+    }
+
+    /// Limits that refused connections and log lines not written since the
+    /// last report, one line each.
+    fn warn(&mut self, s: &Snapshot, period: &str) {
         let st = &s.stats;
-        log_counters(st, s.open, "stats");
         let refused = [
             (
                 st.refused_max_connections - self.last.refused_max_connections,
@@ -191,10 +221,22 @@ impl Reporter {
         ];
         for (n, limit) in refused {
             if n > 0 {
-                tracing::warn!("{n} new connections refused in the last {interval:?}: {limit} was reached");
+                tracing::warn!("{n} new connections refused {period}: {limit} was reached");
             }
         }
+        let behind = s.log.behind - self.last_log.behind;
+        if behind > 0 {
+            tracing::warn!("packet log: {behind} lines dropped {period}: the disk is slower than the traffic");
+        }
+        let stray = s.log.stray - self.last_log.stray;
+        if stray > 0 {
+            tracing::warn!(
+                "packet log: {stray} datagrams of no connection not logged {period} (more than {} a second)",
+                crate::packet_log::STRAY_PER_SEC
+            );
+        }
         self.last = *st;
+        self.last_log = s.log;
     }
 }
 

@@ -18,6 +18,40 @@ pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
+/// SIGHUP, for reopening the packet log (logrotate). Without a handler the
+/// default action would end the server.
+#[derive(Debug)]
+pub struct Hangup {
+    #[cfg(unix)]
+    sig: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Registers the handler; needs to run inside the runtime. Where it
+    /// cannot be registered, [`hangup`] never completes.
+    pub fn register() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Hangup { sig: signal(SignalKind::hangup()).ok() }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+}
+
+/// Completes on the next SIGHUP.
+pub async fn hangup(h: &mut Hangup) {
+    #[cfg(unix)]
+    if let Some(sig) = h.sig.as_mut() {
+        if sig.recv().await.is_some() {
+            return;
+        }
+    }
+    let _ = h;
+    std::future::pending::<()>().await
+}
+
 /// SIGINT and SIGTERM, handled from the moment this is created (tokio's
 /// `ctrl_c` would register only on its first poll): a signal from then on
 /// stops the program cleanly instead of killing it.

@@ -43,6 +43,7 @@ pub async fn run(
     options: Options,
 ) -> io::Result<ServerStats> {
     let mut reporter = Reporter::new(Instant::now(), options.stats_interval);
+    let mut hangup = super::Hangup::register();
     // Set by the first stop signal: the end of the grace period.
     let mut draining: Option<Instant> = None;
     let mut tx = Vec::with_capacity(MAX_DATAGRAM);
@@ -81,7 +82,8 @@ pub async fn run(
                     break;
                 }
             }
-            send_batch(&socket, &mut log, now, dest, &batch, size, count).await;
+            let known = server.knows(dest);
+            send_batch(&socket, &mut log, now, dest, known, &batch, size, count).await;
         }
         report_events(&mut server);
         log.flush_if_due(now);
@@ -90,6 +92,7 @@ pub async fn run(
             open: server.connection_count(),
             half_open: server.half_open_count(),
             draining: draining.is_some(),
+            log: log.stats(),
         };
         reporter.tick(now, &snapshot);
         if let Some(shared) = &options.metrics {
@@ -124,6 +127,10 @@ pub async fn run(
         };
         tokio::select! {
             biased;
+            () = super::hangup(&mut hangup) => {
+                tracing::info!("SIGHUP: reopening the packet log");
+                log.reopen();
+            }
             () = signals.recv() => {
                 if draining.is_some() {
                     tracing::warn!("second stop signal: stopping now");
@@ -146,8 +153,14 @@ pub async fn run(
                 while taken < RECV_BUDGET {
                     let now = Instant::now();
                     let got = socket.try_recv_batch(|from, datagram| {
-                        log.record(now, Direction::Recv, datagram);
-                        server.handle(now, from, datagram);
+                        // Datagrams that belong to no connection (strays,
+                        // forgeries, SYNs answered with a cookie) are logged
+                        // within a rate, so a flood cannot fill the disk.
+                        if server.handle(now, from, datagram) {
+                            log.record(now, Direction::Recv, datagram);
+                        } else {
+                            log.record_stray(now, Direction::Recv, datagram);
+                        }
                     });
                     match got {
                         Ok(n) => taken += n.max(1),
@@ -165,6 +178,14 @@ pub async fn run(
         }
     }
     log.flush();
+    let snapshot = Snapshot {
+        stats: server.stats(),
+        open: server.connection_count(),
+        half_open: server.half_open_count(),
+        draining: draining.is_some(),
+        log: log.stats(),
+    };
+    reporter.last_word(&snapshot);
     super::metrics::log_counters(&server.stats(), server.connection_count(), "stopped");
     Ok(server.stats())
 }
@@ -173,15 +194,24 @@ pub async fn run(
 /// shorter) and logs each datagram that left. A GSO batch the kernel refuses
 /// (no offload on the route, a segment over the MTU) is sent again one
 /// datagram at a time; quinn-udp then stops batching for this socket.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn send_batch(
     socket: &BatchSocket,
     log: &mut PacketLog,
     now: Instant,
     dest: SocketAddr,
+    known: bool,
     batch: &[u8],
     size: usize,
     count: usize,
 ) {
+    let record = |log: &mut PacketLog, datagram: &[u8]| {
+        if known {
+            log.record(now, Direction::Send, datagram);
+        } else {
+            log.record_stray(now, Direction::Send, datagram);
+        }
+    };
     let segment_size = (count > 1).then_some(size);
     let result = match socket.send(dest, batch, segment_size).await {
         Err(e) if count > 1 => {
@@ -190,7 +220,7 @@ async fn send_batch(
             for datagram in batch.chunks(size.max(1)) {
                 last = socket.send(dest, datagram, None).await;
                 if last.is_ok() {
-                    log.record(now, Direction::Send, datagram);
+                    record(log, datagram);
                 }
             }
             return report_send_error(dest, last);
@@ -199,7 +229,7 @@ async fn send_batch(
     };
     if result.is_ok() {
         for datagram in batch.chunks(size.max(1)) {
-            log.record(now, Direction::Send, datagram);
+            record(log, datagram);
         }
     }
     report_send_error(dest, result);
