@@ -120,6 +120,8 @@ pub struct Server {
     /// Connection deadlines, earliest first. An entry is live only while it
     /// equals its connection's `scheduled`; others are skipped when popped.
     timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    /// Timers due in the current `handle_timeout` call.
+    due: Vec<(Instant, SocketAddr)>,
     /// Connections that may have a datagram to send, in turn.
     ready: VecDeque<SocketAddr>,
     events: VecDeque<ServerEvent>,
@@ -218,6 +220,7 @@ impl Server {
             tracked: 0,
             accepting: true,
             timers: BinaryHeap::new(),
+            due: Vec::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
@@ -434,7 +437,9 @@ impl Server {
         // Only entries due now: a connection re-filed for `now` or earlier
         // during this call (a pacing deadline that has passed, say) waits
         // for the next call, so this loop always ends.
-        let mut due = Vec::new();
+        // A buffer kept between calls: no allocation per wake-up.
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
         while let Some(&Reverse((at, peer))) = self.timers.peek() {
             if at > now {
                 break;
@@ -442,7 +447,7 @@ impl Server {
             self.timers.pop();
             due.push((at, peer));
         }
-        for (at, peer) in due {
+        for &(at, peer) in &due {
             let Some(slot) = self.conns.get_mut(&peer) else { continue };
             if slot.scheduled != Some(at) {
                 continue; // stale entry
@@ -452,6 +457,7 @@ impl Server {
             slot.conn.handle_timeout(now);
             self.after_activity(now, peer, was_half_open);
         }
+        self.due = due;
     }
 
     /// Re-files a connection after anything happened to it: frees it when
@@ -513,16 +519,26 @@ impl Server {
     /// returns its destination, or `None` when nothing is waiting.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<SocketAddr> {
+        buf.clear();
+        self.poll_transmit_append(now, buf).map(|(peer, _)| peer)
+    }
+
+    /// Appends the next datagram to send to `buf` and returns its
+    /// destination and length; `buf` is unchanged when nothing is waiting.
+    /// A driver builds a GSO batch with it: the page is copied once, from
+    /// memory into the batch.
+    #[must_use]
+    pub fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<(SocketAddr, usize)> {
+        let start = buf.len();
         // Stateless SYN|ACKs take turns with the connections (one per
         // TRANSMIT_BURST of theirs), so a flood cannot starve transfers.
         let connections_waiting = !self.ready.is_empty();
         if !connections_waiting || self.stateless_turn >= TRANSMIT_BURST {
             if let Some((peer, d)) = self.stateless.pop_front() {
                 self.stateless_turn = 0;
-                buf.clear();
                 buf.extend_from_slice(&d);
                 self.stats.datagrams_sent += 1;
-                return Some(peer);
+                return Some((peer, buf.len() - start));
             }
         }
         self.stateless_turn = self.stateless_turn.saturating_add(1);
@@ -559,7 +575,7 @@ impl Server {
                     self.burst = 0;
                 }
                 self.after_activity(now, peer, was_half_open);
-                return Some(peer);
+                return Some((peer, buf.len() - start));
             }
         }
         None

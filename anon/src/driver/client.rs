@@ -265,32 +265,26 @@ pub async fn run(
         // Datagrams that arrived while the loop was busy (syncing the file,
         // say) go before timers: a retransmitted FIN that came during the
         // sync is answered even if TIME-WAIT ran out meanwhile.
-        // A few batches at most, so that acknowledgments go out between
-        // them rather than one for hundreds of segments.
+        // A few batches at most, each answered before the next is read: the
+        // ACKs that fall due within one receive batch collapse into one
+        // (docs/PROTOCOL.md §6.3), never more than that.
         for _ in 0..4 {
             let got = socket.try_recv_batch(|_, datagram| {
                 log.record(now, Direction::Recv, datagram);
                 conn.handle(now, datagram);
             });
-            match got {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    if on_socket_error(&mut conn, &e) {
-                        break;
-                    }
-                }
+            let more = match got {
+                Ok(_) => true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(e) => !on_socket_error(&mut conn, &e),
+            };
+            transmit(&mut conn, &mut socket, &mut log, server, now, &mut tx).await;
+            if !more {
+                break;
             }
         }
         conn.handle_timeout(now);
-        while conn.poll_transmit(now, &mut tx) {
-            log.record(now, Direction::Send, &tx);
-            if let Err(e) = socket.send(server, &tx, None).await {
-                if on_socket_error(&mut conn, &e) {
-                    break;
-                }
-            }
-        }
+        transmit(&mut conn, &mut socket, &mut log, server, now, &mut tx).await;
         let readable = conn.readable();
         if let Some(out) = output.as_mut() {
             out.write(readable)?;
@@ -353,6 +347,25 @@ pub async fn run(
         elapsed: finished_at.unwrap_or_else(Instant::now) - start,
         retransmissions: stats.retransmissions,
     })
+}
+
+/// Sends everything the connection has queued.
+async fn transmit(
+    conn: &mut ClientConn,
+    socket: &mut BatchSocket,
+    log: &mut PacketLog,
+    server: SocketAddr,
+    now: Instant,
+    tx: &mut Vec<u8>,
+) {
+    while conn.poll_transmit(now, tx) {
+        log.record(now, Direction::Send, tx);
+        if let Err(e) = socket.send(server, tx, None).await {
+            if on_socket_error(conn, &e) {
+                break;
+            }
+        }
+    }
 }
 
 /// A progress bar on stderr: bytes, rate and ETA when the length is known

@@ -46,19 +46,25 @@ pub async fn run(
     let mut hangup = super::Hangup::register();
     // Set by the first stop signal: the end of the grace period.
     let mut draining: Option<Instant> = None;
-    let mut tx = Vec::with_capacity(MAX_DATAGRAM);
-    let mut batch = Vec::with_capacity(GSO_BYTES);
+    // The endpoint writes datagrams straight into the GSO batch: the page is
+    // copied once, from memory into the batch.
+    let mut batch = Vec::with_capacity(GSO_BYTES + MAX_DATAGRAM);
     // A datagram taken from the endpoint that did not fit the last batch: it
-    // starts the next one.
+    // starts the next one (one copy per batch boundary, not per datagram).
     let mut held: Option<SocketAddr> = None;
+    let mut held_buf = Vec::with_capacity(MAX_DATAGRAM);
     loop {
         let now = Instant::now();
         server.handle_timeout(now);
         for _ in 0..SEND_BUDGET {
-            let dest = match held.take() {
-                Some(dest) => dest,
-                None => match server.poll_transmit(now, &mut tx) {
-                    Some(dest) => dest,
+            batch.clear();
+            let (dest, size) = match held.take() {
+                Some(dest) => {
+                    batch.extend_from_slice(&held_buf);
+                    (dest, held_buf.len())
+                }
+                None => match server.poll_transmit_append(now, &mut batch) {
+                    Some(first) => first,
                     None => break,
                 },
             };
@@ -66,19 +72,19 @@ pub async fn run(
             // first; a shorter one ends the batch. quinn-udp may turn GSO
             // off after a failure, so the limit is read for every batch.
             let max_segments = socket.max_segments();
-            batch.clear();
-            batch.extend_from_slice(&tx);
-            let size = tx.len();
             let mut count = 1;
             while count < max_segments && batch.len() + size <= GSO_BYTES {
-                let Some(next) = server.poll_transmit(now, &mut tx) else { break };
-                if next != dest || tx.len() > size {
+                let end = batch.len();
+                let Some((next, len)) = server.poll_transmit_append(now, &mut batch) else { break };
+                if next != dest || len > size {
+                    held_buf.clear();
+                    held_buf.extend_from_slice(batch.get(end..).unwrap_or_default());
+                    batch.truncate(end);
                     held = Some(next);
                     break;
                 }
-                batch.extend_from_slice(&tx);
                 count += 1;
-                if tx.len() < size {
+                if len < size {
                     break;
                 }
             }

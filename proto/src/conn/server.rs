@@ -40,10 +40,9 @@ pub(crate) fn negotiate(config: &ServerConfig, syn_payload: &[u8]) -> (Mode, Opt
     (mode, offer)
 }
 
-/// The SYN|ACK for a client whose SYN had `peer_isn`, with the fast-mode
-/// answer when the mode is fast.
+/// Appends the SYN|ACK for a client whose SYN had `peer_isn`, with the
+/// fast-mode answer when the mode is fast.
 pub(crate) fn encode_syn_ack(isn: Seq, peer_isn: Seq, mode: Mode, page: &Page, buf: &mut Vec<u8>) {
-    buf.clear();
     Header::new(isn, peer_isn + 1, Flags::SYN | Flags::ACK).encode(&[], buf);
     if let Mode::Fast { segment } = mode {
         Answer { segment, page_len: page.len(), page_sha256: page.sha256() }.encode(buf);
@@ -316,11 +315,10 @@ impl ServerConn {
         self.state = State::Closed(reason);
     }
 
-    /// Writes the next datagram into `buf` (cleared first); false when there
-    /// is nothing to send now. New segments only while fewer than
+    /// Appends the next datagram to `buf`; false (and `buf` unchanged) when
+    /// there is nothing to send now. New segments only while fewer than
     /// `max_tracked` are on the scoreboard.
     pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>, max_tracked: u64) -> bool {
-        buf.clear();
         let peer_ack = self.peer_seq + 1;
         match &mut self.state {
             State::SynReceived(hs) => {
