@@ -21,7 +21,7 @@ mod procfs;
 
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_tools::origin::Origin;
-use anon_tools::process::{ServerProcess, bin_dir, spawn_client};
+use anon_tools::process::{ServerProcess, bin_dir, reported_secs, spawn_client};
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
@@ -186,11 +186,8 @@ fn fetch_runs(
             return Err(io::Error::other("fetched page differs"));
         }
         std::fs::remove_file(&out)?;
-        let secs = client
-            .stderr
-            .iter()
-            .find_map(|l| l.split(" in ").nth(1)?.split(' ').next()?.parse::<f64>().ok())
-            .ok_or_else(|| io::Error::other(format!("no time in {:?}", client.stderr)))?;
+        let secs =
+            reported_secs(&client.stderr).ok_or_else(|| io::Error::other(format!("no time in {:?}", client.stderr)))?;
         times.push(Duration::from_secs_f64(secs));
     }
     Ok((median(times), peak))
