@@ -56,7 +56,8 @@ enum What {
     /// Needs root (namespaces, TUN devices) and curl.
     Path {
         /// Run only this scenario (repeatable): loopback, 100mbit-50ms,
-        /// 100mbit-50ms-loss1, 100mbit-50ms-loss5-dup2-reorder5.
+        /// 100mbit-50ms-loss1, 100mbit-50ms-loss5-dup2-reorder5,
+        /// 20mbit-300ms-loss10.
         #[arg(long = "scenario")]
         only: Vec<String>,
         /// 10 MiB pages only (100 MiB on loopback): minutes, not half an hour.
