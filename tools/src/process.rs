@@ -82,6 +82,11 @@ impl Proc {
         self.started.elapsed()
     }
 
+    /// When it exited (its stderr closed), once it has.
+    pub fn exited_at(&self) -> Option<Instant> {
+        self.closed.get().copied()
+    }
+
     /// Wall time from the spawn to the exit (its stderr closing), once it
     /// has exited; the same whenever and in whatever order it is waited for.
     pub fn run_time(&self) -> Option<Duration> {
@@ -211,14 +216,14 @@ impl ServerProcess {
 
 /// Starts `anonclient` for 127.0.0.1:`port`, writing `out` and `log`.
 pub fn spawn_client(bin: &Path, port: u16, log: &Path, out: &Path, extra: &[&str]) -> io::Result<Proc> {
-    Proc::spawn(
-        Command::new(bin)
-            .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-l"])
-            .arg(log)
-            .arg("-f")
-            .arg(out)
-            .args(extra),
-    )
+    Proc::spawn(&mut client_command(bin, port, log, out, extra))
+}
+
+/// The command [`spawn_client`] runs, for a caller that starts it later.
+pub fn client_command(bin: &Path, port: u16, log: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["-s", "127.0.0.1", "-p", &port.to_string(), "-l"]).arg(log).arg("-f").arg(out).args(extra);
+    cmd
 }
 
 /// The transfer time `anonclient` reports on its success line

@@ -6,6 +6,9 @@
 //!   origin) in the same run.
 //! - `anon-bench memory`: server memory with many connections open at once,
 //!   for a small and a large page, to show what a connection costs.
+//! - `anon-bench path`, `load`: see their modules.
+//! - `anon-bench crowd`: many client processes at once, anon against nginx
+//!   and curl.
 //!
 //! Run through `bash scripts/bench.sh …`, which builds in release mode first.
 
@@ -15,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod crowd;
 mod load;
 mod path;
 mod procfs;
@@ -97,6 +101,23 @@ enum What {
         #[arg(long)]
         storm: bool,
     },
+    /// N anonclient processes at once against one anonserver, and N curl
+    /// processes against nginx serving the same file, on loopback: wall
+    /// time from the first start to the last exit. Needs nginx and curl.
+    Crowd {
+        /// Client processes started together.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Page size in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+        /// Crowds of each kind (anon, then nginx, per run).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Seconds one crowd may take before it counts as failed.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -133,6 +154,13 @@ fn main() -> ExitCode {
         What::Path { only, quick, timeout, seed, csv } => {
             path::run(&path::Options { bins, only, quick, timeout, seed, csv })
         }
+        What::Crowd { clients, size, runs, timeout } => crowd::run(&crowd::Options {
+            bins,
+            clients: clients.max(1),
+            size,
+            runs: runs.max(1),
+            timeout: Duration::from_secs(timeout),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
