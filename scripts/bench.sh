@@ -4,10 +4,12 @@
 #   bash scripts/bench.sh throughput --size 10485760
 #   bash scripts/bench.sh memory --connections 1000
 #   bash scripts/bench.sh crowd --clients 100 --size 1048576
-# crowd needs nginx: it is installed here with apt-get when missing (never
-# in CI). The bench runs its own instance on a free loopback port; on a
-# machine whose policy lets packages start services, the package's own
-# service starts too, as any installation of it would.
+#   bash scripts/bench.sh tftp --size 10485760
+# crowd needs nginx and tftp needs tftp-hpa's server and client: they are
+# installed here with apt-get when missing (never in CI). The bench runs its
+# own instances on free loopback ports; on a machine whose policy lets
+# packages start services, the packages' own services start too, as any
+# installation of them would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,7 @@ need() {
 }
 case "${1:-}" in
     crowd) need nginx nginx; need curl curl ;;
+    tftp) need in.tftpd tftpd-hpa; need tftp tftp-hpa ;;
 esac
 
 cargo build --release --locked --workspace --bins

@@ -9,6 +9,7 @@
 //! - `anon-bench path`, `load`: see their modules.
 //! - `anon-bench crowd`: many client processes at once, anon against nginx
 //!   and curl.
+//! - `anon-bench tftp`: baseline mode against TFTP (tftp-hpa).
 //!
 //! Run through `bash scripts/bench.sh …`, which builds in release mode first.
 
@@ -22,6 +23,7 @@ mod crowd;
 mod load;
 mod path;
 mod procfs;
+mod tftp;
 
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_tools::origin::Origin;
@@ -118,6 +120,20 @@ enum What {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// anonclient --no-fast against tftp-hpa (in.tftpd and tftp), both
+    /// 512-byte stop-and-wait, on loopback: client process times. Needs
+    /// root (in.tftpd chroots into its folder).
+    Tftp {
+        /// Page size in bytes (at most 65535 blocks of 512 bytes).
+        #[arg(long, default_value_t = 10 << 20)]
+        size: usize,
+        /// Transfers of each kind; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds one transfer may take before it counts as failed.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -161,6 +177,9 @@ fn main() -> ExitCode {
             runs: runs.max(1),
             timeout: Duration::from_secs(timeout),
         }),
+        What::Tftp { size, runs, timeout } => {
+            tftp::run(&tftp::Options { bins, size, runs: runs.max(1), timeout: Duration::from_secs(timeout) })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
