@@ -374,10 +374,11 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
             if !args.quiet {
                 let secs = summary.elapsed.as_secs_f64();
                 eprintln!(
-                    "{ME}: wrote {} bytes to {} in {secs:.3} s ({:.1} KB/s)",
+                    "{ME}: wrote {} bytes ({}) to {} in {secs:.3} s ({})",
                     summary.bytes,
+                    crate::units::size(summary.bytes),
                     args.file.display(),
-                    summary.bytes as f64 / secs.max(1e-9) / 1000.0
+                    crate::units::rate(summary.bytes, summary.elapsed)
                 );
             }
             Exit::Ok.into()

@@ -8,6 +8,7 @@
 //! - [`fetch`]: downloads the page the server serves (http, https, file).
 //! - [`packet_log`]: the `SEND`/`RECV` log file (PROTOCOL.md §4).
 //! - [`cli`]: command lines of both programs, exit codes and error reporting.
+//! - [`units`]: sizes and rates as people read them, for the programs' output.
 //!
 //! The binaries in `src/bin` only parse arguments and call [`cli`].
 
@@ -15,3 +16,4 @@ pub mod cli;
 pub mod driver;
 pub mod fetch;
 pub mod packet_log;
+pub mod units;

@@ -6,9 +6,11 @@
 
 use std::io::{self, BufRead, BufReader};
 use std::net::UdpSocket;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A UDP port that was free a moment ago on 127.0.0.1.
@@ -24,6 +26,9 @@ pub struct Proc {
     /// Every stderr line read so far.
     pub stderr: Vec<String>,
     started: Instant,
+    /// When its stderr closed: its exit, for programs that keep stderr open
+    /// to the end (ours, curl), whenever the parent gets round to waiting.
+    closed: Arc<OnceLock<Instant>>,
 }
 
 impl Proc {
@@ -41,17 +46,30 @@ impl Proc {
     }
 
     fn spawn_inner(cmd: &mut Command) -> io::Result<Proc> {
+        // Before the spawn, which returns only once the program is exec'd.
+        let started = Instant::now();
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let stderr = child.stderr.take().ok_or_else(|| io::Error::other("no stderr"))?;
         let (tx, lines) = mpsc::channel();
+        let closed = Arc::new(OnceLock::new());
+        let closed_by_reader = Arc::clone(&closed);
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            // Read on to the end even when nobody listens any more, so that
+            // the end is seen (and timed) when it comes; bytes, so that a
+            // line that is not UTF-8 does not end the reading early.
+            let mut listening = true;
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                if listening {
+                    let text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+                    listening = tx.send(text).is_ok();
                 }
+                line.clear();
             }
+            let _ = closed_by_reader.set(Instant::now());
         });
-        Ok(Proc { child, lines, stderr: Vec::new(), started: Instant::now() })
+        Ok(Proc { child, lines, stderr: Vec::new(), started, closed })
     }
 
     /// The process id.
@@ -62,6 +80,17 @@ impl Proc {
     /// Time since it was started.
     pub fn age(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// When it exited (its stderr closed), once it has.
+    pub fn exited_at(&self) -> Option<Instant> {
+        self.closed.get().copied()
+    }
+
+    /// Wall time from the spawn to the exit (its stderr closing), once it
+    /// has exited; the same whenever and in whatever order it is waited for.
+    pub fn run_time(&self) -> Option<Duration> {
+        self.closed.get().map(|end| end.saturating_duration_since(self.started))
     }
 
     /// Waits until a stderr line contains `needle`, at most `within`.
@@ -125,6 +154,15 @@ impl Drop for Proc {
     }
 }
 
+/// An exit status as people read it: `exit 0`, `signal 9`.
+pub fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => format!("{status}"),
+    }
+}
+
 /// A running `anonserver`; killed when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -178,18 +216,62 @@ impl ServerProcess {
 
 /// Starts `anonclient` for 127.0.0.1:`port`, writing `out` and `log`.
 pub fn spawn_client(bin: &Path, port: u16, log: &Path, out: &Path, extra: &[&str]) -> io::Result<Proc> {
-    Proc::spawn(
-        Command::new(bin)
-            .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-l"])
-            .arg(log)
-            .arg("-f")
-            .arg(out)
-            .args(extra),
-    )
+    Proc::spawn(&mut client_command(bin, port, log, out, extra))
+}
+
+/// The command [`spawn_client`] runs, for a caller that starts it later.
+pub fn client_command(bin: &Path, port: u16, log: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["-s", "127.0.0.1", "-p", &port.to_string(), "-l"]).arg(log).arg("-f").arg(out).args(extra);
+    cmd
+}
+
+/// The transfer time `anonclient` reports on its success line
+/// (`anonclient: wrote N bytes (…) to FILE in SECS s (RATE)`), in seconds.
+pub fn reported_secs(stderr: &[String]) -> Option<f64> {
+    stderr.iter().filter(|l| l.contains(": wrote ")).find_map(|l| {
+        // The last " in ": a file name may hold one too.
+        l.rsplit(" in ").next()?.split_whitespace().next()?.parse::<f64>().ok().filter(|s| s.is_finite())
+    })
 }
 
 /// The folder holding the workspace's binaries, next to the running one.
 pub fn bin_dir() -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     exe.parent().map(Path::to_path_buf).ok_or_else(|| io::Error::other("no parent folder"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_client_success_line() {
+        let line = |s: &str| vec!["anonclient: note".to_string(), s.to_string()];
+        assert_eq!(
+            reported_secs(&line("anonclient: wrote 10485760 bytes (10.0 MiB) to a in b.html in 0.021 s (499 MB/s)")),
+            Some(0.021)
+        );
+        assert_eq!(reported_secs(&line("anonclient: wrote 0 bytes (0 B) to x in 0.000 s (0 B/s)")), Some(0.0));
+        assert_eq!(reported_secs(&line("anonclient: cannot reach 127.0.0.1:1 in time")), None);
+        assert_eq!(reported_secs(&line("anonclient: wrote 1 bytes (1 B) to x in inf s (n/a)")), None);
+        assert_eq!(reported_secs(&[]), None);
+    }
+
+    #[test]
+    fn exit_statuses_read_as_numbers() {
+        let status = |cmd: &str| Command::new("sh").args(["-c", cmd]).status().unwrap();
+        assert_eq!(describe_exit(status("exit 0")), "exit 0");
+        assert_eq!(describe_exit(status("exit 3")), "exit 3");
+        assert_eq!(describe_exit(status("kill -9 $$")), "signal 9");
+    }
+
+    #[test]
+    fn run_time_is_the_time_to_exit_not_to_the_wait() {
+        let mut p = Proc::spawn(Command::new("sh").args(["-c", "sleep 0.1"])).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        p.wait(Duration::from_secs(10)).unwrap();
+        let t = p.run_time().unwrap();
+        assert!(t >= Duration::from_millis(100) && t < Duration::from_millis(800), "{t:?}");
+    }
 }

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anon::units;
 use anon_tools::origin::Origin;
-use anon_tools::process::{ServerProcess, bin_dir, spawn_client};
+use anon_tools::process::{ServerProcess, bin_dir, describe_exit, reported_secs, spawn_client};
 use clap::Parser;
 use rand::RngCore;
 
@@ -28,6 +29,23 @@ struct Args {
     /// Folder for logs and fetched files (default: a temporary folder, removed).
     #[arg(long)]
     keep_in: Option<PathBuf>,
+}
+
+/// How long all the clients together may take.
+const CLIENTS_WITHIN: Duration = Duration::from_secs(120);
+
+/// `min / median / max` of `times`, in seconds.
+fn spread(mut times: Vec<Duration>) -> String {
+    times.sort();
+    match (times.first(), times.get(times.len() / 2), times.last()) {
+        (Some(min), Some(median), Some(max)) => format!(
+            "min {:.3} s, median {:.3} s, max {:.3} s",
+            min.as_secs_f64(),
+            median.as_secs_f64(),
+            max.as_secs_f64()
+        ),
+        _ => "-".to_string(),
+    }
 }
 
 fn make_page(size: usize) -> Vec<u8> {
@@ -61,7 +79,7 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
 
     let page = make_page(args.size);
     let origin = Origin::serve(page.clone())?;
-    println!("origin    {} ({} bytes)", origin.url(), page.len());
+    println!("origin    {} ({} bytes, {})", origin.url(), page.len(), units::size(page.len() as u64));
 
     let server_log = dir.join("server.log");
     let mut server =
@@ -73,37 +91,50 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     for i in 0..args.clients {
         let out = dir.join(format!("page-{i}.html"));
         let log = dir.join(format!("client-{i}.log"));
-        clients.push((
-            out.clone(),
-            log.clone(),
-            spawn_client(&bins.join("anonclient"), server.port, &log, &out, &["--quiet"])?,
-        ));
+        // Not --quiet: the success line carries the client's own transfer time.
+        clients.push((out.clone(), log.clone(), spawn_client(&bins.join("anonclient"), server.port, &log, &out, &[])?));
     }
-    let mut ok = 0;
+    let deadline = started + CLIENTS_WITHIN;
+    let (mut ok, mut process_times, mut transfer_times) = (0, Vec::new(), Vec::new());
     for (i, (out, log, mut proc)) in clients.into_iter().enumerate() {
-        let status = proc.wait(Duration::from_secs(120))?;
+        let status = proc.wait(deadline.saturating_duration_since(Instant::now()));
         let same = std::fs::read(&out).map(|got| got == page).unwrap_or(false);
         let lines = std::fs::read_to_string(&log).map(|l| l.lines().count()).unwrap_or(0);
-        let verdict = if status.success() && same { "ok" } else { "FAILED" };
+        let success = matches!(&status, Ok(s) if s.success());
+        let verdict = if success && same { "ok" } else { "FAILED" };
+        let exit = match &status {
+            Ok(s) => describe_exit(*s),
+            Err(e) => e.to_string(),
+        };
+        let process = proc.run_time();
+        let transfer = reported_secs(&proc.stderr).map(Duration::from_secs_f64);
+        let secs = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()));
+        // The client's own line (below) has its rate, from its exact time.
         println!(
-            "client {i:<2} {verdict:<6} exit {:?}, {:.2} s, {lines} log lines{}",
-            status.code(),
-            proc.age().as_secs_f64(),
+            "client {i:<2} {verdict:<6} {exit}, process {}, transfer {}, {lines} log lines{}",
+            secs(process),
+            secs(transfer),
             proc.stderr.iter().map(|l| format!("\n          {l}")).collect::<String>()
         );
+        process_times.extend(process);
+        transfer_times.extend(transfer);
         ok += usize::from(verdict == "ok");
     }
     let wall = started.elapsed();
     let status = server.stop(Duration::from_secs(10))?;
     let server_lines = std::fs::read_to_string(&server_log).map(|l| l.lines().count()).unwrap_or(0);
-    println!("server    exit {:?} after SIGTERM, {server_lines} log lines", status.code());
-    let total = (page.len() * ok) as f64;
+    println!("server    {} after SIGTERM, {server_lines} log lines", describe_exit(status));
+    let total = (page.len() * ok) as u64;
     println!(
-        "summary   {ok}/{} clients got the page byte-exact in {:.2} s ({:.1} MB/s in all)",
+        "summary   {ok}/{} clients got the page byte-exact in {:.2} s ({} in all)",
         args.clients,
         wall.as_secs_f64(),
-        total / wall.as_secs_f64() / 1e6
+        units::rate(total, wall)
     );
+    // What a user waits for (spawn to exit) beside what the client times
+    // itself (first SYN to the last byte written).
+    println!("          process time  (spawn to exit)  {}", spread(process_times));
+    println!("          transfer time (client's own)   {}", spread(transfer_times));
     if args.keep_in.is_none() {
         println!("          (files were in a temporary folder; --keep-in DIR keeps them)");
     }

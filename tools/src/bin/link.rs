@@ -7,7 +7,10 @@
 //! ```
 //!
 //! It runs until its stdin ends (a parent closes the pipe, or Ctrl-D) or
-//! `--max-seconds` pass, then prints what it forwarded and dropped.
+//! `--max-seconds` pass, then prints what it forwarded and dropped, split by
+//! cause (random loss, queue overflow), and the same as a counters line.
+//! Each newline on its stdin prints that counters line so far, so that a
+//! parent can count what one transfer lost.
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -107,16 +110,20 @@ fn main() -> ExitCode {
     match emulator::run(&ends, link, args.seed, until) {
         Ok(s) => {
             eprintln!(
-                "anon-link: A->B {} in {} out, B->A {} in {} out, {} dropped ({} at the queue), {} duplicated, {} write errors",
+                "anon-link: A->B {} in {} out ({} random losses, {} queue drops), \
+                 B->A {} in {} out ({} random losses, {} queue drops), {} duplicated, {} write errors",
                 s.received[0],
                 s.delivered[0],
+                s.random_losses[0],
+                s.queue_drops[0],
                 s.received[1],
                 s.delivered[1],
-                s.dropped,
-                s.queue_drops,
+                s.random_losses[1],
+                s.queue_drops[1],
                 s.duplicated,
                 s.write_errors
             );
+            eprintln!("{}", s.counters_line());
             ExitCode::SUCCESS
         }
         Err(e) => {

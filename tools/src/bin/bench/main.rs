@@ -6,6 +6,10 @@
 //!   origin) in the same run.
 //! - `anon-bench memory`: server memory with many connections open at once,
 //!   for a small and a large page, to show what a connection costs.
+//! - `anon-bench path`, `load`: see their modules.
+//! - `anon-bench crowd`: many client processes at once, anon against nginx
+//!   and curl.
+//! - `anon-bench tftp`: baseline mode against TFTP (tftp-hpa).
 //!
 //! Run through `bash scripts/bench.sh …`, which builds in release mode first.
 
@@ -15,13 +19,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod crowd;
 mod load;
 mod path;
 mod procfs;
+mod tftp;
 
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_tools::origin::Origin;
-use anon_tools::process::{ServerProcess, bin_dir, spawn_client};
+use anon_tools::process::{ServerProcess, bin_dir, reported_secs, spawn_client};
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
@@ -56,7 +62,8 @@ enum What {
     /// Needs root (namespaces, TUN devices) and curl.
     Path {
         /// Run only this scenario (repeatable): loopback, 100mbit-50ms,
-        /// 100mbit-50ms-loss1, 100mbit-50ms-loss5-dup2-reorder5.
+        /// 100mbit-50ms-loss1, 100mbit-50ms-loss5-dup2-reorder5,
+        /// 20mbit-300ms-loss10.
         #[arg(long = "scenario")]
         only: Vec<String>,
         /// 10 MiB pages only (100 MiB on loopback): minutes, not half an hour.
@@ -96,6 +103,37 @@ enum What {
         #[arg(long)]
         storm: bool,
     },
+    /// N anonclient processes at once against one anonserver, and N curl
+    /// processes against nginx serving the same file, on loopback: wall
+    /// time from the first start to the last exit. Needs nginx and curl.
+    Crowd {
+        /// Client processes started together.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Page size in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+        /// Crowds of each kind (anon, then nginx, per run).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Seconds one crowd may take before it counts as failed.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// anonclient --no-fast against tftp-hpa (in.tftpd and tftp), both
+    /// 512-byte stop-and-wait, on loopback: client process times. Needs
+    /// root (in.tftpd chroots into its folder).
+    Tftp {
+        /// Page size in bytes (at most 65535 blocks of 512 bytes).
+        #[arg(long, default_value_t = 10 << 20)]
+        size: usize,
+        /// Transfers of each kind; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds one transfer may take before it counts as failed.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -131,6 +169,16 @@ fn main() -> ExitCode {
         ),
         What::Path { only, quick, timeout, seed, csv } => {
             path::run(&path::Options { bins, only, quick, timeout, seed, csv })
+        }
+        What::Crowd { clients, size, runs, timeout } => crowd::run(&crowd::Options {
+            bins,
+            clients: clients.max(1),
+            size,
+            runs: runs.max(1),
+            timeout: Duration::from_secs(timeout),
+        }),
+        What::Tftp { size, runs, timeout } => {
+            tftp::run(&tftp::Options { bins, size, runs: runs.max(1), timeout: Duration::from_secs(timeout) })
         }
     };
     match result {
@@ -186,11 +234,8 @@ fn fetch_runs(
             return Err(io::Error::other("fetched page differs"));
         }
         std::fs::remove_file(&out)?;
-        let secs = client
-            .stderr
-            .iter()
-            .find_map(|l| l.split(" in ").nth(1)?.split(' ').next()?.parse::<f64>().ok())
-            .ok_or_else(|| io::Error::other(format!("no time in {:?}", client.stderr)))?;
+        let secs =
+            reported_secs(&client.stderr).ok_or_else(|| io::Error::other(format!("no time in {:?}", client.stderr)))?;
         times.push(Duration::from_secs_f64(secs));
     }
     Ok((median(times), peak))

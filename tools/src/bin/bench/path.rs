@@ -9,15 +9,22 @@
 //! per socket), and QUIC with quinn's CUBIC and BBR. Every server runs in
 //! namespace A, every client in namespace B, each under a fresh process so
 //! that its CPU time and peak RSS are its own.
+//!
+//! The time that counts is the client process's, from its spawn to its exit,
+//! measured here around the child: what a user waits for, handshake, request,
+//! teardown and all. The time each client reports for the transfer itself is
+//! shown beside it. Over the emulator, each transfer also gets the emulator's
+//! count of what it lost at random and at the full queue, and anon's server
+//! its retransmissions, to see how much of the recovery was needed.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anon_tools::emulator;
-use anon_tools::process::Proc;
+use anon_tools::emulator::{self, Stats as LinkStats};
+use anon_tools::process::{Proc, reported_secs};
 
 /// Namespace names; fixed so that a run interrupted by Ctrl-C is cleaned up
 /// by the next one.
@@ -101,6 +108,21 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         path("100mbit-50ms", 0.0, 0.0, 0.0, big(vec![10 * MIB, 100 * MIB])),
         path("100mbit-50ms-loss1", 0.01, 0.0, 0.0, big(vec![10 * MIB, 100 * MIB])),
         path("100mbit-50ms-loss5-dup2-reorder5", 0.05, 0.02, 0.05, vec![10 * MIB]),
+        Scenario {
+            name: "20mbit-300ms-loss10",
+            rate_mbit: 20.0,
+            delay_ms: 150.0,
+            loss: 0.10,
+            // Stop-and-wait here: a segment and its ACK both get through with
+            // probability 0.81, so each of the 512-byte segments costs about
+            // 0.4 s (a round trip, and an RTO of about 0.4 s one time in
+            // five): 128 KiB would take close to two minutes, 32 KiB about 30 s.
+            baseline_size: 32 << 10,
+            emulated: true,
+            duplicate: 0.0,
+            reorder: 0.0,
+            sizes: vec![10 * MIB],
+        },
     ]
 }
 
@@ -143,11 +165,18 @@ impl Transport {
 struct Row {
     transport: Transport,
     size: usize,
-    time: Duration,
+    /// The client process, spawn to exit.
+    process: Duration,
+    /// The transfer time the client reports.
+    transfer: Duration,
     client_cpu: f64,
     client_rss_kib: u64,
     server_cpu: f64,
     server_rss_kib: u64,
+    /// anon's server: its retransmissions (from its counters at the stop).
+    retransmissions: Option<u64>,
+    /// What the emulator did to the packets of this transfer.
+    link: Option<LinkStats>,
 }
 
 /// The two namespaces; removed when dropped.
@@ -204,11 +233,20 @@ impl Link {
         Ok(Link { proc, stdin: Some(stdin) })
     }
 
+    /// The emulator's counters so far (it prints them for each newline).
+    fn counters(&mut self) -> io::Result<LinkStats> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| io::Error::other("the emulator is stopped"))?;
+        stdin.write_all(b"\n")?;
+        stdin.flush()?;
+        let line = self.proc.wait_for_line(emulator::COUNTERS, Duration::from_secs(5))?;
+        LinkStats::parse(&line).ok_or_else(|| io::Error::other(format!("cannot read {line:?}")))
+    }
+
     /// Stops the emulator and returns its summary line.
     fn stop(mut self) -> io::Result<String> {
         drop(self.stdin.take());
         self.proc.wait(Duration::from_secs(10))?;
-        Ok(self.proc.stderr.last().cloned().unwrap_or_default())
+        Ok(self.proc.stderr.iter().rev().find(|l| l.contains("A->B")).cloned().unwrap_or_default())
     }
 }
 
@@ -221,6 +259,8 @@ fn proc_usage(pid: u32) -> io::Result<(f64, u64)> {
 struct ClientRun {
     stdout: String,
     stderr: String,
+    /// Spawn to exit, wrappers included (see [`wrapper_overhead`]).
+    wall: Duration,
     cpu: f64,
     rss_kib: u64,
 }
@@ -232,7 +272,9 @@ fn run_client(ns: Option<&str>, argv: &[String], timeout: u64, dir: &Path) -> io
         .arg(&timefile)
         .args(["-f", "%U %S %M"])
         .args(argv);
+    let start = Instant::now();
     let out = cmd.output()?;
+    let wall = start.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
@@ -241,7 +283,7 @@ fn run_client(ns: Option<&str>, argv: &[String], timeout: u64, dir: &Path) -> io
     let t = std::fs::read_to_string(&timefile)?;
     let v: Vec<f64> = t.lines().last().unwrap_or_default().split_whitespace().filter_map(|x| x.parse().ok()).collect();
     match v.as_slice() {
-        [user, sys, rss] => Ok(ClientRun { stdout, stderr, cpu: user + sys, rss_kib: *rss as u64 }),
+        [user, sys, rss] => Ok(ClientRun { stdout, stderr, wall, cpu: user + sys, rss_kib: *rss as u64 }),
         _ => Err(io::Error::other(format!("cannot read {t:?} from /usr/bin/time"))),
     }
 }
@@ -281,6 +323,28 @@ fn write_page(path: &Path, size: usize, seed: u64) -> io::Result<()> {
     f.flush()
 }
 
+/// anonserver's retransmissions, from the counters line it logs as it stops
+/// (`… retransmissions=N stopped`; RUST_LOG=info).
+fn server_retransmissions(stderr: &[String]) -> Option<u64> {
+    stderr
+        .iter()
+        .rev()
+        .filter(|l| l.contains("stopped"))
+        .find_map(|l| number_after(l, "retransmissions="))
+        .map(|n| n as u64)
+}
+
+/// The time the client wrappers (`ip netns exec`, `timeout`, GNU time) add
+/// to a process time: the median of a few runs of `true` under them.
+fn wrapper_overhead(ns: Option<&str>, dir: &Path) -> io::Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(run_client(ns, &["true".to_string()], 10, dir)?.wall);
+    }
+    times.sort();
+    Ok(times.get(times.len() / 2).copied().unwrap_or_default())
+}
+
 /// The number in `text` right after `key` (e.g. " in " → seconds).
 fn number_after(text: &str, key: &str) -> Option<f64> {
     text.rsplit(key).next()?.split_whitespace().next()?.parse().ok()
@@ -298,8 +362,16 @@ impl Runner<'_> {
         self.port
     }
 
-    /// One transfer of `page` (of `size` bytes) with `t` over scenario `s`.
-    fn transfer(&mut self, s: &Scenario, t: Transport, page: &Path, size: usize) -> io::Result<Row> {
+    /// One transfer of `page` (of `size` bytes) with `t` over scenario `s`,
+    /// through `link` when it is emulated.
+    fn transfer(
+        &mut self,
+        s: &Scenario,
+        mut link: Option<&mut Link>,
+        t: Transport,
+        page: &Path,
+        size: usize,
+    ) -> io::Result<Row> {
         let (ns_a, ns_b) = if s.loopback() { (None, None) } else { (Some(NS_A), Some(NS_B)) };
         let host = if s.loopback() { "127.0.0.1" } else { ADDR_A };
         let port = self.next_port();
@@ -369,18 +441,31 @@ impl Runner<'_> {
                 path(&out),
             ],
         };
+        let link_before = link.as_deref_mut().map(Link::counters).transpose()?;
         let run = run_client(ns_b, &argv, self.opts.timeout, &self.dir);
         let usage = proc_usage(server.pid());
         let _ = server.signal("TERM");
         let _ = server.wait(Duration::from_secs(15));
+        // After the server's stop: its last packets (FIN, the drain) count too.
+        let link_stats = match (link, link_before) {
+            (Some(l), Some(before)) => Some(l.counters()?.since(&before)),
+            _ => None,
+        };
         let run = run?;
         let (server_cpu, server_rss_kib) = usage?;
         let server_cpu = server_cpu - cpu_at_ready;
         let secs = match t {
             Transport::TcpCubic | Transport::TcpBbr => number_after(&run.stdout, "time_total "),
-            _ => number_after(&run.stderr, " in "),
+            Transport::QuicCubic | Transport::QuicBbr => number_after(&run.stderr, " in "),
+            Transport::AnonFast | Transport::AnonBaseline => {
+                reported_secs(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>())
+            }
         }
         .ok_or_else(|| io::Error::other(format!("no time in {:?} {:?}", run.stdout, run.stderr)))?;
+        let retransmissions = match t {
+            Transport::AnonFast | Transport::AnonBaseline => server_retransmissions(&server.stderr),
+            _ => None,
+        };
         if !same_file(page, &out)? {
             return Err(io::Error::other(format!("{}: the fetched file differs from the page", t.name())));
         }
@@ -388,11 +473,14 @@ impl Runner<'_> {
         Ok(Row {
             transport: t,
             size,
-            time: Duration::from_secs_f64(secs),
+            process: run.wall,
+            transfer: Duration::from_secs_f64(secs),
             client_cpu: run.cpu,
             client_rss_kib: run.rss_kib,
             server_cpu,
             server_rss_kib,
+            retransmissions,
+            link: link_stats,
         })
     }
 }
@@ -414,11 +502,12 @@ fn calibrate(runner: &mut Runner<'_>) -> io::Result<()> {
             sizes: vec![],
             baseline_size: 0,
         };
-        let link = Link::start(&runner.opts.bins, &s, 1)?;
-        let row = runner.transfer(&s, Transport::TcpBbr, &page, 100 * MIB);
+        let mut link = Link::start(&runner.opts.bins, &s, 1)?;
+        let row = runner.transfer(&s, Some(&mut link), Transport::TcpBbr, &page, 100 * MIB);
         let summary = link.stop()?;
         let row = row?;
-        let mbit = 100.0 * MIB as f64 * 8.0 / row.time.as_secs_f64() / 1e6;
+        // The link's own capacity: curl's transfer time, not its process's.
+        let mbit = 100.0 * MIB as f64 * 8.0 / row.transfer.as_secs_f64() / 1e6;
         let what = if rate == 0.0 { "no limit".to_string() } else { format!("{rate} Mbit/s limit") };
         println!("calibration, {what}: TCP carried 100 MiB at {mbit:.0} Mbit/s (need > {need}) [{summary}]");
         if mbit < need {
@@ -426,6 +515,30 @@ fn calibrate(runner: &mut Runner<'_>) -> io::Result<()> {
         }
     }
     std::fs::remove_file(&page)
+}
+
+/// The CSV columns; a file that has other ones is refused, not mixed.
+const CSV_HEADER: &str = "scenario,page_bytes,transport,process_s,transfer_s,mbit_per_s,ratio_to_ideal,\
+anon_fast_over_this_process,anon_fast_over_this_transfer,client_cpu_s,client_peak_rss_kib,server_cpu_s,\
+server_peak_rss_kib,server_retransmissions,link_ab_random_losses,link_ab_queue_drops,link_ba_random_losses,\
+link_ba_queue_drops";
+
+fn open_csv(path: &Path) -> io::Result<File> {
+    let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
+    if !new {
+        let first = std::fs::read_to_string(path)?.lines().next().unwrap_or_default().to_string();
+        if first != CSV_HEADER {
+            return Err(io::Error::other(format!(
+                "{} has other columns (an older bench?); give a new file",
+                path.display()
+            )));
+        }
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+    if new {
+        writeln!(f, "{CSV_HEADER}")?;
+    }
+    Ok(f)
 }
 
 pub fn run(opts: &Options) -> io::Result<()> {
@@ -439,46 +552,55 @@ pub fn run(opts: &Options) -> io::Result<()> {
         let names: Vec<&str> = scenarios(false).iter().map(|s| s.name).collect();
         return Err(io::Error::other(format!("no such scenario; there are: {}", names.join(", "))));
     }
-    let _testbed = if wanted.iter().any(|s| !s.loopback()) {
+    let mut csv = opts.csv.as_deref().map(open_csv).transpose()?;
+    let emulated = wanted.iter().any(|s| !s.loopback());
+    let _testbed = if emulated {
         let t = Testbed::create()?;
         calibrate(&mut runner)?;
         Some(t)
     } else {
         None
     };
-    let mut csv = match &opts.csv {
-        Some(path) => {
-            let new = !path.exists();
-            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
-            if new {
-                writeln!(
-                    f,
-                    "scenario,page_bytes,transport,seconds,mbit_per_s,ratio_to_ideal,anon_fast_time_over_this,\
-                     client_cpu_s,client_peak_rss_kib,server_cpu_s,server_peak_rss_kib"
-                )?;
-            }
-            Some(f)
+    for (what, ns) in [("loopback", None), ("namespace", Some(NS_B))] {
+        if ns.is_none() || emulated {
+            let over = wrapper_overhead(ns, &runner.dir)?;
+            println!(
+                "process times include starting the client's wrappers ({what}: `timeout`, GNU time{}): {:.1} ms",
+                if ns.is_some() { ", `ip netns exec`" } else { "" },
+                over.as_secs_f64() * 1e3
+            );
         }
-        None => None,
-    };
+    }
     for s in &wanted {
-        let link = if s.loopback() { None } else { Some(Link::start(&opts.bins, s, opts.seed)?) };
+        let mut link = if s.loopback() { None } else { Some(Link::start(&opts.bins, s, opts.seed)?) };
         for &size in &s.sizes {
             let page = runner.dir.join("page");
             write_page(&page, size, opts.seed)?;
             let small = runner.dir.join("page-baseline");
             write_page(&small, s.baseline_size.min(size), opts.seed)?;
-            let mut rows = Vec::new();
+            let (mut rows, mut failed) = (Vec::new(), Vec::new());
             for t in Transport::ALL {
                 let (p, n) =
                     if t == Transport::AnonBaseline { (&small, s.baseline_size.min(size)) } else { (&page, size) };
                 eprintln!("{} {} MiB: {}…", s.name, n as f64 / MIB as f64, t.name());
-                match runner.transfer(s, t, p, n) {
+                match runner.transfer(s, link.as_mut(), t, p, n) {
                     Ok(row) => rows.push(row),
-                    Err(e) => eprintln!("  failed: {e}"),
+                    Err(e) => {
+                        eprintln!("  failed: {e}");
+                        // `timeout` exits 124 when it had to stop the client.
+                        let why = if e.to_string().contains("exit status: 124") {
+                            format!("no result within --timeout {} s", opts.timeout)
+                        } else {
+                            e.to_string().lines().next().unwrap_or_default().chars().take(100).collect()
+                        };
+                        failed.push((t, why));
+                    }
                 }
             }
             report(s, size, &rows, csv.as_mut())?;
+            for (t, why) in failed {
+                println!("{:<20} failed: {why}", t.name());
+            }
         }
         if let Some(link) = link {
             println!("  emulator: {}", link.stop()?);
@@ -487,8 +609,22 @@ pub fn run(opts: &Options) -> io::Result<()> {
     Ok(())
 }
 
+/// At least three significant digits, so that a slow rate is not "0.0".
+fn three_digits(v: f64) -> String {
+    let decimals = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else if v >= 1.0 {
+        2
+    } else {
+        3
+    };
+    format!("{v:.decimals$}")
+}
+
 fn report(s: &Scenario, size: usize, rows: &[Row], mut csv: Option<&mut File>) -> io::Result<()> {
-    let fast = rows.iter().find(|r| r.transport == Transport::AnonFast).map(|r| r.time);
+    let fast = rows.iter().find(|r| r.transport == Transport::AnonFast);
     let path = if s.loopback() {
         "clean loopback".to_string()
     } else {
@@ -504,64 +640,109 @@ fn report(s: &Scenario, size: usize, rows: &[Row], mut csv: Option<&mut File>) -
     let ideal = s.ideal(size).map_or("-".into(), |d| format!("{:.3} s", d.as_secs_f64()));
     println!("\n== {} ({path}), page {} MiB, ideal {ideal}", s.name, size / MIB);
     println!(
-        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "process: the client's, spawn to exit (Mbit/s, x ideal and anon/this are of it); \
+         transfer: as the client reports it"
+    );
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "transport",
         "page MiB",
-        "time s",
+        "process s",
+        "xfer s",
         "Mbit/s",
         "x ideal",
         "anon/this",
+        "(xfer)",
         "cli CPU s",
         "cli MiB",
         "srv CPU s",
         "srv MiB"
     );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for r in rows {
-        let mbit = r.size as f64 * 8.0 / r.time.as_secs_f64() / 1e6;
-        let x_ideal = s.ideal(r.size).map(|i| r.time.as_secs_f64() / i.as_secs_f64());
+        let mbit = r.size as f64 * 8.0 / r.process.as_secs_f64().max(1e-9) / 1e6;
+        let x_ideal = s.ideal(r.size).map(|i| r.process.as_secs_f64() / i.as_secs_f64());
         // Baseline ran a smaller page: compare it by rate, not by time.
-        let ours_over = fast.filter(|_| r.size == size).map(|f| f.as_secs_f64() / r.time.as_secs_f64());
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let same_page = fast.filter(|_| r.size == size);
+        let over_process = same_page.map(|f| f.process.as_secs_f64() / r.process.as_secs_f64());
+        let over_transfer = same_page.map(|f| f.transfer.as_secs_f64() / r.transfer.as_secs_f64());
+        let reference = |v: Option<f64>| opt(v.filter(|_| r.transport.is_reference()));
         println!(
-            "{:<20} {:>9.2} {:>9.3} {:>9.1} {:>9} {:>9} {:>9.2} {:>9.1} {:>9.2} {:>9.1}",
+            "{:<20} {:>9.2} {:>9.3} {:>9.3} {:>9} {:>9} {:>9} {:>9} {:>9.2} {:>9.1} {:>9.2} {:>9.1}",
             r.transport.name(),
             r.size as f64 / MIB as f64,
-            r.time.as_secs_f64(),
-            mbit,
+            r.process.as_secs_f64(),
+            r.transfer.as_secs_f64(),
+            three_digits(mbit),
             opt(x_ideal),
-            opt(ours_over.filter(|_| r.transport.is_reference())),
+            reference(over_process),
+            reference(over_transfer),
             r.client_cpu,
             r.client_rss_kib as f64 / 1024.0,
             r.server_cpu,
             r.server_rss_kib as f64 / 1024.0,
         );
         if let Some(f) = csv.as_deref_mut() {
+            let count = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+            let link = |f: fn(&LinkStats) -> u64| count(r.link.as_ref().map(f));
             writeln!(
                 f,
-                "{},{},{},{:.6},{:.1},{},{},{:.2},{},{:.2},{}",
+                "{},{},{},{:.6},{:.6},{:.3},{},{},{},{:.2},{},{:.2},{},{},{},{},{},{}",
                 s.name,
                 r.size,
                 r.transport.name(),
-                r.time.as_secs_f64(),
+                r.process.as_secs_f64(),
+                r.transfer.as_secs_f64(),
                 mbit,
                 opt(x_ideal),
-                opt(ours_over),
+                opt(over_process),
+                opt(over_transfer),
                 r.client_cpu,
                 r.client_rss_kib,
                 r.server_cpu,
-                r.server_rss_kib
+                r.server_rss_kib,
+                count(r.retransmissions),
+                link(|l| l.random_losses[0]),
+                link(|l| l.queue_drops[0]),
+                link(|l| l.random_losses[1]),
+                link(|l| l.queue_drops[1]),
             )?;
         }
     }
-    let fastest_ref = rows.iter().filter(|r| r.transport.is_reference() && r.size == size).min_by_key(|r| r.time);
+    let fastest_ref = rows.iter().filter(|r| r.transport.is_reference() && r.size == size).min_by_key(|r| r.process);
     if let (Some(f), Some(best)) = (fast, fastest_ref) {
         println!(
-            "anon fast {:.3} s vs fastest reference {} {:.3} s: {:.2}x its time",
-            f.as_secs_f64(),
+            "anon fast {:.3} s vs fastest reference {} {:.3} s (process times): {:.2}x its time",
+            f.process.as_secs_f64(),
             best.transport.name(),
-            best.time.as_secs_f64(),
-            f.as_secs_f64() / best.time.as_secs_f64()
+            best.process.as_secs_f64(),
+            f.process.as_secs_f64() / best.process.as_secs_f64()
         );
+    }
+    if rows.iter().any(|r| r.link.is_some()) {
+        // Server to client (A->B) carries the data: its random losses are
+        // what the sender had to repair; B->A carries ACKs (and requests).
+        println!(
+            "{:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>13}",
+            "emulator per run", "srv retx", "A->B loss", "A->B queue", "B->A loss", "B->A queue", "retx/A->B loss"
+        );
+        for r in rows {
+            let Some(l) = &r.link else { continue };
+            let retx = r.retransmissions.map_or("-".to_string(), |n| n.to_string());
+            let per_loss = r
+                .retransmissions
+                .zip(l.random_losses.first().copied().filter(|&n| n > 0))
+                .map(|(retx, lost)| retx as f64 / lost as f64);
+            println!(
+                "{:<20} {retx:>11} {:>11} {:>11} {:>11} {:>11} {:>13}",
+                r.transport.name(),
+                l.random_losses[0],
+                l.queue_drops[0],
+                l.random_losses[1],
+                l.queue_drops[1],
+                opt(per_loss)
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,250 @@
+//! `anon-bench crowd`: a crowd of client processes fetching one page at
+//! once, on loopback. N `anonclient`s against one `anonserver`, then N
+//! `curl`s against nginx serving the same file (one process, as our server
+//! is, with a minimal configuration written into a temporary folder). The
+//! figure is the wall time from starting the first process to the last
+//! exit, with every file checked byte for byte. The processes are spawned
+//! one after another (a few milliseconds each here); how long that took is
+//! shown too, as it is part of both wall times.
+
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anon_tools::process::{Proc, ServerProcess, client_command, reported_secs};
+
+/// Options of `anon-bench crowd`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bins: PathBuf,
+    pub clients: usize,
+    pub size: usize,
+    pub runs: usize,
+    /// How long one crowd may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// What one crowd did.
+#[derive(Debug)]
+struct Crowd {
+    /// Start of the first process to the last exit.
+    wall: Duration,
+    /// Start of the first process to the start of the last: the share of
+    /// `wall` that is this bench spawning them one by one.
+    spawned: Duration,
+    /// Each process, spawn to exit.
+    process: Vec<Duration>,
+    /// What the clients say the transfer took (anonclient only).
+    reported: Vec<Duration>,
+}
+
+/// Starts every command at once (as fast as they can be spawned), waits for
+/// all within `timeout`, checks every output against `page`.
+fn crowd(commands: Vec<(Command, PathBuf)>, page: &[u8], timeout: Duration) -> io::Result<Crowd> {
+    let start = Instant::now();
+    let mut procs = Vec::with_capacity(commands.len());
+    for (mut cmd, out) in commands {
+        procs.push((Proc::spawn(&mut cmd)?, out));
+    }
+    let spawned = start.elapsed();
+    let deadline = start + timeout;
+    let mut failures = Vec::new();
+    let (mut last_exit, mut process, mut reported) = (start, Vec::new(), Vec::new());
+    for (mut p, out) in procs {
+        match p.wait(deadline.saturating_duration_since(Instant::now())) {
+            Ok(status) if status.success() => {}
+            Ok(status) => failures.push(format!("{status}: {:?}", p.stderr)),
+            Err(e) => failures.push(e.to_string()),
+        }
+        last_exit = last_exit.max(p.exited_at().unwrap_or_else(Instant::now));
+        process.extend(p.run_time());
+        reported.extend(reported_secs(&p.stderr).map(Duration::from_secs_f64));
+        match std::fs::read(&out) {
+            Ok(got) if got == page => {}
+            Ok(got) => failures.push(format!("{}: {} bytes, not the page", out.display(), got.len())),
+            Err(e) => failures.push(format!("{}: {e}", out.display())),
+        }
+    }
+    if let Some(first) = failures.first() {
+        return Err(io::Error::other(format!("{} of the clients failed; the first: {first}", failures.len())));
+    }
+    Ok(Crowd { wall: last_exit.saturating_duration_since(start), spawned, process, reported })
+}
+
+/// nginx in the foreground, one process, serving `root` on 127.0.0.1.
+struct Nginx {
+    proc: Proc,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Path, root: &Path, within: Duration) -> io::Result<Nginx> {
+        // A port that was free a moment ago; nginx fails to start if taken.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let temp = dir.join("nginx-temp");
+        std::fs::create_dir_all(&temp)?;
+        let d = |p: &Path| p.display().to_string();
+        // master_process off: one process serves, as one anonserver does;
+        // no access log, as anonserver's packet log is the client's job.
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  keepalive_timeout 0;\n  default_type application/octet-stream;\n  \
+             client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  fastcgi_temp_path {t}/fastcgi;\n  \
+             uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  \
+             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    root {root};\n  }}\n}}\n",
+            pid = d(&dir.join("nginx.pid")),
+            err = d(&dir.join("nginx-error.log")),
+            t = d(&temp),
+            root = d(root),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        // -e: the error log before the configuration is read, which would
+        // otherwise be the system's /var/log/nginx/error.log.
+        let mut proc = Proc::spawn(
+            Command::new("nginx")
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(dir.join("nginx-error.log")),
+        )?;
+        let url = format!("http://127.0.0.1:{port}/");
+        let deadline = Instant::now() + within;
+        // It says nothing when ready: ask until it answers (404 for "/" is an
+        // answer), bounded by the deadline.
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1))).build().into();
+        loop {
+            match agent.get(&url).call() {
+                Ok(_) | Err(ureq::Error::StatusCode(_)) => return Ok(Nginx { proc, port }),
+                Err(_) if Instant::now() < deadline && proc.exited_at().is_none() => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    let log = std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default();
+                    let _ = proc.signal("TERM");
+                    let _ = proc.wait(Duration::from_secs(5));
+                    return Err(io::Error::other(format!(
+                        "nginx does not answer on {url}: {e}; stderr {:?}; error log: {}",
+                        proc.stderr,
+                        log.trim()
+                    )));
+                }
+            }
+        }
+    }
+
+    fn stop(mut self) -> io::Result<()> {
+        self.proc.signal("TERM")?;
+        self.proc.wait(Duration::from_secs(10)).map(drop)
+    }
+}
+
+fn spread(mut v: Vec<Duration>) -> String {
+    v.sort();
+    match (v.first(), v.get(v.len() / 2), v.last()) {
+        (Some(a), Some(m), Some(b)) => {
+            format!("{:.3} / {:.3} / {:.3}", a.as_secs_f64(), m.as_secs_f64(), b.as_secs_f64())
+        }
+        _ => "-".to_string(),
+    }
+}
+
+pub fn run(o: &Options) -> io::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root)?;
+    let page = super::random_page(o.size);
+    let page_file = root.join("page.html");
+    std::fs::write(&page_file, &page)?;
+    let mut server = ServerProcess::start(
+        &o.bins.join("anonserver"),
+        &dir.path().join("server.log"),
+        &page_file.to_string_lossy(),
+        &[],
+        Duration::from_secs(60),
+    )?;
+    let nginx = match Nginx::start(dir.path(), &root, Duration::from_secs(10)) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = server.stop(Duration::from_secs(10));
+            return Err(e);
+        }
+    };
+    let result = runs(o, dir.path(), &page, server.port, nginx.port);
+    let stopped = (server.stop(Duration::from_secs(10)), nginx.stop());
+    result?;
+    stopped.0?;
+    stopped.1
+}
+
+fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16) -> io::Result<()> {
+    println!(
+        "{} clients at once, each fetching a {}-byte page ({}) once, on loopback; every file checked byte-exact",
+        o.clients,
+        o.size,
+        anon::units::size(o.size as u64)
+    );
+    println!(
+        "{:<4} {:>12} {:>12} {:>10} {:>14}   {:<26} {:<26} {:<26}",
+        "run",
+        "anon wall s",
+        "nginx wall s",
+        "anon/nginx",
+        "spawns s a/n",
+        "anon process min/med/max",
+        "anon transfer min/med/max",
+        "curl process min/med/max"
+    );
+    let out = dir.join("out");
+    let mut ratios = Vec::new();
+    for run in 0..o.runs {
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+        let anon_cmds = (0..o.clients)
+            .map(|i| {
+                let file = out.join(format!("anon-{i}"));
+                // Not --quiet: the success line has the client's own time.
+                let log = out.join(format!("anon-{i}.log"));
+                let cmd = client_command(&o.bins.join("anonclient"), anon_port, &log, &file, &[]);
+                (cmd, file)
+            })
+            .collect();
+        let anon = crowd(anon_cmds, page, o.timeout)?;
+        let url = format!("http://127.0.0.1:{nginx_port}/page.html");
+        let max_time = o.timeout.as_secs().max(1).to_string();
+        let curl_cmds = (0..o.clients)
+            .map(|i| {
+                let file = out.join(format!("curl-{i}"));
+                let mut cmd = Command::new("curl");
+                cmd.args(["-s", "--max-time", &max_time, "-o"]).arg(&file).arg(&url);
+                (cmd, file)
+            })
+            .collect();
+        let curl = crowd(curl_cmds, page, o.timeout)?;
+        let ratio = anon.wall.as_secs_f64() / curl.wall.as_secs_f64().max(1e-9);
+        ratios.push(ratio);
+        println!(
+            "{:<4} {:>12.3} {:>12.3} {:>9.2}x {:>14}   {:<26} {:<26} {:<26}",
+            run + 1,
+            anon.wall.as_secs_f64(),
+            curl.wall.as_secs_f64(),
+            ratio,
+            format!("{:.2}/{:.2}", anon.spawned.as_secs_f64(), curl.spawned.as_secs_f64()),
+            spread(anon.process),
+            spread(anon.reported),
+            spread(curl.process)
+        );
+        io::stdout().flush()?;
+    }
+    ratios.sort_by(f64::total_cmp);
+    if let Some(m) = ratios.get(ratios.len() / 2).filter(|_| ratios.len() > 1) {
+        println!("median anon/nginx over {} runs: {m:.2}x", ratios.len());
+    }
+    Ok(())
+}
