@@ -15,7 +15,9 @@ pub enum Linger {
     /// FIN|ACK was lost come after one and three of its RTOs; one more is
     /// margin. The server's estimate can be well above the client's (a lost
     /// handshake ACK inflates its first sample), hence a floor of one
-    /// second, the RFC 6298 initial RTO.
+    /// second, the RFC 6298 initial RTO, until the client has taken 32 RTT
+    /// samples: by then the server, which samples every segment too, has
+    /// converged, and the floor is the RTO's own minimum.
     Adaptive {
         /// Shortest linger.
         min: Duration,

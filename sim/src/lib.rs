@@ -59,6 +59,11 @@ pub struct SimClient {
     pub finished_at: Option<Instant>,
     /// Virtual time at which the connection ended (the process would exit).
     pub closed_at: Option<Instant>,
+    /// Datagrams arrived and waiting for the client's next wake-up.
+    inbox: Vec<Vec<u8>>,
+    wake_at: Option<Instant>,
+    /// Receive batches handled (wake-ups with datagrams).
+    pub wakeups: u64,
 }
 
 /// A whole simulated scenario.
@@ -81,6 +86,11 @@ pub struct Sim {
     pub trace: Option<Vec<(SocketAddr, Header, usize)>>,
     /// Prefix log lines with the virtual time in seconds (for debugging).
     pub timestamps: bool,
+    /// How long a client takes to wake up once a datagram has arrived; what
+    /// arrives meanwhile is handled with it, as one receive batch (recvmmsg,
+    /// GRO), before the client sends anything. Zero: every arrival instant is
+    /// a batch of its own.
+    pub client_wakeup: Duration,
     buf: Vec<u8>,
 }
 
@@ -158,6 +168,9 @@ impl Sim {
                 log: Vec::new(),
                 finished_at: None,
                 closed_at: None,
+                inbox: Vec::new(),
+                wake_at: None,
+                wakeups: 0,
             })
             .collect();
         Sim {
@@ -169,6 +182,7 @@ impl Sim {
             net: Network::new(setup.link, StdRng::seed_from_u64(setup.seed)),
             trace: None,
             timestamps: false,
+            client_wakeup: Duration::ZERO,
             buf: Vec::with_capacity(2048),
         }
     }
@@ -226,6 +240,7 @@ impl Sim {
         consider(self.server.poll_timeout());
         for c in &self.clients {
             consider(c.conn.poll_timeout());
+            consider(c.wake_at);
         }
         next
     }
@@ -254,8 +269,25 @@ impl Sim {
                     self.server_log.extend(line);
                     self.server.handle(now, d.from, &d.bytes);
                 } else if let Some(c) = self.clients.iter_mut().find(|c| c.addr == d.to) {
-                    c.log.extend(line);
-                    c.conn.handle(now, &d.bytes);
+                    if self.client_wakeup.is_zero() {
+                        c.log.extend(line);
+                        c.conn.handle(now, &d.bytes);
+                        c.wakeups += 1;
+                    } else {
+                        c.inbox.push(d.bytes);
+                        c.wake_at.get_or_insert(now + self.client_wakeup);
+                    }
+                }
+            }
+            let timestamps = self.timestamps.then(|| now - self.start);
+            for c in &mut self.clients {
+                if c.wake_at.is_some_and(|t| t <= now) {
+                    c.wake_at = None;
+                    c.wakeups += 1;
+                    for d in std::mem::take(&mut c.inbox) {
+                        c.log.extend(format_log_line(timestamps, "RECV", &d));
+                        c.conn.handle(now, &d);
+                    }
                 }
             }
             self.server.handle_timeout(now);

@@ -248,3 +248,45 @@ fn two_flows_share_a_bottleneck() {
     // Together they fill the link (100 Mbit/s = 12.5 MB/s).
     assert!(delta[0] + delta[1] > 0.85 * 2.0 * 12.5e6, "{delta:?}");
 }
+
+/// docs/PROTOCOL.md §6.3 as the wire shows it: without receive batching
+/// (a datagram per wake-up) the client ACKs every second in-order segment;
+/// with batching, once per batch, however many segments the batch holds.
+#[test]
+fn acks_on_the_wire_follow_the_documented_policy() {
+    use anon_proto::wire::Flags;
+    let size = 4 << 20;
+    let count = |sim: &Sim| {
+        let trace = sim.trace.as_ref().unwrap();
+        let data =
+            trace.iter().filter(|(f, h, l)| *f == SERVER_ADDR && *l > 0 && !h.flags.contains(Flags::SYN)).count();
+        // The client's ACKs after the handshake ACK, FIN|ACK aside.
+        let acks = trace.iter().filter(|(f, h, _)| *f != SERVER_ADDR && h.flags == Flags::ACK).count() - 1;
+        (data, acks)
+    };
+    // 100 Mbit/s: segments arrive 96 µs apart, each a batch of its own. A
+    // queue that never overflows: a loss would draw immediate ACKs.
+    let mut link = LinkConfig::bottleneck(100, Duration::from_millis(5));
+    link.queue = u64::MAX;
+    let mut sim = Sim::new(fast(11, link, page(size, 11)));
+    sim.trace = Some(Vec::new());
+    let report = sim.run(Duration::from_secs(60), 10_000_000);
+    check(&sim, &report, &page(size, 11), 1, 11);
+    let (data, acks) = count(&sim);
+    eprintln!("unbatched: {data} segments, {acks} ACKs, {} retransmissions", report.server.retransmissions);
+    assert!((acks as f64 - data as f64 / 2.0).abs() < data as f64 * 0.05, "{acks} ACKs for {data} segments");
+    // 1 Gbit/s and a client that wakes 1 ms after a datagram arrives: about
+    // 80 segments per batch, one ACK for each batch.
+    link.rate = Some(1_000_000_000 / 8);
+    let mut sim = Sim::new(fast(12, link, page(size, 12)));
+    sim.trace = Some(Vec::new());
+    sim.client_wakeup = Duration::from_millis(1);
+    let report = sim.run(Duration::from_secs(60), 10_000_000);
+    check(&sim, &report, &page(size, 12), 1, 12);
+    let (data, acks) = count(&sim);
+    let wakeups = sim.clients[0].wakeups as usize;
+    eprintln!("batched: {data} segments in {wakeups} batches, {acks} ACKs");
+    assert!(wakeups * 10 < data, "batches too small to tell: {wakeups} for {data}");
+    assert!(acks <= wakeups, "{acks} ACKs for {wakeups} batches");
+    assert!(acks * 10 >= wakeups * 9, "{acks} ACKs for {wakeups} batches");
+}

@@ -705,3 +705,29 @@ fn server_fin_retransmission_is_unchanged() {
     s.handle_timeout(at);
     assert_eq!(sends(&mut s, at), fin, "the FIN went out changed");
 }
+
+/// The baseline linger: at least 1 s while the client has few RTT samples
+/// (the server's estimate may still be inflated), four RTOs once both sides
+/// have many (docs/PROTOCOL.md §3, TIME-WAIT).
+#[test]
+fn baseline_linger_floor_holds_only_for_short_transfers() {
+    for (segments, long) in [(3u32, true), (40, false)] {
+        let (mut c, start) = connected_client();
+        let mut now = start;
+        let mut seq = 101u32;
+        for i in 0..segments {
+            now += Duration::from_millis(2);
+            let fin = i + 1 == segments;
+            c.handle(now, &dgram(seq, 5002 + i, if fin { ACK | FIN } else { ACK }, &[7; 512]));
+            seq += 512;
+            assert_eq!(client_sends(&mut c, now).len(), 1);
+        }
+        assert!(c.is_finished());
+        let linger = c.poll_timeout().unwrap() - now;
+        if long {
+            assert!(linger >= Duration::from_secs(1), "{segments} segments: {linger:?}");
+        } else {
+            assert!(linger < Duration::from_millis(300), "{segments} segments: {linger:?}");
+        }
+    }
+}

@@ -25,7 +25,7 @@
 //! negotiated segment, within the announced page and the receive window.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{ConnectionError, Mode};
 use crate::config::{ClientConfig, FastClient, Linger};
@@ -41,6 +41,10 @@ use crate::wire::{Flags, Header, Seq};
 /// and the bare SYN alternate, so that a lossy path keeps its chance of
 /// fast mode.
 const OFFERS_BEFORE_BARE_SYN: u32 = 2;
+
+/// RTT samples after which the linger's floor no longer applies: an early
+/// sample's weight in SRTT is then (7/8)^32, about 1.4% (RFC 6298 §2).
+const SETTLED_SAMPLES: u32 = 32;
 
 /// Packets queued for the wire at most. In baseline mode every segment
 /// received queues one ACK; the driver drains the queue after each receive
@@ -174,6 +178,8 @@ pub struct ClientConn {
     /// When `last` was first sent, for RTT samples.
     last_sent_at: Option<Instant>,
     rtt: RttEstimator,
+    /// RTT samples taken, for the baseline linger (see [`Linger`]).
+    rtt_samples: u32,
     /// Retransmission deadline of the SYN, the handshake ACK, or the
     /// FIN|ACK in LAST-ACK.
     rto_deadline: Option<Instant>,
@@ -216,6 +222,7 @@ impl ClientConn {
             last_resent: false,
             last_sent_at: None,
             rtt,
+            rtt_samples: 0,
             rto_deadline: None,
             readable: Vec::new(),
             events: VecDeque::new(),
@@ -464,7 +471,15 @@ impl ClientConn {
         self.send_new(Header::new(fin_seq, self.rcv_nxt, Flags::ACK | Flags::FIN), payload);
         let linger = match self.config.linger {
             Linger::Fixed(d) => d,
-            Linger::Adaptive { min, max } => self.rtt.rto().saturating_mul(4).clamp(min, max.max(min)),
+            Linger::Adaptive { min, max } => {
+                // The floor guards against a server whose estimate is still
+                // inflated by its first samples; once both sides have taken
+                // many, the server's has converged as the client's has, and
+                // four of the client's RTOs cover its first two FIN
+                // retransmissions.
+                let min = if self.rtt_samples >= SETTLED_SAMPLES { Duration::ZERO } else { min };
+                self.rtt.rto().saturating_mul(4).clamp(min, max.max(min))
+            }
         };
         let until = after(now, linger);
         self.state = if self.fast().is_some() {
@@ -537,6 +552,7 @@ impl ClientConn {
             let rtt = now.saturating_duration_since(sent);
             if rtt < self.rtt.rto() {
                 self.rtt.on_sample(rtt);
+                self.rtt_samples = self.rtt_samples.saturating_add(1);
             }
         }
     }
