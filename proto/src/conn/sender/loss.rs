@@ -224,3 +224,220 @@ impl RtoTimer {
         self.deadline.is_some_and(|t| now >= t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // any instant will do as time zero
+
+    use super::super::rate::RateSampler;
+    use super::super::scoreboard::SegState;
+    use super::*;
+    use crate::recovery::RtoConfig;
+
+    const SEG: u64 = 1000;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A 10-segment page with `n` segments sent, segment `i` at `t0 + i` ms,
+    /// and RACK told of each transmission.
+    fn sent(n: u64, t0: Instant) -> (Scoreboard, Rack) {
+        let mut board = Scoreboard::new(10 * SEG, SEG);
+        let mut rack = Rack::default();
+        for i in 0..n {
+            let at_send = RateSampler::default().on_send(t0, true, false);
+            let s = board.record_send(t0 + ms(i), i, 0, at_send);
+            rack.on_sent(t0 + ms(i), i, s.transmissions);
+        }
+        (board, rack)
+    }
+
+    fn state(b: &Scoreboard, i: u64) -> Option<SegState> {
+        b.get(i).map(|s| s.state)
+    }
+
+    /// RFC 8985 §6.2: with segment 4 delivered after 50 ms and a 10 ms
+    /// reordering window, segment `i < 4` is lost at `i + 60` ms, not before;
+    /// until then the reordering timer waits for the oldest.
+    #[test]
+    fn rack_declares_loss_only_after_rack_rtt_plus_reordering_window() {
+        let t0 = Instant::now();
+        let (mut b, mut rack) = sent(6, t0);
+        b.on_sack(&[(4 * SEG, 5 * SEG)], |_, _| {});
+        rack.on_delivered(t0 + ms(4), 4, ms(50));
+        let (srtt, min_rtt) = (Some(ms(50)), Some(ms(40)));
+        assert_eq!(rack.detect_losses(t0 + ms(54), srtt, min_rtt, &mut b), None);
+        assert_eq!(rack.reorder_deadline(), Some(t0 + ms(60)), "reordering timer for segment 0");
+        assert!(!rack.reorder_due(t0 + ms(59)) && rack.reorder_due(t0 + ms(60)));
+        assert_eq!(b.in_flight(), 5 * SEG);
+        assert_eq!(rack.detect_losses(t0 + ms(60) - Duration::from_micros(1), srtt, min_rtt, &mut b), None);
+        let lost = rack.detect_losses(t0 + ms(61), srtt, min_rtt, &mut b);
+        assert_eq!(lost, Some(Lost { bytes: 2 * SEG, newest_sent: t0 + ms(1) }));
+        assert_eq!(
+            (state(&b, 0), state(&b, 1), state(&b, 2)),
+            (Some(SegState::Lost), Some(SegState::Lost), Some(SegState::InFlight))
+        );
+        assert_eq!(rack.reorder_deadline(), Some(t0 + ms(62)));
+        assert_eq!(b.next_lost(), Some(0));
+        // Much later: 2 and 3 go too, but never the reference or what was
+        // sent after it, and no timer is left to wait for.
+        let lost = rack.detect_losses(t0 + ms(10_000), srtt, min_rtt, &mut b);
+        assert_eq!(lost.map(|l| l.bytes), Some(2 * SEG));
+        assert_eq!((state(&b, 4), state(&b, 5)), (Some(SegState::Sacked), Some(SegState::InFlight)));
+        assert_eq!(rack.reorder_deadline(), None);
+        assert_eq!(b.in_flight(), SEG);
+        // Already declared: not counted again.
+        assert_eq!(rack.detect_losses(t0 + ms(20_000), srtt, min_rtt, &mut b), None);
+    }
+
+    /// The window is min_RTT/4 (SRTT/4 without a min RTT), never more than
+    /// SRTT; without SRTT, RACK's own RTT stands in.
+    #[test]
+    fn reordering_window_is_a_quarter_of_min_rtt_capped_at_srtt() {
+        let t0 = Instant::now();
+        let deadline = |srtt: Option<u64>, min_rtt: Option<u64>| {
+            let (mut b, mut rack) = sent(2, t0);
+            rack.on_delivered(t0 + ms(1), 1, ms(50));
+            assert_eq!(rack.detect_losses(t0 + ms(51), srtt.map(ms), min_rtt.map(ms), &mut b), None);
+            rack.reorder_deadline().map(|t| t - t0)
+        };
+        // Segment 0 sent at 0: 50 ms RACK RTT plus the window.
+        assert_eq!(deadline(Some(50), Some(40)), Some(ms(60)));
+        assert_eq!(deadline(Some(80), None), Some(ms(70)));
+        assert_eq!(deadline(None, None), Some(ms(50) + ms(50) / 4));
+        assert_eq!(deadline(Some(20), Some(400)), Some(ms(70)), "capped at SRTT");
+    }
+
+    /// An entry of an earlier transmission is skipped: a segment sent again
+    /// is judged by its latest copy, which here left after the reference.
+    #[test]
+    fn rack_skips_transmissions_superseded_by_a_retransmission() {
+        let t0 = Instant::now();
+        let (mut b, mut rack) = sent(6, t0);
+        b.mark_lost(1);
+        b.pop_lost();
+        let at_send = RateSampler::default().on_send(t0, true, false);
+        let again = b.record_send(t0 + ms(30), 1, 0, at_send);
+        rack.on_sent(t0 + ms(30), 1, again.transmissions);
+        b.on_sack(&[(4 * SEG, 5 * SEG)], |_, _| {});
+        rack.on_delivered(t0 + ms(4), 4, ms(50));
+        let lost = rack.detect_losses(t0 + ms(70), Some(ms(50)), Some(ms(40)), &mut b);
+        assert_eq!(lost, Some(Lost { bytes: 3 * SEG, newest_sent: t0 + ms(3) }), "0, 2 and 3");
+        assert_eq!(state(&b, 1), Some(SegState::InFlight));
+        // Its delivery moves the reference past segment 5.
+        b.on_sack(&[(SEG, 2 * SEG)], |_, _| {});
+        rack.on_delivered(t0 + ms(30), 1, ms(45));
+        let lost = rack.detect_losses(t0 + ms(100), Some(ms(50)), Some(ms(40)), &mut b);
+        assert_eq!(lost, Some(Lost { bytes: SEG, newest_sent: t0 + ms(5) }));
+    }
+
+    #[test]
+    fn rack_reference_only_moves_to_later_transmissions() {
+        let t0 = Instant::now();
+        let (mut b, mut rack) = sent(4, t0);
+        assert_eq!(rack.detect_losses(t0 + ms(10_000), Some(ms(50)), None, &mut b), None, "no reference yet");
+        assert_eq!(b.in_flight(), 4 * SEG);
+        rack.on_delivered(t0 + ms(2), 2, ms(50));
+        // An older segment's delivery (with a longer RTT) changes nothing.
+        rack.on_delivered(t0 + ms(1), 1, ms(500));
+        rack.detect_losses(t0 + ms(51), Some(ms(50)), Some(ms(40)), &mut b);
+        assert_eq!(rack.reorder_deadline(), Some(t0 + ms(60)), "RACK RTT is still 50 ms");
+        rack.cancel_reorder_timer();
+        assert_eq!(rack.reorder_deadline(), None);
+    }
+
+    fn estimator(srtt: Option<u64>) -> RttEstimator {
+        let mut e = RttEstimator::new(RtoConfig::default());
+        if let Some(s) = srtt {
+            e.on_sample(ms(s));
+        }
+        e
+    }
+
+    /// RFC 8985 §7.2: PTO = 2·SRTT, plus the peer's ACK delay with one
+    /// segment out, never beyond the RTO.
+    #[test]
+    fn probe_timeout_is_twice_srtt_plus_ack_delay_for_one_segment() {
+        let t0 = Instant::now();
+        let rtt = estimator(Some(100));
+        let mut tlp = Tlp::default();
+        tlp.arm(t0, &rtt, false, false, None);
+        assert_eq!(tlp.deadline(), Some(t0 + ms(200)));
+        tlp.arm(t0, &rtt, false, true, None);
+        assert_eq!(tlp.deadline(), Some(t0 + ms(200) + PEER_ACK_DELAY));
+        tlp.arm(t0, &rtt, false, false, Some(t0 + ms(150)));
+        assert_eq!(tlp.deadline(), Some(t0 + ms(150)), "capped at the RTO");
+        tlp.arm(t0, &rtt, false, false, Some(t0 + ms(900)));
+        assert_eq!(tlp.deadline(), Some(t0 + ms(200)));
+    }
+
+    /// RFC 8985 §7.2: no probe timer while a probe is outstanding, in loss
+    /// recovery, with the RTO backed off, or before any RTT sample.
+    #[test]
+    fn probe_is_armed_only_under_the_rfc_8985_conditions() {
+        let t0 = Instant::now();
+        let rtt = estimator(Some(100));
+        let mut tlp = Tlp::default();
+        tlp.arm(t0, &rtt, true, false, None);
+        assert_eq!(tlp.deadline(), None, "in recovery");
+        tlp.arm(t0, &estimator(None), false, false, None);
+        assert_eq!(tlp.deadline(), None, "no SRTT");
+        let mut backed_off = estimator(Some(100));
+        backed_off.on_timeout();
+        tlp.arm(t0, &backed_off, false, false, None);
+        assert_eq!(tlp.deadline(), None, "RTO backed off");
+        tlp.on_probe_sent();
+        tlp.arm(t0, &rtt, false, false, None);
+        assert_eq!(tlp.deadline(), None, "probe outstanding");
+        // An acknowledgment that delivers data ends the episode.
+        tlp.on_delivered();
+        tlp.arm(t0, &rtt, false, false, None);
+        assert_eq!(tlp.deadline(), Some(t0 + ms(200)));
+    }
+
+    #[test]
+    fn probe_is_due_after_the_timeout_and_taken_once() {
+        let t0 = Instant::now();
+        let mut tlp = Tlp::default();
+        tlp.arm(t0, &estimator(Some(100)), false, false, None);
+        tlp.on_timeout(t0 + ms(199));
+        assert!(!tlp.probe_due());
+        tlp.on_timeout(t0 + ms(200));
+        assert!(tlp.probe_due());
+        assert_eq!(tlp.deadline(), None, "the timer is spent");
+        assert!(tlp.take_probe());
+        assert!(!tlp.take_probe() && !tlp.probe_due());
+        // Delivery cancels a probe not yet sent, and its timer.
+        tlp.arm(t0, &estimator(Some(100)), false, false, None);
+        tlp.on_timeout(t0 + ms(300));
+        tlp.on_delivered();
+        assert!(!tlp.probe_due());
+        // The RTO clears all of it.
+        tlp.arm(t0, &estimator(Some(100)), false, false, None);
+        tlp.on_probe_sent();
+        tlp.reset();
+        tlp.arm(t0, &estimator(Some(100)), false, false, None);
+        assert_eq!(tlp.deadline(), Some(t0 + ms(200)), "not outstanding after the reset");
+        tlp.cancel_timer();
+        assert_eq!(tlp.deadline(), None);
+    }
+
+    /// RFC 6298 §5.1-5.3: started only if not running, restarted, stopped.
+    #[test]
+    fn rto_timer_starts_once_restarts_and_stops() {
+        let t0 = Instant::now();
+        let mut rto = RtoTimer::default();
+        assert!(!rto.expired(t0 + ms(10_000)));
+        rto.start(t0, ms(300));
+        rto.start(t0 + ms(100), ms(300));
+        assert_eq!(rto.deadline(), Some(t0 + ms(300)), "a running timer is not pushed back");
+        assert!(!rto.expired(t0 + ms(299)) && rto.expired(t0 + ms(300)));
+        rto.restart(t0 + ms(100), ms(300));
+        assert_eq!(rto.deadline(), Some(t0 + ms(400)));
+        rto.stop();
+        assert_eq!(rto.deadline(), None);
+        rto.restart(t0, Duration::MAX);
+        assert!(rto.deadline().is_some_and(|t| t > t0 + Duration::from_secs(1 << 29)), "saturates, does not overflow");
+    }
+}

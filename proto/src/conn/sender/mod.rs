@@ -356,13 +356,12 @@ mod tests {
     const SEG: u64 = 1000;
 
     fn sender(page_len: u64, window: u64) -> Sender {
-        let params = SenderParams {
-            segment: SEG,
-            fast: true,
-            cc: Box::new(Fixed(window)),
-            peer_window: window,
-            window_cap: window,
-        };
+        sender_in_mode(page_len, window, true)
+    }
+
+    fn sender_in_mode(page_len: u64, window: u64, fast: bool) -> Sender {
+        let params =
+            SenderParams { segment: SEG, fast, cc: Box::new(Fixed(window)), peer_window: window, window_cap: window };
         Sender::new(page_len, params, RttEstimator::new(RtoConfig::default()))
     }
 
@@ -423,5 +422,125 @@ mod tests {
         assert_eq!(s.rate.delivered(), 10 * SEG, "every byte delivered exactly once");
         assert_eq!(s.board.in_flight(), 0);
         assert!(s.all_acked());
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// One segment sent each millisecond from `t0`, as many as go.
+    fn send_spaced(s: &mut Sender, t0: Instant) -> u64 {
+        let mut n = 0;
+        while s.poll_send(t0 + ms(n), 0, u64::MAX).is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// RFC 8985 §7: with one segment left unacknowledged the probe timer is
+    /// 2·SRTT plus the peer's ACK delay; it resends the last segment, and
+    /// the RTO (not another probe) guards the tail after it.
+    #[test]
+    fn tail_loss_probe_resends_the_last_segment() {
+        let mut s = sender(10 * SEG, 100 * SEG);
+        let t0 = Instant::now();
+        assert_eq!(send_all(&mut s, t0).len(), 10);
+        s.on_ack(t0 + ms(50), 9 * SEG, false, &[], None);
+        assert_eq!(s.rtt.srtt(), Some(ms(50)));
+        let pto = t0 + ms(50) + ms(100) + loss::PEER_ACK_DELAY;
+        assert_eq!(s.poll_timeout(), Some(pto), "before the RTO at 200 ms");
+        s.handle_timeout(pto - ms(1));
+        assert!(!s.wants_transmit(pto - ms(1)));
+        s.handle_timeout(pto);
+        assert!(s.wants_transmit(pto));
+        assert_eq!(s.poll_send(pto, 7, u64::MAX), Some(Send { index: 9, retransmission: true, tag: 0 }));
+        assert_eq!(s.poll_send(pto, 7, u64::MAX), None, "one probe");
+        assert_eq!(s.poll_timeout(), Some(pto + s.rtt.rto()), "the RTO guards the tail");
+        s.on_ack(pto + ms(50), 10 * SEG, true, &[], None);
+        assert!(s.all_acked());
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    /// RFC 8985 §7.3: a probe sends new data if there is some, even one
+    /// segment beyond the congestion window (not beyond the receive window).
+    #[test]
+    fn probe_sends_new_data_beyond_the_congestion_window() {
+        let params = SenderParams {
+            segment: SEG,
+            fast: true,
+            cc: Box::new(Fixed(3 * SEG)),
+            peer_window: 100 * SEG,
+            window_cap: 100 * SEG,
+        };
+        let mut s = Sender::new(10 * SEG, params, RttEstimator::new(RtoConfig::default()));
+        let t0 = Instant::now();
+        assert_eq!(send_all(&mut s, t0).len(), 3);
+        s.on_ack(t0 + ms(50), SEG, false, &[], None);
+        assert_eq!(send_all(&mut s, t0 + ms(50)).len(), 1, "the window refills");
+        let pto = t0 + ms(150);
+        assert_eq!(s.poll_timeout(), Some(pto), "2·SRTT with three segments out");
+        s.handle_timeout(pto);
+        assert_eq!(s.poll_send(pto, 0, u64::MAX), Some(Send { index: 4, retransmission: false, tag: 0 }));
+        assert_eq!(s.board.in_flight(), 4 * SEG, "one over the window");
+        assert!(!s.wants_transmit(pto));
+    }
+
+    /// RFC 8985 §6.2 through the sender: a SACK of later segments arms the
+    /// reordering timer for the oldest; when it fires that one is lost and
+    /// sent again at once.
+    #[test]
+    fn reordering_timer_then_loss_and_retransmission() {
+        let mut s = sender(10 * SEG, 100 * SEG);
+        let t0 = Instant::now();
+        assert_eq!(send_spaced(&mut s, t0), 10);
+        // Segments 5-8 SACKed at 50 ms: the newest, sent at 8 ms, gives a
+        // 42 ms RTT, a 10.5 ms window, so segment 0 is lost at 52.5 ms.
+        s.on_ack(t0 + ms(50), 0, false, &[(5 * SEG, 9 * SEG)], None);
+        let due = t0 + ms(52) + Duration::from_micros(500);
+        assert_eq!(s.poll_timeout(), Some(due));
+        assert!(!s.wants_transmit(t0 + ms(50)), "nothing lost yet, nothing new");
+        s.handle_timeout(due);
+        assert_eq!(s.poll_send(due, 0, u64::MAX), Some(Send { index: 0, retransmission: true, tag: 0 }));
+        assert_eq!(s.poll_send(due, 0, u64::MAX), None, "segment 1 is due a millisecond later");
+        assert_eq!(s.poll_timeout(), Some(due + ms(1)));
+        assert_eq!(s.retransmissions, 1);
+    }
+
+    /// Baseline mode has the RFC 6298 timer alone: no probe timer, and no
+    /// RACK, whatever the acknowledgments say.
+    #[test]
+    fn baseline_mode_has_only_the_retransmission_timer() {
+        let mut s = sender_in_mode(10 * SEG, 100 * SEG, false);
+        let t0 = Instant::now();
+        assert_eq!(send_spaced(&mut s, t0), 10);
+        s.on_ack(t0 + ms(50), SEG, false, &[(5 * SEG, 9 * SEG)], None);
+        let rto = t0 + ms(50) + s.rtt.rto();
+        assert_eq!(s.poll_timeout(), Some(rto));
+        s.handle_timeout(rto - ms(1));
+        assert_eq!(s.poll_send(rto - ms(1), 0, u64::MAX), None, "nothing declared lost");
+        s.handle_timeout(rto);
+        assert_eq!(s.poll_send(rto, 0, u64::MAX).map(|x| x.index), Some(1));
+    }
+
+    /// RFC 8985 §7.2: after an RTO, no probe timer until an RTT sample
+    /// collapses the backoff (Karn: a retransmitted segment gives none).
+    #[test]
+    fn no_probe_while_the_rto_is_backed_off() {
+        let mut s = sender(4 * SEG, 100 * SEG);
+        let t0 = Instant::now();
+        assert_eq!(send_all(&mut s, t0).len(), 4);
+        s.on_ack(t0 + ms(50), SEG, false, &[], None);
+        // The probe at 150 ms goes unanswered; the RTO follows 150 ms later.
+        s.handle_timeout(t0 + ms(150));
+        assert_eq!(s.poll_send(t0 + ms(150), 0, u64::MAX).map(|x| x.index), Some(3));
+        let rto = t0 + ms(300);
+        assert_eq!(s.poll_timeout(), Some(rto));
+        s.handle_timeout(rto);
+        assert_eq!(s.rtt.backoff(), 1);
+        let again: Vec<u64> = send_all(&mut s, rto).iter().map(|x| x.index).collect();
+        assert_eq!(again, [1, 2, 3]);
+        s.on_ack(rto + ms(50), 2 * SEG, false, &[], None);
+        assert_eq!(s.tlp.deadline(), None);
+        assert_eq!(s.poll_timeout(), Some(rto + ms(50) + ms(300)), "the doubled RTO alone");
     }
 }

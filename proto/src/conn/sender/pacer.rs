@@ -44,3 +44,72 @@ impl Pacer {
         self.next_send = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // any instant will do as time zero
+
+    use super::*;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// Segments sent at `now` while the pacer allows.
+    fn burst(p: &mut Pacer, now: Instant, rate: u64) -> u32 {
+        let mut n = 0;
+        while p.allows(now) && n < 100 {
+            p.on_sent(now, 1000, Some(rate));
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn no_pacing_without_a_rate() {
+        let t0 = Instant::now();
+        let mut p = Pacer::default();
+        assert!(p.allows(t0));
+        for rate in [None, Some(0)] {
+            for _ in 0..10 {
+                p.on_sent(t0, 1000, rate);
+            }
+            assert_eq!(p.next_send(), None, "{rate:?}");
+            assert!(p.allows(t0));
+        }
+    }
+
+    /// 1000-byte segments at 1 MB/s leave 1 ms apart.
+    #[test]
+    fn rate_sets_the_spacing() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let mut p = Pacer::default();
+        burst(&mut p, t0, 1_000_000);
+        let next = p.next_send().unwrap();
+        assert_eq!(next, t0 + us(1000));
+        assert!(!p.allows(next - us(1)) && p.allows(next));
+        p.on_sent(next, 1000, Some(1_000_000));
+        assert_eq!(p.next_send(), Some(next + us(1000)));
+        p.on_sent(next, 1000, Some(4_000_000));
+        assert_eq!(p.next_send(), Some(next + us(1250)), "a new rate applies from the next segment");
+        // An empty segment (the FIN of an empty page) still takes a byte's
+        // time, so the schedule moves.
+        p.on_sent(next, 0, Some(1_000_000));
+        assert_eq!(p.next_send(), Some(next + us(1251)));
+    }
+
+    /// PACING_BURST of credit: at 1 ms per segment, the first segment and
+    /// two more go at once, from the start and after any idle time, never
+    /// more.
+    #[test]
+    fn burst_credit_is_two_milliseconds_after_idle() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let mut p = Pacer::default();
+        assert_eq!(burst(&mut p, t0, 1_000_000), 3);
+        assert_eq!(burst(&mut p, t0 + us(1000), 1_000_000), 1, "no credit while busy");
+        let idle = t0 + Duration::from_secs(10);
+        assert_eq!(burst(&mut p, idle, 1_000_000), 3, "idle time does not add up");
+        p.reset();
+        assert!(p.allows(idle) && p.next_send().is_none());
+    }
+}

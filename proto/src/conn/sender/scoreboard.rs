@@ -327,3 +327,256 @@ impl Scoreboard {
         (self.una..self.nxt).rev().find(|&i| self.get(i).is_some_and(|s| s.state == SegState::InFlight))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // any instant will do as time zero
+
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use super::super::rate::RateSampler;
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEG: u64 = 1000;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn snap(now: Instant) -> SendState {
+        RateSampler::default().on_send(now, true, false)
+    }
+
+    /// A board of `page` bytes with its first `n` segments sent, segment
+    /// `i` at `t0 + i` ms with tag `i`.
+    fn sent(page: u64, n: u64, t0: Instant) -> Scoreboard {
+        let mut b = Scoreboard::new(page, SEG);
+        for i in 0..n {
+            let s = b.record_send(t0 + ms(i), b.nxt(), i as u32, snap(t0));
+            assert_eq!(s, Sent { retransmission: false, tag: i as u32, transmissions: 1 });
+        }
+        b
+    }
+
+    /// Segments delivered by a cumulative ACK.
+    fn cum(b: &mut Scoreboard, ack: u64, fin: bool) -> Vec<u64> {
+        let mut got = Vec::new();
+        b.on_cumulative_ack(ack, fin, |i, _| got.push(i));
+        got
+    }
+
+    /// Segments delivered by a SACK.
+    fn sack(b: &mut Scoreboard, blocks: &[(u64, u64)]) -> Vec<u64> {
+        let mut got = Vec::new();
+        b.on_sack(blocks, |i, _| got.push(i));
+        got
+    }
+
+    fn state(b: &Scoreboard, i: u64) -> Option<SegState> {
+        b.get(i).map(|s| s.state)
+    }
+
+    #[test]
+    fn segments_cut_the_page_and_the_last_carries_fin() {
+        let b = Scoreboard::new(2500, SEG);
+        assert_eq!(b.total(), 3);
+        assert_eq!((b.range(0), b.range(2), b.range(3)), ((0, 1000), (2000, 2500), (2500, 2500)));
+        assert_eq!(b.len_of(2), 500);
+        assert!(b.is_last(2) && !b.is_last(1));
+        // An empty page is one empty FIN segment.
+        let empty = Scoreboard::new(0, SEG);
+        assert_eq!(empty.total(), 1);
+        assert!(empty.is_last(0));
+        assert_eq!(empty.len_of(0), 0);
+        // A zero segment size is taken as one byte, not a division by zero.
+        assert_eq!(Scoreboard::new(3, 0).total(), 3);
+    }
+
+    #[test]
+    fn cumulative_ack_pops_whole_segments_only() {
+        let t0 = Instant::now();
+        let mut b = sent(10 * SEG, 5, t0);
+        assert_eq!(b.in_flight(), 5 * SEG);
+        assert_eq!(cum(&mut b, 2500, false), [0, 1], "segment 2 is only half acknowledged");
+        assert_eq!((b.una(), b.nxt(), b.len()), (2, 5, 3));
+        assert_eq!(b.in_flight(), 3 * SEG);
+        assert!(b.get(1).is_none(), "popped off the board");
+        assert!(cum(&mut b, 2500, false).is_empty(), "nothing new");
+        let mut work = 0;
+        let mut got = Vec::new();
+        work += b.on_cumulative_ack(5 * SEG, false, |i, _| got.push(i));
+        assert_eq!((got, work), (vec![2, 3, 4], 3));
+        assert!(b.is_empty() && b.in_flight() == 0);
+    }
+
+    #[test]
+    fn fin_segment_needs_the_fin_and_is_never_sacked() {
+        let t0 = Instant::now();
+        let mut b = sent(2500, 3, t0);
+        assert!(sack(&mut b, &[(1000, 2500)]).contains(&1));
+        assert_eq!(state(&b, 2), Some(SegState::InFlight), "a block over the FIN segment does not SACK it");
+        assert_eq!(cum(&mut b, 2500, false), [0], "1 was SACKed; 2 needs the FIN");
+        assert_eq!(b.una(), 2);
+        assert_eq!(b.in_flight(), 500);
+        assert_eq!(cum(&mut b, 2500, true), [2]);
+        assert_eq!(b.una(), b.total());
+        // The empty page's one segment, likewise.
+        let mut e = sent(0, 1, t0);
+        assert!(cum(&mut e, 0, false).is_empty());
+        assert_eq!(cum(&mut e, 0, true), [0]);
+    }
+
+    #[test]
+    fn sack_marks_whole_segments_once() {
+        let t0 = Instant::now();
+        let mut b = sent(10 * SEG, 8, t0);
+        assert_eq!(sack(&mut b, &[(1500, 4200)]), [2, 3], "partial segments 1 and 4 are not SACKed");
+        assert_eq!(state(&b, 2), Some(SegState::Sacked));
+        assert_eq!(state(&b, 4), Some(SegState::InFlight));
+        assert_eq!(b.in_flight(), 6 * SEG);
+        // Known ranges cost nothing; only the new segment is reported.
+        let mut got = Vec::new();
+        let work = b.on_sack(&[(2000, 4000), (2000, 5000)], |i, _| got.push(i));
+        assert_eq!(got, [4]);
+        assert_eq!(work, 3, "two blocks and one new segment");
+        // Beyond what was sent: ignored.
+        assert!(sack(&mut b, &[(8000, 10_000)]).is_empty());
+        // The cumulative ACK skips what SACKs delivered.
+        assert_eq!(cum(&mut b, 6000, false), [0, 1, 5]);
+    }
+
+    #[test]
+    fn in_flight_across_loss_retransmission_and_probe() {
+        let t0 = Instant::now();
+        let mut b = sent(10 * SEG, 4, t0);
+        assert!(b.in_flight_from(1, 1));
+        assert_eq!(b.mark_lost(1), Some(SEG));
+        assert_eq!(b.in_flight(), 3 * SEG, "lost bytes leave the pipe");
+        assert!(b.in_recovery());
+        assert_eq!(b.next_lost(), Some(1));
+        b.pop_lost();
+        let again = b.record_send(t0 + ms(50), 1, 99, snap(t0));
+        assert_eq!(again, Sent { retransmission: true, tag: 1, transmissions: 2 }, "keeps its first tag");
+        assert_eq!(b.in_flight(), 4 * SEG, "back in the pipe");
+        assert!(!b.in_flight_from(1, 1) && b.in_flight_from(1, 2));
+        // A probe of a segment still in flight is not counted twice.
+        assert_eq!(b.last_in_flight(), Some(3));
+        b.record_send(t0 + ms(60), 3, 0, snap(t0));
+        assert_eq!(b.in_flight(), 4 * SEG);
+        // A lost segment SACKed later leaves the pipe only once.
+        b.mark_lost(2);
+        assert_eq!(b.in_flight(), 3 * SEG);
+        assert_eq!(sack(&mut b, &[(2000, 3000)]), [2]);
+        assert_eq!(b.in_flight(), 3 * SEG);
+        assert_eq!(b.mark_lost(9), None, "not on the board");
+    }
+
+    #[test]
+    fn lost_queue_skips_what_was_delivered_since() {
+        let t0 = Instant::now();
+        let mut b = sent(10 * SEG, 4, t0);
+        b.mark_lost(1);
+        b.mark_lost(2);
+        sack(&mut b, &[(1000, 2000)]);
+        assert!(b.first_lost().is_none(), "the front is stale until pruned");
+        assert_eq!(b.next_lost(), Some(2));
+        assert_eq!(b.first_lost().map(|s| s.len), Some(1000));
+        cum(&mut b, 3000, false);
+        assert_eq!(b.next_lost(), None);
+        assert!(!b.in_recovery(), "pruned empty");
+    }
+
+    /// RFC 2018 §8: an RTO marks everything in flight lost and the left
+    /// edge too, SACKed or not; other SACKed segments stay delivered.
+    #[test]
+    fn rto_marks_all_outstanding_lost_with_the_sacked_left_edge() {
+        let t0 = Instant::now();
+        let mut b = sent(10 * SEG, 5, t0);
+        sack(&mut b, &[(1000, 3000)]);
+        assert_eq!(cum(&mut b, 1000, false), [0]);
+        // Now segment 1, SACKed, is the left edge.
+        b.mark_lost(4);
+        b.mark_all_lost();
+        assert_eq!(b.in_flight(), 0);
+        let states: Vec<_> = (1..5).map(|i| state(&b, i)).collect();
+        use SegState::*;
+        assert_eq!(states, [Some(Lost), Some(Sacked), Some(Lost), Some(Lost)]);
+        let mut order = Vec::new();
+        while let Some(i) = b.next_lost() {
+            b.pop_lost();
+            order.push(i);
+            b.record_send(t0 + ms(100), i, 0, snap(t0));
+        }
+        assert_eq!(order, [1, 3, 4], "resent from the left edge, in order, each once");
+        assert_eq!(b.in_flight(), 3 * SEG);
+        // The left edge was delivered by its SACK: not again, but its copy
+        // leaves the pipe.
+        assert_eq!(cum(&mut b, 5000, false), [3, 4]);
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    proptest! {
+        /// Any mix of sends, acknowledgments, losses, probes and timeouts:
+        /// bytes in flight are exactly the segments in flight, the board is
+        /// `una .. nxt`, and once everything is acknowledged every segment
+        /// was delivered exactly once.
+        #[test]
+        fn nothing_is_delivered_twice(ops in proptest::collection::vec((0u8..7, 0u64..12, 0u64..12), 1..80)) {
+            let t0 = Instant::now();
+            let page = 11 * SEG + 300;
+            let mut b = Scoreboard::new(page, SEG);
+            let mut delivered = HashSet::new();
+            let mut twice = Vec::new();
+            let mut note = |i: u64, _: &Seg| if !delivered.insert(i) { twice.push(i) };
+            for (step, (kind, x, y)) in ops.into_iter().enumerate() {
+                let now = t0 + ms(step as u64);
+                match kind {
+                    0 | 1 if b.nxt() < b.total() => { b.record_send(now, b.nxt(), 0, snap(now)); }
+                    2 => {
+                        if let Some(i) = b.next_lost() {
+                            b.pop_lost();
+                            b.record_send(now, i, 0, snap(now));
+                        }
+                    }
+                    3 => {
+                        let ack = (b.una() + x % (b.nxt() - b.una() + 1)) * SEG;
+                        b.on_cumulative_ack(ack.min(b.range(b.nxt()).0), y % 2 == 0, &mut note);
+                    }
+                    4 => {
+                        let start = x * SEG + y * 100;
+                        b.on_sack(&[(start, start + (y + 1) * 700)], &mut note);
+                    }
+                    5 => {
+                        let i = b.una() + x;
+                        if b.get(i).is_some_and(|s| s.state == SegState::InFlight) {
+                            b.mark_lost(i);
+                        }
+                    }
+                    6 if y < 3 => b.mark_all_lost(),
+                    _ => {
+                        if let Some(i) = b.last_in_flight() {
+                            b.record_send(now, i, 0, snap(now));
+                        }
+                    }
+                }
+                let pipe: u64 = b.segs.iter().filter(|s| s.state == SegState::InFlight).map(|s| u64::from(s.len)).sum();
+                prop_assert_eq!(b.in_flight(), pipe);
+                prop_assert_eq!(b.len(), b.nxt() - b.una());
+                for (i, s) in (b.una()..).zip(&b.segs) {
+                    prop_assert!(s.state != SegState::Sacked || b.sacked.contains(i), "SACKed {} not in the set", i);
+                }
+            }
+            // Finish: send the rest and acknowledge all.
+            while b.nxt() < b.total() {
+                b.record_send(t0, b.nxt(), 0, snap(t0));
+            }
+            b.on_cumulative_ack(page, true, &mut note);
+            prop_assert!(twice.is_empty(), "delivered twice: {:?}", twice);
+            prop_assert_eq!(delivered.len() as u64, b.total());
+            prop_assert_eq!(b.in_flight(), 0);
+            prop_assert!(b.is_empty());
+        }
+    }
+}
