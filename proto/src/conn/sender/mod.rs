@@ -13,12 +13,13 @@
 //! - [`scoreboard`]: the segments between the cumulative acknowledgment and
 //!   the next new one, their states, the SACK ranges, bytes in flight.
 //! - [`loss`]: RACK, tail-loss probes and the retransmission timer.
-//! - [`rate`]: the delivery-rate sampler (draft-cheng-iccrg-delivery-rate-
-//!   estimation) that feeds the congestion controller.
+//! - [`rate`]: the delivery-rate sampler that feeds the congestion
+//!   controller (draft-cheng-iccrg-delivery-rate-estimation).
 //! - [`pacer`]: spacing at the controller's pacing rate.
 //!
 //! This module composes them: [`Sender::on_ack`], [`Sender::poll_send`] and
-//! [`Sender::handle_timeout`] follow the RFC procedures step by step.
+//! [`Sender::handle_timeout`] call on each part in the order of the RFC
+//! procedures.
 
 mod loss;
 mod pacer;
