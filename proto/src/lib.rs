@@ -8,9 +8,13 @@
 //! # Layout
 //!
 //! - [`wire`]: the 12-byte header, flags and wrapping sequence numbers.
-//! - [`recovery`]: RTT estimation and the retransmission timeout (RFC 6298).
+//! - [`recovery`]: RTT estimation and the retransmission timeout (RFC 6298),
+//!   and the range set the SACK scoreboard is kept in.
 //! - [`cc`]: congestion control (BBR, CUBIC) behind one interface.
-//! - [`conn`]: the client and server connection state machines.
+//! - [`conn`]: the client and server connection state machines, and the
+//!   server's data sender (`conn/sender/`), built of parts that are read and
+//!   tested alone: the scoreboard, loss detection (RACK-TLP and the RTO
+//!   timer), the pacer and the delivery-rate sampler.
 //! - [`endpoint`]: the server endpoint, which routes datagrams to
 //!   connections by source address and multiplexes their timers.
 //! - [`page`]: the served page and its digest, shared by all connections.

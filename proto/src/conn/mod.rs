@@ -1,4 +1,18 @@
 //! Connection state machines: one per side, both sans-IO.
+//!
+//! - `client`: the client, which receives the page and acknowledges it.
+//! - `server`: the server's handshake, then the transfer through its
+//!   `sender`, then completion.
+//! - `sender/`: the data sender both modes share (`mod.rs` composes the
+//!   parts):
+//!   - `scoreboard.rs`: segments between the cumulative acknowledgment and
+//!     the next new one, their states, the SACK ranges, bytes in flight;
+//!   - `loss.rs`: RACK (RFC 8985 §6), tail-loss probes (§7) and the RFC 6298
+//!     retransmission timer;
+//!   - `pacer.rs`: spacing at the congestion controller's pacing rate;
+//!   - `rate.rs`: the delivery-rate sampler
+//!     (draft-cheng-iccrg-delivery-rate-estimation) that feeds the
+//!     controller.
 
 mod client;
 mod sender;

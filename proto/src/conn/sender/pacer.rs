@@ -1,0 +1,115 @@
+//! The pacer: segments leave no faster than the congestion controller's
+//! pacing rate, with a little credit so that timer granularity does not
+//! cost rate.
+
+use std::time::{Duration, Instant};
+
+/// Pacing lets this much sending time accumulate while idle, so that timer
+/// granularity (a millisecond in most runtimes) does not cost rate.
+pub(super) const PACING_BURST: Duration = Duration::from_millis(2);
+
+#[derive(Debug, Default)]
+pub(super) struct Pacer {
+    /// Earliest time the next segment may leave; `None` when unpaced.
+    next_send: Option<Instant>,
+}
+
+impl Pacer {
+    /// A segment of `len` bytes left now; `rate` is the pacing rate in bytes
+    /// per second (`None` or zero: no pacing).
+    pub(super) fn on_sent(&mut self, now: Instant, len: u64, rate: Option<u64>) {
+        let Some(rate) = rate.filter(|&r| r > 0) else {
+            self.next_send = None;
+            return;
+        };
+        // Credit for at most PACING_BURST of sending time, after idle or at
+        // the start alike.
+        let earliest = now.checked_sub(PACING_BURST).unwrap_or(now);
+        let base = self.next_send.map_or(earliest, |t| t.max(earliest));
+        self.next_send = Some(base + Duration::from_secs_f64(len.max(1) as f64 / rate as f64));
+    }
+
+    /// Whether a segment may leave now.
+    pub(super) fn allows(&self, now: Instant) -> bool {
+        self.next_send.is_none_or(|t| t <= now)
+    }
+
+    /// When the next segment may leave, if paced.
+    pub(super) fn next_send(&self) -> Option<Instant> {
+        self.next_send
+    }
+
+    /// Forgets the schedule (after an RTO, resending starts at once).
+    pub(super) fn reset(&mut self) {
+        self.next_send = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // any instant will do as time zero
+
+    use super::*;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// Segments sent at `now` while the pacer allows.
+    fn burst(p: &mut Pacer, now: Instant, rate: u64) -> u32 {
+        let mut n = 0;
+        while p.allows(now) && n < 100 {
+            p.on_sent(now, 1000, Some(rate));
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn no_pacing_without_a_rate() {
+        let t0 = Instant::now();
+        let mut p = Pacer::default();
+        assert!(p.allows(t0));
+        for rate in [None, Some(0)] {
+            for _ in 0..10 {
+                p.on_sent(t0, 1000, rate);
+            }
+            assert_eq!(p.next_send(), None, "{rate:?}");
+            assert!(p.allows(t0));
+        }
+    }
+
+    /// 1000-byte segments at 1 MB/s leave 1 ms apart.
+    #[test]
+    fn rate_sets_the_spacing() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let mut p = Pacer::default();
+        burst(&mut p, t0, 1_000_000);
+        let next = p.next_send().unwrap();
+        assert_eq!(next, t0 + us(1000));
+        assert!(!p.allows(next - us(1)) && p.allows(next));
+        p.on_sent(next, 1000, Some(1_000_000));
+        assert_eq!(p.next_send(), Some(next + us(1000)));
+        p.on_sent(next, 1000, Some(4_000_000));
+        assert_eq!(p.next_send(), Some(next + us(1250)), "a new rate applies from the next segment");
+        // An empty segment (the FIN of an empty page) still takes a byte's
+        // time, so the schedule moves.
+        p.on_sent(next, 0, Some(1_000_000));
+        assert_eq!(p.next_send(), Some(next + us(1251)));
+    }
+
+    /// PACING_BURST of credit: at 1 ms per segment, the first segment and
+    /// two more go at once, from the start and after any idle time, never
+    /// more.
+    #[test]
+    fn burst_credit_is_two_milliseconds_after_idle() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let mut p = Pacer::default();
+        assert_eq!(burst(&mut p, t0, 1_000_000), 3);
+        assert_eq!(burst(&mut p, t0 + us(1000), 1_000_000), 1, "no credit while busy");
+        let idle = t0 + Duration::from_secs(10);
+        assert_eq!(burst(&mut p, idle, 1_000_000), 3, "idle time does not add up");
+        p.reset();
+        assert!(p.allows(idle) && p.next_send().is_none());
+    }
+}
