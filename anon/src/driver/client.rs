@@ -274,7 +274,7 @@ pub async fn run(
                 conn.handle(now, datagram);
             });
             let more = match got {
-                Ok(_) => true,
+                Ok(_) => !socket.drained(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                 Err(e) => !on_socket_error(&mut conn, &e),
             };

@@ -169,7 +169,12 @@ pub async fn run(
                         }
                     });
                     match got {
-                        Ok(n) => taken += n.max(1),
+                        Ok(n) => {
+                            taken += n.max(1);
+                            if socket.drained() {
+                                break;
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         // ICMP errors from earlier sends and the like: the
                         // connection's timers deal with the peer.

@@ -91,6 +91,8 @@ pub struct BatchSocket {
     /// Receive buffers, one per datagram (or GRO train) of a batch.
     rx: Vec<Vec<u8>>,
     meta: Vec<quinn_udp::RecvMeta>,
+    /// Messages the last receive call returned.
+    last_messages: usize,
 }
 
 /// Receive buffers per batch, and the size of each: a GRO train of 64
@@ -109,6 +111,7 @@ impl BatchSocket {
             state,
             rx: (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
             meta: vec![quinn_udp::RecvMeta::default(); RX_BATCH],
+            last_messages: 0,
         })
     }
 
@@ -126,10 +129,12 @@ impl BatchSocket {
     /// `each` (source, bytes). Returns the number of datagrams, or
     /// `WouldBlock` when none is waiting.
     pub fn try_recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
-        let BatchSocket { socket, state, rx, meta } = self;
+        let BatchSocket { socket, state, rx, meta, last_messages } = self;
         let socket = &*socket;
         let mut slices: Vec<std::io::IoSliceMut<'_>> = rx.iter_mut().map(|b| std::io::IoSliceMut::new(b)).collect();
+        *last_messages = 0;
         let n = socket.try_io(tokio::io::Interest::READABLE, || state.recv(socket.into(), &mut slices, meta))?;
+        *last_messages = n;
         let mut count = 0;
         for (m, buf) in meta.iter().zip(rx.iter()).take(n) {
             let data = buf.get(..m.len).unwrap_or_default();
@@ -140,6 +145,14 @@ impl BatchSocket {
             }
         }
         Ok(count)
+    }
+
+    /// Whether the last receive call found the socket's queue emptied: it
+    /// returned fewer messages than it had buffers for. Reading again would
+    /// only return `WouldBlock`; a loop that stops here answers first, which
+    /// takes a system call off every round trip of stop-and-wait.
+    pub fn drained(&self) -> bool {
+        self.last_messages < RX_BATCH
     }
 
     /// Sends `contents` to `dest`: one datagram, or several of

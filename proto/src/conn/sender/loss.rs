@@ -96,7 +96,7 @@ impl Rack {
             if (sent_at, index) >= reference {
                 break;
             }
-            let deadline = sent_at + self.rtt + reo_wnd;
+            let deadline = after(sent_at, self.rtt.saturating_add(reo_wnd));
             if now < deadline {
                 self.reorder_deadline = Some(deadline);
                 break;

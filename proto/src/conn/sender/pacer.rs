@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::time::after;
+
 /// Pacing lets this much sending time accumulate while idle, so that timer
 /// granularity (a millisecond in most runtimes) does not cost rate.
 pub(super) const PACING_BURST: Duration = Duration::from_millis(2);
@@ -26,7 +28,7 @@ impl Pacer {
         // the start alike.
         let earliest = now.checked_sub(PACING_BURST).unwrap_or(now);
         let base = self.next_send.map_or(earliest, |t| t.max(earliest));
-        self.next_send = Some(base + Duration::from_secs_f64(len.max(1) as f64 / rate as f64));
+        self.next_send = Some(after(base, Duration::from_secs_f64(len.max(1) as f64 / rate as f64)));
     }
 
     /// Whether a segment may leave now.

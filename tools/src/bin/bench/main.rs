@@ -23,6 +23,7 @@ mod crowd;
 mod load;
 mod path;
 mod procfs;
+mod sackflood;
 mod tftp;
 
 use anon_proto::wire::{Flags, Header, Seq};
@@ -134,6 +135,17 @@ enum What {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Honest anonclients fetching one after another on loopback, alone and
+    /// beside one hostile client that SACKs everything but the first
+    /// segment in four blocks per ACK: process times, in one run.
+    Sackflood {
+        /// Page size in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        size: usize,
+        /// Honest fetches in a row, each way.
+        #[arg(long, default_value_t = 5)]
+        fetches: usize,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -177,6 +189,9 @@ fn main() -> ExitCode {
             runs: runs.max(1),
             timeout: Duration::from_secs(timeout),
         }),
+        What::Sackflood { size, fetches } => {
+            sackflood::run(&sackflood::Options { bins, size, fetches: fetches.max(1) })
+        }
         What::Tftp { size, runs, timeout } => {
             tftp::run(&tftp::Options { bins, size, runs: runs.max(1), timeout: Duration::from_secs(timeout) })
         }
@@ -194,6 +209,12 @@ fn random_page(size: usize) -> Vec<u8> {
     let mut page = vec![0u8; size];
     rand::rng().fill_bytes(&mut page);
     page
+}
+
+fn median_f64(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
