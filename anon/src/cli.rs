@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anon_proto::cc::Algorithm;
-use anon_proto::{ClientConfig, Server, ServerConfig};
+use anon_proto::{ClientConfig, FastClient, Server, ServerConfig};
 use bytes::Bytes;
 use clap::Parser;
 use rand::SeedableRng;
@@ -171,6 +171,15 @@ pub struct ServerArgs {
     pub max_segment: u16,
 }
 
+/// How a fast-mode client sends its ACKs (docs/PROTOCOL.md §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AckPolicy {
+    /// The ACKs due within one receive batch collapse into one (default).
+    Batch,
+    /// Every ACK due goes out (every second segment), for measurements.
+    Every,
+}
+
 /// Congestion controllers a server can use in fast mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Congestion {
@@ -212,6 +221,11 @@ pub struct ClientArgs {
     /// Do not offer fast mode: ask for the assignment's baseline exchange.
     #[arg(long)]
     pub no_fast: bool,
+    /// Fast mode's ACKs: `batch` collapses the ACKs due within one receive
+    /// batch into one; `every` sends each (every second segment), for
+    /// measuring the difference.
+    #[arg(long, value_enum, default_value_t = AckPolicy::Batch)]
+    pub ack_policy: AckPolicy,
 }
 
 /// Logs diagnostics to stderr; `RUST_LOG` overrides the level.
@@ -354,10 +368,11 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot reach {server}: {e}")),
     };
     let defaults = ClientConfig::default();
+    let fast = defaults.fast.map(|f| FastClient { coalesce_acks: args.ack_policy == AckPolicy::Batch, ..f });
     let config = ClientConfig {
         connect_timeout: args.connect_timeout,
         idle_timeout: args.timeout,
-        fast: if args.no_fast { None } else { defaults.fast },
+        fast: if args.no_fast { None } else { fast },
         ..defaults
     };
     let socket = {

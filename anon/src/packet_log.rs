@@ -91,6 +91,9 @@ pub struct PacketLog {
     /// Stray-line tokens (a token bucket refilled at STRAY_PER_SEC).
     stray_tokens: u64,
     stray_refilled: Option<Instant>,
+    /// A reopen asked for and not yet handed to the writer (its queue was
+    /// full): tried again at the next flush.
+    reopen_pending: bool,
     stats: LogStats,
 }
 
@@ -184,6 +187,7 @@ impl PacketLog {
             dirty_since: None,
             stray_tokens: STRAY_BURST,
             stray_refilled: None,
+            reopen_pending: false,
             stats: LogStats::default(),
         })
     }
@@ -198,11 +202,20 @@ impl PacketLog {
     pub fn record_stray(&mut self, now: Instant, dir: Direction, datagram: &[u8]) {
         let Ok((header, _)) = Header::decode(datagram) else { return };
         // Refill: STRAY_PER_SEC tokens a second, at most STRAY_BURST held.
-        let since = self.stray_refilled.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        let fresh = (since.as_micros() as u64).saturating_mul(STRAY_PER_SEC) / 1_000_000;
-        if fresh > 0 || self.stray_refilled.is_none() {
-            self.stray_tokens = (self.stray_tokens + fresh).min(STRAY_BURST);
-            self.stray_refilled = Some(now);
+        // The clock advances by the time the whole tokens took, so that the
+        // fractions are not lost between frequent calls.
+        const TOKEN: Duration = Duration::from_micros(1_000_000 / STRAY_PER_SEC);
+        match self.stray_refilled {
+            None => self.stray_refilled = Some(now),
+            Some(t) => {
+                let since = now.saturating_duration_since(t);
+                let fresh = (since.as_micros() / TOKEN.as_micros()) as u64;
+                if fresh > 0 {
+                    self.stray_tokens = (self.stray_tokens + fresh).min(STRAY_BURST);
+                    self.stray_refilled =
+                        Some(if self.stray_tokens == STRAY_BURST { now } else { t + TOKEN * fresh as u32 });
+                }
+            }
         }
         if self.stray_tokens == 0 {
             self.stats.stray += 1;
@@ -213,14 +226,26 @@ impl PacketLog {
     }
 
     /// Asks the writer to reopen the log's path (SIGHUP, after logrotate
-    /// moved the file): lines recorded so far go to the old file.
-    pub fn reopen(&mut self) {
+    /// moved the file): lines recorded so far go to the old file. Never
+    /// waits: behind a slow disk the request is retried at the next flush.
+    pub fn reopen(&mut self, now: Instant) {
         self.hand_over();
-        if let Some(tx) = &self.tx {
-            // Waiting here is fine: it happens once per signal, not per packet.
-            if tx.send(Msg::Reopen).is_err() {
-                self.tx = None;
-            }
+        self.reopen_pending = true;
+        self.try_reopen();
+        if self.reopen_pending {
+            self.dirty_since.get_or_insert(now);
+        }
+    }
+
+    fn try_reopen(&mut self) {
+        if !self.reopen_pending {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Msg::Reopen) {
+            Ok(()) => self.reopen_pending = false,
+            Err(mpsc::TrySendError::Full(_)) => {}
+            Err(_) => self.tx = None,
         }
     }
 
@@ -266,29 +291,44 @@ impl PacketLog {
     /// waiting for the writer (the event loop goes on meanwhile).
     pub fn flush_if_due(&mut self, now: Instant) {
         if self.flush_deadline().is_some_and(|t| now >= t) {
-            self.request_flush(false);
+            self.request_flush(Some(now));
         }
     }
 
     /// Writes every recorded line to the file, and waits until it is there.
     pub fn flush(&mut self) {
-        self.request_flush(true);
+        self.request_flush(None);
     }
 
-    fn request_flush(&mut self, wait: bool) {
+    /// Flushes; waits for the writer unless this is the periodic flush at
+    /// `periodic`, which never waits.
+    fn request_flush(&mut self, periodic: Option<Instant>) {
         self.dirty_since = None;
         self.hand_over();
-        let Some(tx) = &self.tx else { return };
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        if wait {
-            // On exit and in tests: everything must reach the file.
-            if tx.send(Msg::Flush(done_tx)).is_ok() {
-                let _ = done_rx.recv();
+        match periodic {
+            None => {
+                // On exit and in tests: everything must reach the file.
+                if self.reopen_pending {
+                    if let Some(tx) = &self.tx {
+                        let _ = tx.send(Msg::Reopen);
+                    }
+                    self.reopen_pending = false;
+                }
+                let Some(tx) = &self.tx else { return };
+                if tx.send(Msg::Flush(done_tx)).is_ok() {
+                    let _ = done_rx.recv();
+                }
             }
-        } else {
-            // The periodic flush never waits: if the queue is full the
-            // writer is busy anyway, and the next second asks again.
-            let _ = tx.try_send(Msg::Flush(done_tx));
+            Some(now) => {
+                self.try_reopen();
+                let Some(tx) = &self.tx else { return };
+                // If the queue is full the writer is busy anyway: ask again
+                // in a second (not at once, which would spin the loop).
+                if tx.try_send(Msg::Flush(done_tx)).is_err() || self.reopen_pending {
+                    self.dirty_since = Some(now);
+                }
+            }
         }
     }
 }
@@ -378,6 +418,8 @@ mod flood_tests {
         }
         let behind = log.stats().behind;
         assert!(behind > 0, "nothing dropped");
+        // SIGHUP now must not wait for the disk either.
+        log.reopen(now);
         // At most the queue, what the writer holds (its buffer takes a few
         // batches before the first write blocks) and the batch being filled
         // survive.
@@ -430,7 +472,7 @@ mod flood_tests {
         log.flush();
         std::fs::rename(&path, dir.path().join("log.1")).unwrap();
         log.record_header(now, Direction::Send, &header(2));
-        log.reopen();
+        log.reopen(now);
         log.record_header(now, Direction::Send, &header(3));
         log.flush();
         assert_eq!(std::fs::read_to_string(dir.path().join("log.1")).unwrap(), "SEND 1 0 ACK\nSEND 2 0 ACK\n");

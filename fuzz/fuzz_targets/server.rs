@@ -43,7 +43,9 @@ fuzz_target!(|input: Input| {
     let mut buf = Vec::new();
     for step in input.steps.into_iter().take(512) {
         match step {
-            Step::Datagram { peer, bytes } => server.handle(now, addr(peer), &bytes),
+            Step::Datagram { peer, bytes } => {
+                server.handle(now, addr(peer), &bytes);
+            }
             Step::Segment { peer, seq, ack, flags, payload } => {
                 let mut d = Vec::new();
                 Header::new(Seq(seq), Seq(ack), Flags::from_word(u32::from(flags & 7))).encode(&payload, &mut d);

@@ -131,6 +131,10 @@ pub struct FastClient {
     pub ack_every: u32,
     /// Longest an in-order segment waits for its acknowledgment.
     pub max_ack_delay: Duration,
+    /// ACKs that fall due while one receive batch is processed collapse into
+    /// the latest (docs/PROTOCOL.md §6.3); `false` sends each of them, for
+    /// measuring the difference.
+    pub coalesce_acks: bool,
 }
 
 impl Default for FastClient {
@@ -140,6 +144,7 @@ impl Default for FastClient {
             recv_window: 8 << 20,
             ack_every: 2,
             max_ack_delay: Duration::from_millis(5),
+            coalesce_acks: true,
         }
     }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use rand::RngCore;
 
 use crate::config::ServerConfig;
-use crate::conn::{CloseReason, Mode, ServerConn, encode_syn_ack, negotiate};
+use crate::conn::{Accepted, CloseReason, Mode, ServerConn, encode_syn_ack, negotiate};
 use crate::cookie::{CookieJar, CookieMode};
 use crate::page::Page;
 use crate::wire::{Flags, Header, Seq};
@@ -132,13 +132,19 @@ pub struct Server {
     burst: usize,
 }
 
+/// Segments any connection may keep in flight when the memory budget is
+/// used up: enough for an honest transfer to go on at a modest rate while
+/// hostile connections hold the budget, until their idle timeouts free it.
+const PRESSURE_FLOOR: u64 = 16;
+
 /// Datagrams one connection sends in a row before the next one's turn.
 const TRANSMIT_BURST: usize = 32;
 /// Stateless SYN|ACKs queued at most: a flood faster than the socket drains
 /// them loses SYNs (counted), never memory.
 const STATELESS_QUEUE: usize = 4096;
 
-/// What a completed fast-mode connection leaves behind: 32 bytes, not a
+/// What a completed fast-mode connection leaves behind: about 100 bytes
+/// with its map entry and expiry slot, not a
 /// connection.
 #[derive(Debug, Clone, Copy)]
 struct TimeWait {
@@ -148,6 +154,9 @@ struct TimeWait {
     /// The final ACK that answers it.
     reply: Header,
     until: Instant,
+    /// FIN|ACKs answered again; those answers are logged within the stray
+    /// rate (a replay flood must not fill the log).
+    repeats: u32,
 }
 
 /// `ip` masked to its first `v4` (IPv4) or `v6` (IPv6) bits; an IPv4-mapped
@@ -252,7 +261,11 @@ impl Server {
                 Fit::No => false,
             }
         } else if header.flags == Flags::ACK | Flags::FIN {
-            self.handle_time_wait(peer, header)
+            if self.handle_time_wait(peer, header) {
+                // Answered, but a repeat: logged within the stray rate.
+                return false;
+            }
+            false
         } else if header.flags == Flags::ACK {
             self.handle_cookie(now, peer, header)
         } else if bare_syn {
@@ -295,21 +308,27 @@ impl Server {
             }
             // A new SYN from an address whose handshake is incomplete: the
             // client restarted (or a late duplicate opened this one). Start
-            // over, as TCP does in SYN-RECEIVED.
+            // over, as TCP does in SYN-RECEIVED, but within the first SYN's
+            // idle deadline: SYNs with new ISNs cannot hold a half-open slot
+            // for ever.
             Some(isn) if bare_syn && isn != h.seq => {
                 let isn = self.isn_rng.next_u32();
+                let deadline = slot.conn.idle_deadline();
                 slot.conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, h.seq, payload, now);
+                slot.conn.keep_idle_deadline(deadline);
                 self.stats.accepted += 1;
                 self.stats.accepted_fast += u64::from(slot.conn.mode() != Mode::Baseline);
-                true
+                Accepted::Nothing
             }
             _ => slot.conn.handle(now, h, payload),
         };
         self.after_activity(now, peer, half_open.is_some());
-        match (accepted, half_open.is_some() && h.flags.contains(Flags::SYN)) {
-            (false, _) => Fit::No,
-            (true, true) => Fit::Repeat,
-            (true, false) => Fit::Connection,
+        match accepted {
+            Accepted::No => Fit::No,
+            // A SYN again for a half-open connection, a duplicate ACK: they
+            // fit, but a flood of them must not fill the log either.
+            Accepted::Nothing => Fit::Repeat,
+            Accepted::Progress => Fit::Connection,
         }
     }
 
@@ -318,7 +337,10 @@ impl Server {
     fn handle_time_wait(&mut self, peer: SocketAddr, h: Header) -> bool {
         let tw = self.time_wait.get(&peer).copied();
         let Some(tw) = tw.filter(|t| t.fin_seq == h.seq && t.fin_ack == h.ack) else { return false };
-        self.queue_stateless(peer, tw.reply);
+        self.queue_final_ack(peer, tw.reply);
+        if let Some(t) = self.time_wait.get_mut(&peer) {
+            t.repeats = t.repeats.saturating_add(1);
+        }
         true
     }
 
@@ -395,11 +417,13 @@ impl Server {
 
     /// Queues a 12-byte datagram sent from no connection state (a final
     /// ACK); dropped when the stateless queue is full.
-    fn queue_stateless(&mut self, peer: SocketAddr, header: Header) {
+    /// It goes ahead of queued SYN cookies: under a SYN flood an honest
+    /// client must not wait out its linger behind them.
+    fn queue_final_ack(&mut self, peer: SocketAddr, header: Header) {
         if self.stateless.len() < STATELESS_QUEUE {
             let mut d = Vec::with_capacity(crate::wire::HEADER_LEN);
             header.encode(&[], &mut d);
-            self.stateless.push_back((peer, d));
+            self.stateless.push_front((peer, d));
             self.stats.final_acks += 1;
         }
     }
@@ -410,8 +434,12 @@ impl Server {
             return;
         }
         while self.time_wait.len() >= self.config.max_time_wait {
-            let Some((_, oldest)) = self.time_wait_order.pop_front() else { break };
-            self.time_wait.remove(&oldest);
+            let Some((until, oldest)) = self.time_wait_order.pop_front() else { break };
+            // Only the record this entry was made for: one renewed by a later
+            // completion has a later entry of its own.
+            if self.time_wait.get(&oldest).is_some_and(|t| t.until == until) {
+                self.time_wait.remove(&oldest);
+            }
         }
         let until = crate::time::after(now, self.config.time_wait);
         self.time_wait.insert(peer, TimeWait { until, ..tw });
@@ -482,15 +510,12 @@ impl Server {
                 acked: conn.acked(),
                 retransmissions: conn.stats.retransmissions,
             });
-            let final_ack = conn.final_ack();
+            let final_ack = conn.final_ack().zip(conn.fin_ack());
             self.tracked = self.tracked.saturating_sub(slot.tracked);
             self.conns.remove(&peer);
-            if let Some(reply) = final_ack {
-                // The FIN|ACK it answers is the datagram just handled.
-                let fin_ack = reply.seq;
-                let fin_seq = reply.ack - 1;
-                self.queue_stateless(peer, reply);
-                self.enter_time_wait(now, peer, TimeWait { fin_seq, fin_ack, reply, until: now });
+            if let Some((reply, (fin_seq, fin_ack))) = final_ack {
+                self.queue_final_ack(peer, reply);
+                self.enter_time_wait(now, peer, TimeWait { fin_seq, fin_ack, reply, until: now, repeats: 0 });
             }
             let source = self.source(peer);
             if let Entry::Occupied(mut n) = self.per_source.entry(source) {
@@ -583,12 +608,20 @@ impl Server {
 
     /// How many segments one connection's scoreboard may hold before it
     /// sends another new one: no limit while under half the memory budget,
-    /// then an equal share of the other half (docs/PROTOCOL.md §7.1). The
-    /// total stays within the budget: what grew beyond a share did so while
-    /// under the first half.
+    /// then an equal share of the other half, and once the budget is used
+    /// up, [`PRESSURE_FLOOR`] (docs/PROTOCOL.md §7.1). Shares taken when
+    /// fewer connections were open are not given back by a peer that never
+    /// acknowledges, so only the floor bounds the total: within the budget
+    /// plus the floor per connection, whatever order connections came in.
     fn max_tracked(&self) -> u64 {
         let budget = self.config.memory_budget / crate::config::SEGMENT_COST;
-        if self.tracked < budget / 2 { u64::MAX } else { budget / 2 / (self.conns.len().max(1) as u64) }
+        if self.tracked < budget / 2 {
+            u64::MAX
+        } else if self.tracked >= budget {
+            PRESSURE_FLOOR
+        } else {
+            budget / 2 / (self.conns.len().max(1) as u64)
+        }
     }
 
     /// The source a peer counts against for `max_per_source`.
@@ -604,7 +637,7 @@ impl Server {
     pub fn knows(&self, peer: SocketAddr) -> bool {
         match self.conns.get(&peer) {
             Some(slot) => slot.conn.half_open_isn().is_none() || slot.syn_acks <= 1,
-            None => self.time_wait.contains_key(&peer),
+            None => self.time_wait.get(&peer).is_some_and(|t| t.repeats == 0),
         }
     }
 

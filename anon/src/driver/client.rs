@@ -340,6 +340,10 @@ pub async fn run(
         }
     };
     log.flush();
+    let lost = log.stats().behind;
+    if lost > 0 {
+        tracing::warn!("packet log: {lost} lines dropped: the disk was slower than the transfer");
+    }
     result?;
     let stats = conn.stats();
     Ok(FetchSummary {

@@ -201,9 +201,7 @@ impl Reporter {
 
     /// At the stop: what the last interval has not reported yet.
     pub fn last_word(&mut self, s: &Snapshot) {
-        if self.interval.is_some() {
-            self.warn(s, "since the last report");
-        }
+        self.warn(s, if self.interval.is_some() { "since the last report" } else { "in all" });
     }
 
     /// Limits that refused connections and log lines not written since the

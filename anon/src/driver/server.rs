@@ -46,51 +46,11 @@ pub async fn run(
     let mut hangup = super::Hangup::register();
     // Set by the first stop signal: the end of the grace period.
     let mut draining: Option<Instant> = None;
-    // The endpoint writes datagrams straight into the GSO batch: the page is
-    // copied once, from memory into the batch.
-    let mut batch = Vec::with_capacity(GSO_BYTES + MAX_DATAGRAM);
-    // A datagram taken from the endpoint that did not fit the last batch: it
-    // starts the next one (one copy per batch boundary, not per datagram).
-    let mut held: Option<SocketAddr> = None;
-    let mut held_buf = Vec::with_capacity(MAX_DATAGRAM);
+    let mut tx = Transmitter::new();
     loop {
         let now = Instant::now();
         server.handle_timeout(now);
-        for _ in 0..SEND_BUDGET {
-            batch.clear();
-            let (dest, size) = match held.take() {
-                Some(dest) => {
-                    batch.extend_from_slice(&held_buf);
-                    (dest, held_buf.len())
-                }
-                None => match server.poll_transmit_append(now, &mut batch) {
-                    Some(first) => first,
-                    None => break,
-                },
-            };
-            // GSO: more datagrams for the same peer, each as long as the
-            // first; a shorter one ends the batch. quinn-udp may turn GSO
-            // off after a failure, so the limit is read for every batch.
-            let max_segments = socket.max_segments();
-            let mut count = 1;
-            while count < max_segments && batch.len() + size <= GSO_BYTES {
-                let end = batch.len();
-                let Some((next, len)) = server.poll_transmit_append(now, &mut batch) else { break };
-                if next != dest || len > size {
-                    held_buf.clear();
-                    held_buf.extend_from_slice(batch.get(end..).unwrap_or_default());
-                    batch.truncate(end);
-                    held = Some(next);
-                    break;
-                }
-                count += 1;
-                if len < size {
-                    break;
-                }
-            }
-            let known = server.knows(dest);
-            send_batch(&socket, &mut log, now, dest, known, &batch, size, count).await;
-        }
+        tx.send(&socket, &mut server, &mut log, now).await;
         report_events(&mut server);
         log.flush_if_due(now);
         let snapshot = Snapshot {
@@ -121,7 +81,7 @@ pub async fn run(
         // Sends left over from the budget: yield to the I/O driver (reads
         // get their turn) and come straight back; no timer, which tokio
         // would round up to a millisecond.
-        let pending = held.is_some() || server.has_pending_transmit();
+        let pending = tx.holds() || server.has_pending_transmit();
         let deadline =
             [server.poll_timeout(), log.flush_deadline(), reporter.deadline(), draining].into_iter().flatten().min();
         let wait = async {
@@ -135,7 +95,7 @@ pub async fn run(
             biased;
             () = super::hangup(&mut hangup) => {
                 tracing::info!("SIGHUP: reopening the packet log");
-                log.reopen();
+                log.reopen(Instant::now());
             }
             () = signals.recv() => {
                 if draining.is_some() {
@@ -188,6 +148,9 @@ pub async fn run(
             () = wait => {}
         }
     }
+    // What the last turn queued (the last client's final ACK, say) still
+    // goes out.
+    tx.send(&socket, &mut server, &mut log, Instant::now()).await;
     log.flush();
     let snapshot = Snapshot {
         stats: server.stats(),
@@ -199,6 +162,74 @@ pub async fn run(
     reporter.last_word(&snapshot);
     super::metrics::log_counters(&server.stats(), server.connection_count(), "stopped");
     Ok(server.stats())
+}
+
+/// Builds GSO batches from the endpoint's datagrams and sends them.
+#[derive(Debug)]
+struct Transmitter {
+    /// The endpoint writes datagrams straight into the batch: the page is
+    /// copied once, from memory into the batch.
+    batch: Vec<u8>,
+    /// A datagram taken from the endpoint that did not fit the last batch:
+    /// it starts the next one (one copy per batch boundary, not per
+    /// datagram).
+    held: Option<SocketAddr>,
+    held_buf: Vec<u8>,
+}
+
+impl Transmitter {
+    fn new() -> Self {
+        Transmitter {
+            batch: Vec::with_capacity(GSO_BYTES + MAX_DATAGRAM),
+            held: None,
+            held_buf: Vec::with_capacity(MAX_DATAGRAM),
+        }
+    }
+
+    /// Whether a datagram waits for the next turn.
+    fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Up to SEND_BUDGET batches.
+    async fn send(&mut self, socket: &BatchSocket, server: &mut Server, log: &mut PacketLog, now: Instant) {
+        let Transmitter { batch, held, held_buf } = self;
+        for _ in 0..SEND_BUDGET {
+            batch.clear();
+            let (dest, size) = match held.take() {
+                Some(dest) => {
+                    batch.extend_from_slice(held_buf);
+                    (dest, held_buf.len())
+                }
+                None => match server.poll_transmit_append(now, batch) {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
+            // GSO: more datagrams for the same peer, each as long as the
+            // first; a shorter one ends the batch. quinn-udp may turn GSO
+            // off after a failure, so the limit is read for every batch.
+            let max_segments = socket.max_segments();
+            let mut count = 1;
+            while count < max_segments && batch.len() + size <= GSO_BYTES {
+                let end = batch.len();
+                let Some((next, len)) = server.poll_transmit_append(now, batch) else { break };
+                if next != dest || len > size {
+                    held_buf.clear();
+                    held_buf.extend_from_slice(batch.get(end..).unwrap_or_default());
+                    batch.truncate(end);
+                    *held = Some(next);
+                    break;
+                }
+                count += 1;
+                if len < size {
+                    break;
+                }
+            }
+            let known = server.knows(dest);
+            send_batch(socket, log, now, dest, known, batch, size, count).await;
+        }
+    }
 }
 
 /// Sends one batch of `count` datagrams of `size` bytes (the last may be

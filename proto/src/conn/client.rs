@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use super::{ConnectionError, Mode};
 use crate::config::{ClientConfig, FastClient, Linger};
+use crate::recovery::RangeSet;
 use crate::recovery::RttEstimator;
 use crate::time::after;
-use crate::wire::ext::{AckInfo, Answer, MAX_SACK_BLOCKS, Offer};
+use crate::wire::ext::{AckInfo, Answer, MAX_SACK_BLOCKS, Offer, SackBlocks};
 use crate::wire::{Flags, Header, Seq};
 
 /// SYNs sent with the fast-mode offer before one goes without it: a peer
@@ -123,6 +124,9 @@ struct Reassembly {
     pending: BTreeMap<u64, Vec<u8>>,
     /// Bytes in `pending`: at most the receive window.
     pending_bytes: u64,
+    /// What `pending` covers, as ranges of page offsets: the SACK blocks,
+    /// found in a few lookups however many segments are kept.
+    ranges: RangeSet,
     /// Page offset where the FIN segment ends, once seen.
     fin_at: Option<u64>,
     /// In-order segments not yet acknowledged.
@@ -180,6 +184,9 @@ pub struct ClientConn {
     rtt: RttEstimator,
     /// RTT samples taken, for the baseline linger (see [`Linger`]).
     rtt_samples: u32,
+    /// A segment with new page bytes has arrived: the server has our
+    /// handshake ACK. Until then our own timer repeats it.
+    heard_data: bool,
     /// Retransmission deadline of the SYN, the handshake ACK, or the
     /// FIN|ACK in LAST-ACK.
     rto_deadline: Option<Instant>,
@@ -223,6 +230,7 @@ impl ClientConn {
             last_sent_at: None,
             rtt,
             rtt_samples: 0,
+            heard_data: false,
             rto_deadline: None,
             readable: Vec::new(),
             events: VecDeque::new(),
@@ -238,7 +246,7 @@ impl ClientConn {
             self.stats.datagrams_dropped += 1;
             return;
         };
-        let received = self.received;
+        let held = (self.received, self.buffered());
         let accepted = match self.state {
             State::SynSent { .. } => self.on_syn_sent(now, header, payload),
             State::Established(_) => self.on_segment(now, header, payload),
@@ -249,8 +257,17 @@ impl ClientConn {
         if !accepted {
             self.stats.datagrams_dropped += 1;
         }
-        if self.received > received && matches!(self.state, State::Established(_)) {
-            self.give_up_at = after(now, self.config.idle_timeout);
+        // New page bytes, in order or kept beyond a gap: the only thing that
+        // holds the give-up deadline off, and the proof that the server has
+        // our handshake ACK (its timer is no longer needed).
+        if self.received > held.0 || self.buffered() > held.1 {
+            if matches!(self.state, State::Established(_)) {
+                self.give_up_at = after(now, self.config.idle_timeout);
+            }
+            if !self.heard_data {
+                self.heard_data = true;
+                self.rto_deadline = None;
+            }
         }
     }
 
@@ -261,7 +278,9 @@ impl ClientConn {
         }
         // Fast mode only if we offered it and the answer is well formed; a
         // server that ignored the offer answers with a bare SYN|ACK.
-        self.answer = self.config.fast.and_then(|_| Answer::decode(payload));
+        // An answer whose SEGMENT exceeds what we offered breaks §6.1: not
+        // a valid answer.
+        self.answer = self.config.fast.and_then(|f| Answer::decode(payload).filter(|a| a.segment <= f.max_segment));
         self.mode = match self.answer {
             Some(a) => Mode::Fast { segment: a.segment },
             None => Mode::Baseline,
@@ -294,8 +313,6 @@ impl ClientConn {
             }
             return false;
         }
-        // The server has our handshake ACK: its timer is no longer needed.
-        self.rto_deadline = None;
         match self.fast() {
             None => {
                 self.on_baseline_segment(now, h, payload);
@@ -385,12 +402,16 @@ impl ClientConn {
             // with that segment's length (so kept pieces never overlap), and
             // within the window.
             let start = start as u64;
-            let whole = len == segment || end as u64 == answer.page_len;
+            let whole = (len == segment || end as u64 == answer.page_len) && (len > 0 || fin);
             let fits = end as u64 <= window_end && reasm.pending.len() < MAX_PENDING_SEGMENTS;
             if start % segment != 0 || !whole || !fits {
                 self.stats.segments_refused += 1;
                 // Still say where we are: the sender may have lost track.
-                self.send_fast_ack();
+                // Not before the first data: that ACK would replace the
+                // handshake ACK our timer repeats.
+                if self.heard_data {
+                    self.send_fast_ack();
+                }
                 return false;
             }
             match reasm.pending.entry(start) {
@@ -400,6 +421,7 @@ impl ClientConn {
                 std::collections::btree_map::Entry::Vacant(v) => {
                     v.insert(payload.to_vec());
                     reasm.pending_bytes += len;
+                    reasm.ranges.insert(start..start + len, |_| {});
                 }
             }
             reasm.latest = Some(start);
@@ -430,6 +452,7 @@ impl ClientConn {
                     // A gap was filled: report the new state at once.
                     ack_now = true;
                 }
+                reasm.ranges.remove_below(received);
                 self.deliver(fresh);
                 for (data, skip) in taken {
                     if let Some(tail) = data.get(skip..) {
@@ -498,30 +521,25 @@ impl ClientConn {
     /// baseline mode, whose ACKs are bare headers).
     fn ack_info(&self, with_sack: bool) -> Vec<u8> {
         let Some(fast) = self.fast() else { return Vec::new() };
-        let mut blocks: Vec<(u64, u64)> = Vec::new();
+        let mut blocks = SackBlocks::default();
+        let base = self.rcv_nxt;
+        let to_seq = |r: std::ops::Range<u64>| {
+            (base + r.start.saturating_sub(self.received) as u32, base + r.end.saturating_sub(self.received) as u32)
+        };
         if let (true, State::Established(reasm)) = (with_sack, &self.state) {
-            for (&at, data) in &reasm.pending {
-                let end = at + data.len() as u64;
-                match blocks.last_mut() {
-                    Some((_, e)) if *e >= at => *e = (*e).max(end),
-                    _ => blocks.push((at, end)),
-                }
-            }
             // RFC 2018 §4: the block with the latest arrival first, then the
             // others, highest first (the sender has the low ones' news).
-            blocks.reverse();
-            if let Some(latest) = reasm.latest {
-                if let Some(i) = blocks.iter().position(|&(s, e)| s <= latest && latest < e) {
-                    let b = blocks.remove(i);
-                    blocks.insert(0, b);
+            let first = reasm.latest.and_then(|l| reasm.ranges.containing(l));
+            if let Some(r) = first.clone() {
+                blocks.push(to_seq(r));
+            }
+            for r in reasm.ranges.iter().rev().filter(|r| Some(r) != first.as_ref()) {
+                if !blocks.push(to_seq(r)) {
+                    break;
                 }
             }
-            blocks.truncate(MAX_SACK_BLOCKS);
         }
-        let base = self.rcv_nxt;
-        let to_seq = |offset: u64| base + (offset - self.received) as u32;
-        let info =
-            AckInfo { window: fast.recv_window, sack: blocks.iter().map(|&(s, e)| (to_seq(s), to_seq(e))).collect() };
+        let info = AckInfo { window: fast.recv_window, sack: blocks };
         let mut out = Vec::with_capacity(5 + 8 * MAX_SACK_BLOCKS);
         info.encode(&mut out);
         out
@@ -564,11 +582,16 @@ impl ClientConn {
             && self.queue.back().is_some_and(|(p, again)| !again && p.header == self.last.header)
     }
 
+    /// Whether queued ACKs collapse into the latest (fast mode).
+    fn coalescing(&self) -> bool {
+        self.fast().is_some_and(|f| f.coalesce_acks)
+    }
+
     /// Sequence number for a new packet: one more than the last one sent.
     /// In fast mode a new ACK replaces one still queued and takes over its
     /// number, so the numbers count packets on the wire (PROTOCOL.md §2).
     fn next_seq(&self) -> Seq {
-        let replaces = self.fast().is_some() && self.last_unsent() && !self.last.header.flags.contains(Flags::SYN);
+        let replaces = self.coalescing() && self.last_unsent() && !self.last.header.flags.contains(Flags::SYN);
         if replaces { self.last.header.seq } else { self.last.header.seq + 1 }
     }
 
@@ -576,7 +599,7 @@ impl ClientConn {
     /// In fast mode it supersedes whatever is still queued: a later ACK says
     /// everything an earlier one would.
     fn send_new(&mut self, header: Header, payload: Vec<u8>) {
-        if self.fast().is_some() {
+        if self.coalescing() {
             self.queue.clear();
         }
         self.last = Packet { header, payload };
@@ -630,7 +653,7 @@ impl ClientConn {
             // It guards the handshake ACK too: the server stops repeating
             // its SYN|ACK after a few tries (no amplification), so a lost
             // handshake ACK must be repeated from this side.
-            State::Established(_) if self.last.header.seq == self.isn + 1 => {
+            State::Established(_) if !self.heard_data => {
                 self.rto_deadline = Some(after(now, self.rtt.rto()));
             }
             _ => {}

@@ -21,8 +21,8 @@ mod server;
 use std::time::Duration;
 
 pub use client::{ClientConn, ClientEvent, ClientStats};
+pub(crate) use server::{Accepted, ServerConn, encode_syn_ack, negotiate};
 pub use server::{CloseReason, ConnStats, Mode};
-pub(crate) use server::{ServerConn, encode_syn_ack, negotiate};
 
 /// Why a connection failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

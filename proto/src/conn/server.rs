@@ -25,6 +25,14 @@ use crate::wire::{BASELINE_SEGMENT, Flags, HEADER_LEN, Header, Seq};
 /// ACK keeps getting lost repeats it on its own timer.
 const MAX_SYN_ACK_RETRANSMITS: u32 = 2;
 
+/// Smallest MAX_SEGMENT answered with fast mode.
+const MIN_FAST_SEGMENT: u16 = 64;
+
+/// How far past ISN + 1 the sequence number of a handshake ACK may be: the
+/// client numbers each new ACK, and those sent before the server saw the
+/// handshake were dropped.
+const HANDSHAKE_SEQ_WINDOW: i32 = 1024;
+
 /// The mode a SYN's payload settles, and the offer it carried: fast mode is
 /// answered only to a well-formed offer in a SYN at least as long as the
 /// SYN|ACK carrying the answer (no amplification).
@@ -32,7 +40,10 @@ pub(crate) fn negotiate(config: &ServerConfig, syn_payload: &[u8]) -> (Mode, Opt
     let offer = (config.fast && HEADER_LEN + syn_payload.len() >= ANSWER_DATAGRAM_LEN)
         .then(|| Offer::decode(syn_payload))
         .flatten()
-        .filter(|o| o.max_segment > 0);
+        // Below 64 bytes a segment costs more in headers and scoreboard
+        // entries than it carries (a 16 MiB window of 1-byte segments would
+        // be 16 M entries): baseline, as a SYN cookie rounds it.
+        .filter(|o| o.max_segment >= MIN_FAST_SEGMENT);
     let mode = match offer {
         Some(o) => Mode::Fast { segment: o.max_segment.min(config.max_segment).clamp(1, MAX_SEGMENT) },
         None => Mode::Baseline,
@@ -47,6 +58,18 @@ pub(crate) fn encode_syn_ack(isn: Seq, peer_isn: Seq, mode: Mode, page: &Page, b
     if let Mode::Fast { segment } = mode {
         Answer { segment, page_len: page.len(), page_sha256: page.sha256() }.encode(buf);
     }
+}
+
+/// How a datagram fitted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// Not acceptable in the connection's state.
+    No,
+    /// Part of its exchange, and it moved something: the handshake, the
+    /// cumulative acknowledgment, a SACK block that delivered data, the end.
+    Progress,
+    /// Acceptable, but it changed nothing: a duplicate SYN or ACK.
+    Nothing,
 }
 
 /// Why a server connection ended.
@@ -129,7 +152,7 @@ pub(crate) struct ServerConn {
     acked_at_close: u64,
     /// Fast mode, completed: the sequence number of the client's FIN|ACK,
     /// which the final ACK acknowledges (docs/PROTOCOL.md §6.3).
-    fin_ack_seq: Option<Seq>,
+    fin_ack_seq: Option<(Seq, Seq)>,
     pub(crate) stats: ConnStats,
 }
 
@@ -199,35 +222,72 @@ impl ServerConn {
 
     /// Processes one datagram from this connection's client. Returns whether
     /// it fitted the connection's state.
-    pub(crate) fn handle(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
-        let before = (self.acked(), self.half_open_isn().is_some());
+    pub(crate) fn handle(&mut self, now: Instant, h: Header, payload: &[u8]) -> Accepted {
+        let before = (self.acked(), self.half_open_isn().is_some(), self.closed());
+        let delivered = self.delivered();
         let accepted = match self.state {
-            State::SynReceived(_) => self.on_syn_received(now, h),
+            State::SynReceived(_) => self.on_syn_received(now, h, payload),
             State::Established(_) => self.on_established(now, h, payload),
             State::Closed(_) => false,
         };
+        if !accepted {
+            return Accepted::No;
+        }
         // Only progress (the handshake completing, the cumulative
         // acknowledgment moving) holds the idle deadline off: a client that
         // keeps sending SACKs or duplicates while never acknowledging the
         // first segment cannot hold a connection forever.
-        if accepted && (self.acked(), self.half_open_isn().is_some()) != before {
+        if (self.acked(), self.half_open_isn().is_some(), self.closed()) != before {
             self.idle_deadline = after(now, self.idle_timeout);
+            Accepted::Progress
+        } else if self.delivered() != delivered {
+            Accepted::Progress
+        } else {
+            Accepted::Nothing
         }
-        accepted
     }
 
-    fn on_syn_received(&mut self, now: Instant, h: Header) -> bool {
+    /// When the connection is given up unless it makes progress.
+    pub(crate) fn idle_deadline(&self) -> Instant {
+        self.idle_deadline
+    }
+
+    /// Keeps an earlier connection's idle deadline (a restarted handshake).
+    pub(crate) fn keep_idle_deadline(&mut self, at: Instant) {
+        self.idle_deadline = self.idle_deadline.min(at);
+    }
+
+    fn delivered(&self) -> u64 {
+        match &self.state {
+            State::Established(sender) => sender.delivered(),
+            _ => 0,
+        }
+    }
+
+    fn closed(&self) -> bool {
+        matches!(self.state, State::Closed(_))
+    }
+
+    fn on_syn_received(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
         let State::SynReceived(hs) = &mut self.state else { return false };
         if h.flags.contains(Flags::SYN) {
-            // PROTOCOL.md §3: a duplicate SYN gets the same SYN|ACK again.
+            // PROTOCOL.md §3: a duplicate SYN gets the same SYN|ACK again,
+            // but never a larger one (no amplification): a bare SYN after an
+            // offer (the client's fallback, docs/PROTOCOL.md §6.1) is left
+            // unanswered, and the client's next SYN, with the offer, draws it.
             if !h.flags.contains(Flags::ACK) && h.seq == self.peer_isn {
-                hs.send_due = true;
+                let fits = self.mode == Mode::Baseline || HEADER_LEN + payload.len() >= ANSWER_DATAGRAM_LEN;
+                hs.send_due |= fits;
                 return true;
             }
             return false;
         }
-        // The handshake ACK: it acknowledges our SYN and follows the client's.
-        if !(h.flags.contains(Flags::ACK) && h.ack == self.isn + 1 && h.seq == self.peer_isn + 1) {
+        // The handshake ACK: it acknowledges our SYN. Its sequence number is
+        // the client's ISN + 1, or a little more if the client has sent ACKs
+        // since that were lost or dropped (RFC 9293 §3.10.7.4: acceptable
+        // within the window).
+        let ahead = h.seq.since(self.peer_isn + 1);
+        if !(h.flags.contains(Flags::ACK) && h.ack == self.isn + 1 && (0..HANDSHAKE_SEQ_WINDOW).contains(&ahead)) {
             return false;
         }
         let mut rtt = hs.rtt.clone();
@@ -304,7 +364,7 @@ impl ServerConn {
         sender.on_ack(now, ack, fin, sacked, info.map(|i| u64::from(i.window)));
         if sender.all_acked() {
             self.acked_at_close = page_len;
-            self.fin_ack_seq = fast.then_some(h.seq);
+            self.fin_ack_seq = fast.then_some((h.seq, h.ack));
             self.state = State::Closed(CloseReason::Completed);
         }
         true
@@ -413,8 +473,14 @@ impl ServerConn {
     /// one past the FIN|ACK's sequence number, ACK alone, no payload
     /// (docs/PROTOCOL.md §6.3). Baseline mode has none (PROTOCOL.md §2).
     pub(crate) fn final_ack(&self) -> Option<Header> {
-        let fin_ack_seq = self.fin_ack_seq?;
+        let (fin_ack_seq, _) = self.fin_ack_seq?;
         Some(Header::new(self.isn + 1 + self.page.len() as u32, fin_ack_seq + 1, Flags::ACK))
+    }
+
+    /// The client's FIN|ACK that completed a fast-mode transfer: its
+    /// sequence number and ack field, exactly as received.
+    pub(crate) fn fin_ack(&self) -> Option<(Seq, Seq)> {
+        self.fin_ack_seq
     }
 
     /// Segments on this connection's scoreboard.

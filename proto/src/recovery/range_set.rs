@@ -19,6 +19,11 @@ impl RangeSet {
         RangeSet::default()
     }
 
+    /// The range holding `x`, if any.
+    pub fn containing(&self, x: u64) -> Option<Range<u64>> {
+        self.map.range(..=x).next_back().filter(|&(_, &end)| x < end).map(|(&s, &e)| s..e)
+    }
+
     /// Whether `x` is in the set.
     pub fn contains(&self, x: u64) -> bool {
         self.map.range(..=x).next_back().is_some_and(|(_, &end)| x < end)

@@ -68,6 +68,11 @@ pub(crate) struct Sender {
     /// Segments examined by acknowledgment processing, for the tests that
     /// bound the work one ACK can cause.
     pub(crate) ack_work: u64,
+    /// The memory budget held a new segment back while the scoreboard held
+    /// this many: nothing new is "sendable" until it holds fewer (an ACK
+    /// shrinks it), so the connection does not ask for a pacing wake-up it
+    /// cannot use (which would spin the event loop).
+    budget_blocked: Option<u64>,
     pub(crate) rtt: RttEstimator,
     min_rtt: Option<Duration>,
     cc: Box<dyn Controller>,
@@ -89,6 +94,7 @@ impl Sender {
             fast: params.fast,
             board: Scoreboard::new(page_len, params.segment),
             ack_work: 0,
+            budget_blocked: None,
             rtt,
             min_rtt: None,
             cc: params.cc,
@@ -126,6 +132,11 @@ impl Sender {
     /// Segments on the scoreboard: what this connection's memory grows with.
     pub(crate) fn tracked(&self) -> u64 {
         self.board.len()
+    }
+
+    /// Bytes delivered (acknowledged cumulatively or selectively) so far.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.rate.delivered()
     }
 
     /// Whether every segment, the FIN one included, has been acknowledged.
@@ -249,6 +260,7 @@ impl Sender {
             return Some(self.send(now, index, tag, probe));
         }
         let room = self.board.is_empty() || self.board.len() < max_tracked;
+        self.budget_blocked = (!room).then(|| self.board.len());
         let index = self.board.nxt();
         if index < self.board.total() && room {
             let fits = probe || self.cwnd_allows(self.board.len_of(index));
@@ -309,7 +321,8 @@ impl Sender {
             return self.cwnd_allows(u64::from(seg.len));
         }
         let index = self.board.nxt();
-        index < self.board.total() && self.cwnd_allows(self.board.len_of(index)) && self.window_allows(index)
+        let budget = self.budget_blocked.is_none_or(|held| self.board.len() < held);
+        budget && index < self.board.total() && self.cwnd_allows(self.board.len_of(index)) && self.window_allows(index)
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
@@ -402,6 +415,25 @@ mod tests {
         s.on_ack(t1 + Duration::from_secs(1), end, false, &[], Some(window));
         assert_eq!(s.rate.delivered() - delivered, SEG);
         assert_eq!(s.board.in_flight(), 0);
+    }
+
+    /// Held back by the memory budget, a connection asks for no wake-up it
+    /// cannot use (an immediate pacing deadline would spin the event loop);
+    /// an ACK that shrinks its scoreboard lets it send again.
+    #[test]
+    fn budget_held_sender_asks_for_no_wake_up() {
+        let mut s = sender(1000 * SEG, 1000 * SEG);
+        let t0 = Instant::now();
+        let sent: Vec<Send> = std::iter::from_fn(|| s.poll_send(t0, 0, 5)).collect();
+        assert_eq!(sent.len(), 5);
+        // Before the RTO (1 s): only the pacer could ask for a wake-up.
+        let later = t0 + Duration::from_millis(100);
+        assert!(s.poll_send(later, 0, 5).is_none(), "the budget holds it back");
+        assert!(!s.wants_transmit(later));
+        assert!(s.poll_timeout().is_none_or(|t| t > later), "a wake-up it cannot use: {:?}", s.poll_timeout());
+        s.on_ack(later, 2 * SEG, false, &[], None);
+        assert!(s.wants_transmit(later));
+        assert_eq!(std::iter::from_fn(|| s.poll_send(later, 0, 5)).count(), 2);
     }
 
     /// RFC 2018 §8: after an RTO the SACKed left edge is sent again, and its
