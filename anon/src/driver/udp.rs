@@ -147,6 +147,14 @@ impl BatchSocket {
         Ok(count)
     }
 
+    /// Whether a datagram is waiting, without taking it (a non-blocking
+    /// `MSG_PEEK` of one byte). For busy polling.
+    pub fn poll_readable(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let socket = socket2::SockRef::from(&self.socket);
+        socket.peek(&mut byte).is_ok()
+    }
+
     /// Whether the last receive call found the socket's queue emptied: it
     /// returned fewer messages than it had buffers for. Reading again would
     /// only return `WouldBlock`; a loop that stops here answers first, which
