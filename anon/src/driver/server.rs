@@ -31,6 +31,9 @@ pub struct Options {
     pub stats_interval: Option<Duration>,
     /// Where to publish counters for the metrics endpoint.
     pub metrics: Option<Shared>,
+    /// After a turn that received datagrams, poll the socket this long
+    /// before sleeping (zero: never).
+    pub busy_poll: Duration,
 }
 
 /// Serves until a stop signal and the drain after it, then flushes the log
@@ -47,6 +50,10 @@ pub async fn run(
     // Set by the first stop signal: the end of the grace period.
     let mut draining: Option<Instant> = None;
     let mut tx = Transmitter::new();
+    // The last turn received datagrams (see busy polling below), and the
+    // backoff that keeps fruitless polling rare when traffic is sparse.
+    let mut active = false;
+    let mut spin = SpinBackoff::default();
     loop {
         let now = Instant::now();
         server.handle_timeout(now);
@@ -84,13 +91,39 @@ pub async fn run(
         let pending = tx.holds() || server.has_pending_transmit();
         let deadline =
             [server.poll_timeout(), log.flush_deadline(), reporter.deadline(), draining].into_iter().flatten().min();
+        // Busy polling: right after a turn with traffic, the next datagram
+        // of a stop-and-wait exchange is tens of microseconds away on a
+        // LAN; polling for it costs less than sleeping and waking up
+        // through epoll (the largest cost of such a round trip). Only after
+        // traffic, so an idle server sleeps at once, and never past a
+        // deadline.
+        let spin_until = (!pending && active && !options.busy_poll.is_zero() && spin.take_turn()).then(|| {
+            let until = Instant::now() + options.busy_poll;
+            deadline.map_or(until, |d| d.min(until))
+        });
+        let spin = &mut spin;
         let wait = async {
             if pending {
                 tokio::task::yield_now().await;
-            } else {
-                super::sleep_until(deadline).await;
+                return;
             }
+            if let Some(until) = spin_until {
+                let mut got = socket.poll_readable();
+                while !got && Instant::now() < until {
+                    std::hint::spin_loop();
+                    got = socket.poll_readable();
+                }
+                spin.result(got);
+                if got {
+                    // tokio learns of the readiness from its reactor: one
+                    // turn of it (epoll with no wait), not a sleep.
+                    tokio::task::yield_now().await;
+                    return;
+                }
+            }
+            super::sleep_until(deadline).await;
         };
+        active = false;
         tokio::select! {
             biased;
             () = super::hangup(&mut hangup) => {
@@ -115,6 +148,7 @@ pub async fn run(
             }
             ready = socket.readable() => {
                 ready?;
+                active = true;
                 let mut taken = 0;
                 while taken < RECV_BUDGET {
                     let now = Instant::now();
@@ -162,6 +196,38 @@ pub async fn run(
     reporter.last_word(&snapshot);
     super::metrics::log_counters(&server.stats(), server.connection_count(), "stopped");
     Ok(server.stats())
+}
+
+/// When traffic is sparse, polling before sleeping finds nothing and only
+/// burns CPU: after each fruitless poll the next ones are skipped for twice
+/// as many wake-ups as before (up to 64), and a poll that finds a datagram
+/// brings polling back at once. Stop-and-wait traffic on a LAN, where every
+/// poll finds the next datagram, keeps it on.
+#[derive(Debug, Default)]
+struct SpinBackoff {
+    skip: u32,
+    backoff: u32,
+}
+
+impl SpinBackoff {
+    /// Whether to poll this time.
+    fn take_turn(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// What the poll found.
+    fn result(&mut self, found: bool) {
+        if found {
+            self.backoff = 0;
+        } else {
+            self.backoff = (self.backoff * 2).clamp(1, 64);
+            self.skip = self.backoff;
+        }
+    }
 }
 
 /// Builds GSO batches from the endpoint's datagrams and sends them.
@@ -297,5 +363,32 @@ fn report_events(server: &mut Server) {
                 tracing::warn!(peer = %display_addr(peer), bytes = acked, "client silent for {after:?}, connection given up")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinBackoff;
+
+    /// Sparse traffic: fruitless polls back off to one in 65 wake-ups; a
+    /// poll that finds a datagram brings polling back at once.
+    #[test]
+    fn busy_polling_backs_off_when_it_finds_nothing() {
+        let mut s = SpinBackoff::default();
+        let mut polls = 0;
+        for _ in 0..1000 {
+            if s.take_turn() {
+                polls += 1;
+                s.result(false);
+            }
+        }
+        assert!((15..=25).contains(&polls), "{polls} fruitless polls in 1000 wake-ups");
+        while !s.take_turn() {}
+        s.result(true);
+        assert!((0..100).all(|_| {
+            let t = s.take_turn();
+            s.result(true);
+            t
+        }));
     }
 }
