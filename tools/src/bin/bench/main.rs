@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 mod crowd;
+mod holders;
 mod load;
 mod path;
 mod procfs;
@@ -146,6 +147,22 @@ enum What {
         #[arg(long, default_value_t = 5)]
         fetches: usize,
     },
+    /// Many hostile clients holding full windows unacknowledged against one
+    /// anonserver with a memory budget: its peak RSS, and an honest fetch.
+    Holders {
+        /// Hostile clients.
+        #[arg(long, default_value_t = 1000)]
+        holders: usize,
+        /// Page size in bytes.
+        #[arg(long, default_value_t = 32 << 20)]
+        size: usize,
+        /// The server's --memory-budget in MiB.
+        #[arg(long, default_value_t = 64)]
+        budget: u64,
+        /// Seconds the holders hold (under the server's 30 s idle timeout).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -189,6 +206,9 @@ fn main() -> ExitCode {
             runs: runs.max(1),
             timeout: Duration::from_secs(timeout),
         }),
+        What::Holders { holders, size, budget, seconds } => {
+            holders::run(&holders::Options { bins, holders, size, budget_mib: budget, seconds })
+        }
         What::Sackflood { size, fetches } => {
             sackflood::run(&sackflood::Options { bins, size, fetches: fetches.max(1) })
         }
