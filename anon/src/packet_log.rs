@@ -44,6 +44,52 @@ pub const STRAY_PER_SEC: u64 = 200;
 /// The largest burst of such lines.
 pub const STRAY_BURST: u64 = 2_000;
 
+/// Lines a second, on average, for repeats (see
+/// [`PacketLog::record_repeat`]); ten times the strays' rate: an honest
+/// connection's repeats are rare, and all of them fit.
+pub const REPEAT_PER_SEC: u64 = 2_000;
+/// The largest burst of such lines.
+pub const REPEAT_BURST: u64 = 20_000;
+
+/// A token bucket: `rate` tokens a second, at most `burst` held.
+#[derive(Debug)]
+struct Bucket {
+    tokens: u64,
+    refilled: Option<Instant>,
+    token: Duration,
+    burst: u64,
+}
+
+impl Bucket {
+    fn new(rate: u64, burst: u64) -> Bucket {
+        Bucket { tokens: burst, refilled: None, token: Duration::from_micros(1_000_000 / rate.max(1)), burst }
+    }
+
+    /// Takes a token if there is one. The clock advances by the time the
+    /// whole tokens took, so that fractions are not lost between frequent
+    /// calls.
+    fn take(&mut self, now: Instant) -> bool {
+        match self.refilled {
+            None => self.refilled = Some(now),
+            Some(t) => {
+                let since = now.saturating_duration_since(t);
+                let fresh = (since.as_micros() / self.token.as_micros().max(1)) as u64;
+                if fresh > 0 {
+                    self.tokens = (self.tokens + fresh).min(self.burst);
+                    // Below the burst, fresh < burst: the product fits.
+                    let advance = self.token.saturating_mul(u32::try_from(fresh).unwrap_or(u32::MAX));
+                    self.refilled = Some(if self.tokens == self.burst { now } else { t + advance });
+                }
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 /// What the log could not write, since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -52,6 +98,9 @@ pub struct LogStats {
     /// Lines of datagrams that belong to no connection, left out beyond
     /// the stray rate.
     pub stray: u64,
+    /// Lines of repeats (datagrams that fit a connection but change
+    /// nothing, and the answers to them), left out beyond their rate.
+    pub repeat: u64,
 }
 
 /// Direction of a logged datagram.
@@ -88,9 +137,9 @@ pub struct PacketLog {
     writer: Option<JoinHandle<()>>,
     /// When unflushed lines were first recorded.
     dirty_since: Option<Instant>,
-    /// Stray-line tokens (a token bucket refilled at STRAY_PER_SEC).
-    stray_tokens: u64,
-    stray_refilled: Option<Instant>,
+    /// Lines of datagrams of no connection, and of repeats.
+    strays: Bucket,
+    repeats: Bucket,
     /// A reopen asked for and not yet handed to the writer (its queue was
     /// full): tried again at the next flush.
     reopen_pending: bool,
@@ -185,8 +234,8 @@ impl PacketLog {
             tx: Some(tx),
             writer: Some(writer),
             dirty_since: None,
-            stray_tokens: STRAY_BURST,
-            stray_refilled: None,
+            strays: Bucket::new(STRAY_PER_SEC, STRAY_BURST),
+            repeats: Bucket::new(REPEAT_PER_SEC, REPEAT_BURST),
             reopen_pending: false,
             stats: LogStats::default(),
         })
@@ -201,28 +250,24 @@ impl PacketLog {
     /// rate; beyond it the line is left out and counted.
     pub fn record_stray(&mut self, now: Instant, dir: Direction, datagram: &[u8]) {
         let Ok((header, _)) = Header::decode(datagram) else { return };
-        // Refill: STRAY_PER_SEC tokens a second, at most STRAY_BURST held.
-        // The clock advances by the time the whole tokens took, so that the
-        // fractions are not lost between frequent calls.
-        const TOKEN: Duration = Duration::from_micros(1_000_000 / STRAY_PER_SEC);
-        match self.stray_refilled {
-            None => self.stray_refilled = Some(now),
-            Some(t) => {
-                let since = now.saturating_duration_since(t);
-                let fresh = (since.as_micros() / TOKEN.as_micros()) as u64;
-                if fresh > 0 {
-                    self.stray_tokens = (self.stray_tokens + fresh).min(STRAY_BURST);
-                    self.stray_refilled =
-                        Some(if self.stray_tokens == STRAY_BURST { now } else { t + TOKEN * fresh as u32 });
-                }
-            }
-        }
-        if self.stray_tokens == 0 {
+        if self.strays.take(now) {
+            self.record_header(now, dir, &header);
+        } else {
             self.stats.stray += 1;
-            return;
         }
-        self.stray_tokens -= 1;
-        self.record_header(now, dir, &header);
+    }
+
+    /// Logs a datagram that fits a connection but changes nothing (a SYN
+    /// again, an ACK of nothing new) or answers one, within a rate of its
+    /// own: a flood of strays cannot crowd these out, and a connection
+    /// that floods them cannot fill the disk.
+    pub fn record_repeat(&mut self, now: Instant, dir: Direction, datagram: &[u8]) {
+        let Ok((header, _)) = Header::decode(datagram) else { return };
+        if self.repeats.take(now) {
+            self.record_header(now, dir, &header);
+        } else {
+            self.stats.repeat += 1;
+        }
     }
 
     /// Asks the writer to reopen the log's path (SIGHUP, after logrotate
@@ -460,6 +505,27 @@ mod flood_tests {
         assert!(strays >= STRAY_BURST + 9 * STRAY_PER_SEC, "{strays} stray lines");
         assert_eq!(strays + log.stats().stray, 100_000);
         assert!(text.ends_with("SEND 1 0 ACK\n"));
+    }
+
+    /// Repeats have a bucket of their own: a stray flood that emptied the
+    /// strays' bucket does not cost a connection's repeats their lines.
+    #[test]
+    fn a_stray_flood_does_not_crowd_out_repeats() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let mut log = PacketLog::to_writer(Gate { open, written: Arc::clone(&written) }).unwrap();
+        let now = Instant::now();
+        for _ in 0..(STRAY_BURST + 500) {
+            log.record_stray(now, Direction::Recv, &header(7).to_bytes());
+        }
+        assert_eq!(log.stats().stray, 500);
+        for _ in 0..100 {
+            log.record_repeat(now, Direction::Recv, &header(9).to_bytes());
+        }
+        log.flush();
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().filter(|l| *l == "RECV 9 0 ACK").count(), 100);
+        assert_eq!(log.stats().repeat, 0);
     }
 
     #[test]

@@ -177,6 +177,18 @@ pub fn source_key(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
     }
 }
 
+/// How a datagram belongs, for the packet log (docs/PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Belongs {
+    /// Part of a connection's exchange: it moved something.
+    Connection,
+    /// It fits a connection but changes nothing (a SYN again, an ACK of
+    /// nothing new, a FIN|ACK again in TIME-WAIT), or answers one.
+    Repeat,
+    /// It fits no connection (strays, forgeries, SYN cookies).
+    None,
+}
+
 /// How a datagram for a known address fitted its connection.
 enum Fit {
     /// Accepted, and part of the connection's exchange.
@@ -246,10 +258,16 @@ impl Server {
     /// again for a half-open connection (a duplicate or a restart: a flood
     /// of them from one address must not fill the log either).
     pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> bool {
+        self.handle_kind(now, peer, datagram) == Belongs::Connection
+    }
+
+    /// Like [`handle`](Self::handle), and says how the datagram belongs,
+    /// so that the packet log can rate repeats apart from strays.
+    pub fn handle_kind(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Belongs {
         self.stats.datagrams_received += 1;
         let Ok((header, payload)) = Header::decode(datagram) else {
             self.stats.malformed += 1;
-            return false;
+            return Belongs::None;
         };
         self.cookies.rotate(now, &mut *self.isn_rng);
         self.expire_time_wait(now);
@@ -257,13 +275,12 @@ impl Server {
         let accepted = if self.conns.contains_key(&peer) {
             match self.handle_known(now, peer, header, payload, bare_syn) {
                 Fit::Connection => true,
-                Fit::Repeat => return false,
+                Fit::Repeat => return Belongs::Repeat,
                 Fit::No => false,
             }
         } else if header.flags == Flags::ACK | Flags::FIN {
             if self.handle_time_wait(peer, header) {
-                // Answered, but a repeat: logged within the stray rate.
-                return false;
+                return Belongs::Repeat;
             }
             false
         } else if header.flags == Flags::ACK {
@@ -276,8 +293,9 @@ impl Server {
         };
         if !accepted {
             self.stats.unexpected += 1;
+            return Belongs::None;
         }
-        accepted
+        Belongs::Connection
     }
 
     /// Why a new connection from `peer` may not open now, as the counter to
@@ -629,16 +647,25 @@ impl Server {
         source_key(peer.ip(), self.config.source_prefix_v4, self.config.source_prefix_v6)
     }
 
-    /// Whether what was just sent to `peer` belongs to a connection, for
-    /// the packet log: anything to an established connection or one that
-    /// completed moments ago (its final ACK), and a half-open connection's
-    /// first SYN|ACK. Not: SYN cookies, SYN|ACKs again (they answer
-    /// duplicate SYNs, which a flood can repeat).
-    pub fn knows(&self, peer: SocketAddr) -> bool {
-        match self.conns.get(&peer) {
-            Some(slot) => slot.conn.half_open_isn().is_none() || slot.syn_acks <= 1,
-            None => self.time_wait.get(&peer).is_some_and(|t| t.repeats == 0),
+    /// How what was just sent to `peer` belongs, for the packet log: to a
+    /// connection (anything to an established one, a half-open one's first
+    /// SYN|ACK, the first final ACK); a repeat (SYN|ACKs again, final ACKs
+    /// again: they answer datagrams a flood can repeat); or to none (SYN
+    /// cookies).
+    pub fn knows_kind(&self, peer: SocketAddr) -> Belongs {
+        match (self.conns.get(&peer), self.time_wait.get(&peer)) {
+            (Some(slot), _) if slot.conn.half_open_isn().is_none() || slot.syn_acks <= 1 => Belongs::Connection,
+            (Some(_), _) => Belongs::Repeat,
+            (None, Some(t)) if t.repeats == 0 => Belongs::Connection,
+            (None, Some(_)) => Belongs::Repeat,
+            (None, None) => Belongs::None,
         }
+    }
+
+    /// Whether what was just sent to `peer` belongs to a connection
+    /// ([`knows_kind`](Self::knows_kind) says more).
+    pub fn knows(&self, peer: SocketAddr) -> bool {
+        self.knows_kind(peer) == Belongs::Connection
     }
 
     /// Segments on every connection's scoreboard together.

@@ -33,4 +33,4 @@ pub mod wire;
 
 pub use config::{ClientConfig, FastClient, Linger, ServerConfig};
 pub use conn::{ClientConn, ClientEvent, ClientStats, CloseReason, ConnectionError, Mode};
-pub use endpoint::{Server, ServerEvent, ServerStats};
+pub use endpoint::{Belongs, Server, ServerEvent, ServerStats};

@@ -94,7 +94,11 @@ pub fn render(s: &Snapshot) -> String {
         "log_lines_dropped_total",
         "counter",
         "Packet-log lines not written: the disk was behind, or datagrams of no connection beyond the stray rate.",
-        &[("{reason=\"behind\"}", s.log.behind), ("{reason=\"stray\"}", s.log.stray)],
+        &[
+            ("{reason=\"behind\"}", s.log.behind),
+            ("{reason=\"stray\"}", s.log.stray),
+            ("{reason=\"repeat\"}", s.log.repeat),
+        ],
     );
     out
 }
@@ -231,6 +235,13 @@ impl Reporter {
             tracing::warn!(
                 "packet log: {stray} datagrams of no connection not logged {period} (more than {} a second)",
                 crate::packet_log::STRAY_PER_SEC
+            );
+        }
+        let repeat = s.log.repeat - self.last_log.repeat;
+        if repeat > 0 {
+            tracing::warn!(
+                "packet log: {repeat} datagrams that changed nothing not logged {period} (more than {} a second)",
+                crate::packet_log::REPEAT_PER_SEC
             );
         }
         self.last = *st;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use anon_proto::{CloseReason, Server, ServerEvent, ServerStats};
+use anon_proto::{Belongs, CloseReason, Server, ServerEvent, ServerStats};
 
 use super::metrics::{Reporter, Shared, Snapshot};
 use super::udp::{BatchSocket, display_addr};
@@ -156,10 +156,10 @@ pub async fn run(
                         // Datagrams that belong to no connection (strays,
                         // forgeries, SYNs answered with a cookie) are logged
                         // within a rate, so a flood cannot fill the disk.
-                        if server.handle(now, from, datagram) {
-                            log.record(now, Direction::Recv, datagram);
-                        } else {
-                            log.record_stray(now, Direction::Recv, datagram);
+                        match server.handle_kind(now, from, datagram) {
+                            Belongs::Connection => log.record(now, Direction::Recv, datagram),
+                            Belongs::Repeat => log.record_repeat(now, Direction::Recv, datagram),
+                            Belongs::None => log.record_stray(now, Direction::Recv, datagram),
                         }
                     });
                     match got {
@@ -292,7 +292,7 @@ impl Transmitter {
                     break;
                 }
             }
-            let known = server.knows(dest);
+            let known = server.knows_kind(dest);
             send_batch(socket, log, now, dest, known, batch, size, count).await;
         }
     }
@@ -308,17 +308,15 @@ async fn send_batch(
     log: &mut PacketLog,
     now: Instant,
     dest: SocketAddr,
-    known: bool,
+    known: Belongs,
     batch: &[u8],
     size: usize,
     count: usize,
 ) {
-    let record = |log: &mut PacketLog, datagram: &[u8]| {
-        if known {
-            log.record(now, Direction::Send, datagram);
-        } else {
-            log.record_stray(now, Direction::Send, datagram);
-        }
+    let record = |log: &mut PacketLog, datagram: &[u8]| match known {
+        Belongs::Connection => log.record(now, Direction::Send, datagram),
+        Belongs::Repeat => log.record_repeat(now, Direction::Send, datagram),
+        Belongs::None => log.record_stray(now, Direction::Send, datagram),
     };
     let segment_size = (count > 1).then_some(size);
     let result = match socket.send(dest, batch, segment_size).await {
