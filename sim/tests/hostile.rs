@@ -10,21 +10,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anon_proto::wire::ext::{AckInfo, Answer, Offer};
-use anon_proto::wire::{Flags, HEADER_LEN, Header, Seq};
+use anon_proto::wire::{HEADER_LEN, Header, Seq};
 use anon_proto::{ClientConfig, ClientConn, ConnectionError, Mode, Server, ServerConfig};
 use anon_sim::{Datagram, FixedIsn, LinkConfig, Setup, Sim, client_addr, page};
 use bytes::Bytes;
 use common::*;
-
-const ACK: Flags = Flags::ACK;
-const SYN: Flags = Flags::SYN;
-const FIN: Flags = Flags::FIN;
-
-fn dgram(seq: u32, ack: u32, flags: Flags, payload: &[u8]) -> Vec<u8> {
-    let mut d = Vec::new();
-    Header::new(Seq(seq), Seq(ack), flags).encode(payload, &mut d);
-    d
-}
 
 fn drain(c: &mut ClientConn, now: Instant) -> usize {
     let mut buf = Vec::new();

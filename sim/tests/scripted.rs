@@ -14,15 +14,8 @@ use anon_sim::{FixedIsn, client_addr};
 use bytes::Bytes;
 use proptest::prelude::*;
 
-const ACK: Flags = Flags::ACK;
-const SYN: Flags = Flags::SYN;
-const FIN: Flags = Flags::FIN;
-
-fn dgram(seq: u32, ack: u32, flags: Flags, payload: &[u8]) -> Vec<u8> {
-    let mut d = Vec::new();
-    Header::new(Seq(seq), Seq(ack), flags).encode(payload, &mut d);
-    d
-}
+mod common;
+use common::{ACK, FIN, SYN, dgram};
 
 fn server(page: &[u8]) -> Server {
     Server::new(ServerConfig::default(), Bytes::copy_from_slice(page), Box::new(FixedIsn(100)))

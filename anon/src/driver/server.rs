@@ -60,13 +60,7 @@ pub async fn run(
         tx.send(&socket, &mut server, &mut log, now).await;
         report_events(&mut server);
         log.flush_if_due(now);
-        let snapshot = Snapshot {
-            stats: server.stats(),
-            open: server.connection_count(),
-            half_open: server.half_open_count(),
-            draining: draining.is_some(),
-            log: log.stats(),
-        };
+        let snapshot = snapshot(&server, &log, draining.is_some());
         reporter.tick(now, &snapshot);
         if let Some(shared) = &options.metrics {
             *shared.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
@@ -186,16 +180,21 @@ pub async fn run(
     // goes out.
     tx.send(&socket, &mut server, &mut log, Instant::now()).await;
     log.flush();
-    let snapshot = Snapshot {
-        stats: server.stats(),
-        open: server.connection_count(),
-        half_open: server.half_open_count(),
-        draining: draining.is_some(),
-        log: log.stats(),
-    };
+    let snapshot = snapshot(&server, &log, draining.is_some());
     reporter.last_word(&snapshot);
     super::metrics::log_counters(&server.stats(), server.connection_count(), "stopped");
     Ok(server.stats())
+}
+
+/// The counters and gauges the reporter and the metrics endpoint show.
+fn snapshot(server: &Server, log: &PacketLog, draining: bool) -> Snapshot {
+    Snapshot {
+        stats: server.stats(),
+        open: server.connection_count(),
+        half_open: server.half_open_count(),
+        draining,
+        log: log.stats(),
+    }
 }
 
 /// When traffic is sparse, polling before sleeping finds nothing and only

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anon_proto::wire::{Flags, Header};
+use anon_proto::wire::{Flags, Header, Seq};
 use anon_proto::{ClientConfig, Linger, ServerConfig};
 use anon_sim::{Datagram, DropFilter, LinkConfig, Report, SERVER_ADDR, Setup, Sim, page};
 
@@ -49,6 +49,17 @@ pub fn check(sim: &Sim, report: &Report, page: &[u8], clients: usize, seed: u64)
     }
     assert_eq!(report.server.completed, clients as u64, "{ctx}: server completions: {report:?}");
     assert_eq!(report.server.given_up, 0, "{ctx}: server gave up: {report:?}");
+}
+
+pub const ACK: Flags = Flags::ACK;
+pub const SYN: Flags = Flags::SYN;
+pub const FIN: Flags = Flags::FIN;
+
+/// One datagram: a header and its payload.
+pub fn dgram(seq: u32, ack: u32, flags: Flags, payload: &[u8]) -> Vec<u8> {
+    let mut d = Vec::new();
+    Header::new(Seq(seq), Seq(ack), flags).encode(payload, &mut d);
+    d
 }
 
 /// Which packet of the exchange a datagram is.

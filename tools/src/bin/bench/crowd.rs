@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anon_tools::process::{Proc, ServerProcess, client_command, reported_secs};
+use anon_tools::process::{Proc, client_command, reported_secs};
 
 /// Options of `anon-bench crowd`.
 #[derive(Debug, Clone)]
@@ -159,16 +159,9 @@ pub fn run(o: &Options) -> io::Result<()> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("www");
     std::fs::create_dir_all(&root)?;
-    let page = super::random_page(o.size);
     let page_file = root.join("page.html");
-    std::fs::write(&page_file, &page)?;
-    let mut server = ServerProcess::start(
-        &o.bins.join("anonserver"),
-        &dir.path().join("server.log"),
-        &page_file.to_string_lossy(),
-        &[],
-        Duration::from_secs(60),
-    )?;
+    let (page, mut server) =
+        super::serve_random_page(&o.bins, &page_file, o.size, &dir.path().join("server.log"), &[])?;
     let nginx = match Nginx::start(dir.path(), &root, Duration::from_secs(10)) {
         Ok(n) => n,
         Err(e) => {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anon_proto::wire::ext::{AckInfo, Offer};
 use anon_proto::wire::{Flags, Header, Seq};
-use anon_tools::process::{ServerProcess, spawn_client};
+use anon_tools::process::spawn_client;
 
 /// Options of `anon-bench holders`.
 #[derive(Debug, Clone)]
@@ -31,17 +31,10 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> io::Result<()> {
     let dir = tempfile::tempdir()?;
-    let page_path = dir.path().join("page");
-    let page = super::random_page(opts.size);
-    std::fs::write(&page_path, &page)?;
     let budget = opts.budget_mib.to_string();
-    let mut server = ServerProcess::start(
-        &opts.bins.join("anonserver"),
-        &dir.path().join("s.log"),
-        &page_path.to_string_lossy(),
-        &["--memory-budget", &budget, "--max-per-source", "100000", "--max-half-open", "100000"],
-        Duration::from_secs(60),
-    )?;
+    let extra = ["--memory-budget", &budget, "--max-per-source", "100000", "--max-half-open", "100000"];
+    let (page, mut server) =
+        super::serve_random_page(&opts.bins, &dir.path().join("page"), opts.size, &dir.path().join("s.log"), &extra)?;
     let pid = server.proc.pid();
     let (idle_rss, _) = super::procfs::memory_kib(pid)?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -231,6 +231,28 @@ fn random_page(size: usize) -> Vec<u8> {
     page
 }
 
+/// Writes a random page of `size` bytes to `page_file` and starts
+/// `anonserver` on it, logging to `log` (with `extra` arguments). Returns
+/// the page, to check what clients fetch.
+fn serve_random_page(
+    bins: &Path,
+    page_file: &Path,
+    size: usize,
+    log: &Path,
+    extra: &[&str],
+) -> io::Result<(Vec<u8>, ServerProcess)> {
+    let page = random_page(size);
+    std::fs::write(page_file, &page)?;
+    let server = ServerProcess::start(
+        &bins.join("anonserver"),
+        log,
+        &page_file.to_string_lossy(),
+        extra,
+        Duration::from_secs(60),
+    )?;
+    Ok((page, server))
+}
+
 fn median_f64(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);

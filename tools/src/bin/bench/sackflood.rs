@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anon_proto::wire::ext::{AckInfo, Offer};
 use anon_proto::wire::{Flags, Header, Seq};
-use anon_tools::process::{ServerProcess, spawn_client};
+use anon_tools::process::spawn_client;
 
 /// Options of `anon-bench sackflood`.
 #[derive(Debug, Clone)]
@@ -29,16 +29,8 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> io::Result<()> {
     let dir = tempfile::tempdir()?;
-    let page_path = dir.path().join("page");
-    let page = super::random_page(opts.size);
-    std::fs::write(&page_path, &page)?;
-    let mut server = ServerProcess::start(
-        &opts.bins.join("anonserver"),
-        &dir.path().join("s.log"),
-        &page_path.to_string_lossy(),
-        &[],
-        Duration::from_secs(60),
-    )?;
+    let (page, mut server) =
+        super::serve_random_page(&opts.bins, &dir.path().join("page"), opts.size, &dir.path().join("s.log"), &[])?;
     let alone = fetches(opts, server.port, dir.path(), &page)?;
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));

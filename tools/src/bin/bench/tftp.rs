@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anon_tools::process::{Proc, ServerProcess, free_udp_port, reported_secs, spawn_client};
+use anon_tools::process::{Proc, free_udp_port, reported_secs, spawn_client};
 
 /// Options of `anon-bench tftp`.
 #[derive(Debug, Clone)]
@@ -102,18 +102,10 @@ pub fn run(o: &Options) -> io::Result<()> {
     // in.tftpd serves only world-readable files, and drops to an
     // unprivileged user that must be able to enter its root.
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
-    let page = super::random_page(o.size);
     let page_file = root.join("page.bin");
-    std::fs::write(&page_file, &page)?;
+    let (page, mut server) =
+        super::serve_random_page(&o.bins, &page_file, o.size, &dir.path().join("server.log"), &[])?;
     std::fs::set_permissions(&page_file, std::fs::Permissions::from_mode(0o644))?;
-
-    let mut server = ServerProcess::start(
-        &o.bins.join("anonserver"),
-        &dir.path().join("server.log"),
-        &page_file.to_string_lossy(),
-        &[],
-        Duration::from_secs(60),
-    )?;
     let tftpd = match Tftpd::start(&root, Duration::from_secs(10)) {
         Ok(t) => t,
         Err(e) => {
