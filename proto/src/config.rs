@@ -117,6 +117,9 @@ pub struct ClientConfig {
     pub linger: Linger,
     /// Fast mode to offer in the SYN, or `None` for the baseline exchange.
     pub fast: Option<FastClient>,
+    /// After two unanswered offers, alternate with a bare SYN (a plain peer
+    /// may drop long SYNs). Secure mode turns it off: it never falls back.
+    pub bare_syn_fallback: bool,
 }
 
 /// What a client offers and how it acknowledges in fast mode.
@@ -157,6 +160,7 @@ impl Default for ClientConfig {
             idle_timeout: Duration::from_secs(30),
             linger: Linger::Adaptive { min: Duration::from_secs(1), max: Duration::from_secs(10) },
             fast: Some(FastClient::default()),
+            bare_syn_fallback: true,
         }
     }
 }

@@ -93,7 +93,9 @@ pub struct ServerStats {
 /// [`poll_timeout`](Self::poll_timeout).
 pub struct Server {
     config: ServerConfig,
-    page: Arc<Page>,
+    /// The pages served: plaintext clients get the first; a secure-mode
+    /// client names one in its encrypted request (docs/PROTOCOL.md §8).
+    pages: Vec<Arc<Page>>,
     /// Draws initial sequence numbers; a CSPRNG outside tests.
     isn_rng: Box<dyn RngCore + Send>,
     conns: HashMap<SocketAddr, Slot>,
@@ -214,7 +216,7 @@ struct Slot {
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("page_len", &self.page.len())
+            .field("pages", &self.pages.len())
             .field("connections", &self.conns.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -224,7 +226,17 @@ impl fmt::Debug for Server {
 impl Server {
     /// A server for `page`, shared by every connection. `isn_rng` draws the
     /// initial sequence numbers (PROTOCOL.md §2: a CSPRNG).
-    pub fn new(config: ServerConfig, page: Bytes, mut isn_rng: Box<dyn RngCore + Send>) -> Self {
+    pub fn new(config: ServerConfig, page: Bytes, isn_rng: Box<dyn RngCore + Send>) -> Self {
+        Self::with_pages(config, vec![page], isn_rng)
+    }
+
+    /// A server for several pages; the first is the one plaintext clients
+    /// get. An empty list serves one empty page.
+    pub fn with_pages(config: ServerConfig, pages: Vec<Bytes>, mut isn_rng: Box<dyn RngCore + Send>) -> Self {
+        let mut pages: Vec<Arc<Page>> = pages.into_iter().map(|p| Arc::new(Page::new(p))).collect();
+        if pages.is_empty() {
+            pages.push(Arc::new(Page::new(Bytes::new())));
+        }
         let cookies = CookieJar::new(&mut *isn_rng);
         Server {
             half_open: 0,
@@ -234,7 +246,7 @@ impl Server {
             time_wait: HashMap::new(),
             time_wait_order: VecDeque::new(),
             config,
-            page: Arc::new(Page::new(page)),
+            pages,
             isn_rng,
             conns: HashMap::new(),
             per_source: HashMap::new(),
@@ -264,6 +276,14 @@ impl Server {
     /// Like [`handle`](Self::handle), and says how the datagram belongs,
     /// so that the packet log can rate repeats apart from strays.
     pub fn handle_kind(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Belongs {
+        self.handle_for_page(now, peer, datagram, 0)
+    }
+
+    /// Like [`handle_kind`](Self::handle_kind), but a SYN that opens a new
+    /// connection opens it for page `page` (an index into the pages given to
+    /// [`with_pages`](Self::with_pages); out of range means the first).
+    /// The secure layer calls it with the page its client asked for.
+    pub fn handle_for_page(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], page: usize) -> Belongs {
         self.stats.datagrams_received += 1;
         let Ok((header, payload)) = Header::decode(datagram) else {
             self.stats.malformed += 1;
@@ -286,7 +306,8 @@ impl Server {
         } else if header.flags == Flags::ACK {
             self.handle_cookie(now, peer, header)
         } else if bare_syn {
-            self.handle_syn(now, peer, header, payload)
+            let page = self.page(page);
+            self.handle_syn(now, peer, header, payload, page)
         } else {
             // Only a bare SYN opens a connection (RFC 9293 LISTEN state).
             false
@@ -332,7 +353,8 @@ impl Server {
             Some(isn) if bare_syn && isn != h.seq => {
                 let isn = self.isn_rng.next_u32();
                 let deadline = slot.conn.idle_deadline();
-                slot.conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, h.seq, payload, now);
+                let page = Arc::clone(slot.conn.page());
+                slot.conn = ServerConn::new(&self.config, page, isn, h.seq, payload, now);
                 slot.conn.keep_idle_deadline(deadline);
                 self.stats.accepted += 1;
                 self.stats.accepted_fast += u64::from(slot.conn.mode() != Mode::Baseline);
@@ -375,7 +397,7 @@ impl Server {
             CookieMode::Fast { segment, window } => (Mode::Fast { segment }, window),
         };
         let isn = (h.ack - 1).0;
-        let conn = ServerConn::from_cookie(&self.config, Arc::clone(&self.page), isn, h.seq - 1, mode, window, now);
+        let conn = ServerConn::from_cookie(&self.config, self.page(0), isn, h.seq - 1, mode, window, now);
         self.insert(peer, conn, mode);
         self.stats.cookies_accepted += 1;
         self.after_activity(now, peer, false);
@@ -384,7 +406,7 @@ impl Server {
 
     /// A bare SYN from an address with no connection: a new connection, a
     /// stateless SYN cookie under a flood, or a refusal.
-    fn handle_syn(&mut self, now: Instant, peer: SocketAddr, h: Header, payload: &[u8]) -> bool {
+    fn handle_syn(&mut self, now: Instant, peer: SocketAddr, h: Header, payload: &[u8], page: Arc<Page>) -> bool {
         if let Some(counter) = self.refusal(peer) {
             *counter += 1;
             return false;
@@ -394,7 +416,7 @@ impl Server {
             return false;
         }
         let isn = self.isn_rng.next_u32();
-        let conn = ServerConn::new(&self.config, Arc::clone(&self.page), isn, h.seq, payload, now);
+        let conn = ServerConn::new(&self.config, page, isn, h.seq, payload, now);
         let mode = conn.mode();
         self.insert(peer, conn, mode);
         self.half_open += 1;
@@ -419,7 +441,8 @@ impl Server {
         };
         let isn = self.cookies.make(now, peer, h.seq, cookie_mode);
         let mut d = Vec::new();
-        encode_syn_ack(Seq(isn), h.seq, mode, &self.page, &mut d);
+        // SYN cookies serve plaintext clients only, hence the first page.
+        encode_syn_ack(Seq(isn), h.seq, mode, &self.page(0), &mut d);
         self.stateless.push_back((peer, d));
         self.stats.cookies_sent += 1;
     }
@@ -642,6 +665,17 @@ impl Server {
         }
     }
 
+    /// Page `index`, or the first when out of range.
+    fn page(&self, index: usize) -> Arc<Page> {
+        let page = self.pages.get(index).or(self.pages.first());
+        page.map_or_else(|| Arc::new(Page::new(Bytes::new())), Arc::clone)
+    }
+
+    /// Pages served, the first being the default.
+    pub fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+
     /// The source a peer counts against for `max_per_source`.
     fn source(&self, peer: SocketAddr) -> IpAddr {
         source_key(peer.ip(), self.config.source_prefix_v4, self.config.source_prefix_v6)
@@ -703,6 +737,25 @@ impl Server {
     /// Connections whose handshake is incomplete.
     pub fn half_open_count(&self) -> usize {
         self.half_open
+    }
+
+    /// Drops the connection of `peer` without a word, as if it had never
+    /// been: the secure layer calls it when it evicts an unconfirmed
+    /// handshake, whose inner connection must not hold a slot until its
+    /// idle timeout.
+    pub fn forget(&mut self, peer: SocketAddr) {
+        let Some(slot) = self.conns.remove(&peer) else { return };
+        if slot.conn.half_open_isn().is_some() {
+            self.half_open = self.half_open.saturating_sub(1);
+        }
+        self.tracked = self.tracked.saturating_sub(slot.tracked);
+        let source = self.source(peer);
+        if let Entry::Occupied(mut n) = self.per_source.entry(source) {
+            *n.get_mut() = n.get().saturating_sub(1);
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
     }
 
     /// Starts draining before a stop: SYNs that would open a new connection

@@ -15,6 +15,8 @@
 //!   server's data sender (`conn/sender/`), built of parts that are read and
 //!   tested alone: the scoreboard, loss detection (RACK-TLP and the RTO
 //!   timer), the pacer and the delivery-rate sampler.
+//! - [`secure`]: secure mode, which carries the same transport inside a
+//!   Noise IK handshake and AEAD-sealed datagrams that look random.
 //! - [`endpoint`]: the server endpoint, which routes datagrams to
 //!   connections by source address and multiplexes their timers.
 //! - [`page`]: the served page and its digest, shared by all connections.
@@ -28,9 +30,10 @@ pub mod cookie;
 pub mod endpoint;
 pub mod page;
 pub mod recovery;
+pub mod secure;
 pub mod time;
 pub mod wire;
 
 pub use config::{ClientConfig, FastClient, Linger, ServerConfig};
-pub use conn::{ClientConn, ClientEvent, ClientStats, CloseReason, ConnectionError, Mode};
+pub use conn::{ClientConn, ClientEvent, ClientStats, CloseReason, ConnectionError, Mode, Refusal};
 pub use endpoint::{Belongs, Server, ServerEvent, ServerStats};

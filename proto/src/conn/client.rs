@@ -691,7 +691,9 @@ impl ClientConn {
                 if rto_due {
                     // RFC 6298 §5.4–5.5: retransmit the SYN, back off; after
                     // two unanswered offers, alternate with a bare SYN.
-                    let bare = *syns >= OFFERS_BEFORE_BARE_SYN && (*syns - OFFERS_BEFORE_BARE_SYN) % 2 == 0;
+                    let bare = self.config.bare_syn_fallback
+                        && *syns >= OFFERS_BEFORE_BARE_SYN
+                        && (*syns - OFFERS_BEFORE_BARE_SYN) % 2 == 0;
                     let payload = if bare { Vec::new() } else { self.offer.clone() };
                     self.retransmit_on_timer();
                     if let Some((p, _)) = self.queue.back_mut() {

@@ -36,4 +36,42 @@ pub enum ConnectionError {
     /// The server's port is closed (ICMP port unreachable).
     #[error("connection refused: nothing is listening on the server's port")]
     Refused,
+    /// A secure-mode server completed the handshake and refused the request.
+    #[error("the server refused the request: {0}")]
+    Rejected(Refusal),
+}
+
+/// Why a secure-mode server refused a request (docs/PROTOCOL.md §8.3, the
+/// ERROR field); the code travels encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No page of that name.
+    #[error("no page of that name")]
+    NotFound,
+    /// The request is not allowed.
+    #[error("not allowed")]
+    NotAllowed,
+    /// A code this version does not know.
+    #[error("reason code {0}")]
+    Other(u8),
+}
+
+impl Refusal {
+    /// The code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Refusal::NotFound => 1,
+            Refusal::NotAllowed => 2,
+            Refusal::Other(c) => c,
+        }
+    }
+
+    /// The refusal of a code on the wire.
+    pub fn from_code(code: u8) -> Refusal {
+        match code {
+            1 => Refusal::NotFound,
+            2 => Refusal::NotAllowed,
+            c => Refusal::Other(c),
+        }
+    }
 }

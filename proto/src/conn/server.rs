@@ -216,6 +216,10 @@ impl ServerConn {
     }
 
     /// The mode the handshake settled.
+    pub(crate) fn page(&self) -> &Arc<Page> {
+        &self.page
+    }
+
     pub(crate) fn mode(&self) -> Mode {
         self.mode
     }

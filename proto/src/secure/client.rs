@@ -1,0 +1,389 @@
+//! The secure-mode client: the plaintext core's [`ClientConn`] inside the
+//! handshake and the sealed datagrams (docs/PROTOCOL.md §8). It never falls
+//! back to a plaintext mode.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use rand::RngCore;
+
+use super::handshake::{self, Initiator, Outer, SessionKeys, field};
+use super::keys::{PublicKey, StaticSecret};
+use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN};
+use super::{SECURE_MAX_SEGMENT, WallClock};
+use crate::config::{ClientConfig, FastClient};
+use crate::conn::{ClientConn, ClientEvent, ClientStats, ConnectionError, Mode, Refusal};
+use crate::wire::ext::Answer;
+use crate::wire::{Flags, Header};
+
+/// Secure-mode settings of a client.
+#[derive(Debug, Clone)]
+pub struct SecureClientConfig {
+    /// The server's static public key, from the bridge line.
+    pub server: PublicKey,
+    /// The client's static key, for a server that lists its clients; a
+    /// fresh one for each run otherwise.
+    pub key: Option<StaticSecret>,
+    /// The page asked for; empty for the server's default.
+    pub page: String,
+    /// The wall clock, for the first message's timestamp.
+    pub clock: WallClock,
+}
+
+/// Counters of the secure layer of a client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecureClientStats {
+    /// First messages sent (one per inner SYN).
+    pub initiations: u64,
+    /// Datagrams that did not authenticate, dropped.
+    pub not_ours: u64,
+    /// Authenticated datagrams seen before, dropped.
+    pub replayed: u64,
+    /// Datagrams sent with a token used before (none fresh was left).
+    pub token_reuses: u64,
+}
+
+/// One line for a key log (`ANON_KEYLOG`), from which the dissector
+/// decodes a connection: `ANON_SECURE <c2s key> <c2s iv> <c2s hp> <s2c
+/// key> <s2c iv> <s2c hp>`, in hex.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyLog(pub String);
+
+impl std::fmt::Debug for KeyLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLog(..)")
+    }
+}
+
+impl Drop for KeyLog {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// Fresh tokens kept at most.
+const MAX_TOKENS: usize = 64;
+/// Handshake attempts kept at most: a late answer to an earlier first
+/// message still completes the handshake.
+const MAX_ATTEMPTS: usize = 4;
+/// Shortest and longest first message: the length is drawn between them
+/// (and never below the natural length).
+const MSG1_MIN: usize = 360;
+const MSG1_SPREAD: usize = 400;
+/// Largest padding of a client datagram.
+const PAD_MAX: usize = 48;
+
+/// A secure-mode client; drive it like [`ClientConn`].
+pub struct SecureClient {
+    conn: ClientConn,
+    secure: SecureClientConfig,
+    key: StaticSecret,
+    outer: Outer,
+    conn_id: [u8; 8],
+    rng: Box<dyn RngCore + Send>,
+    /// First messages out: their handshake states and outer nonces.
+    attempts: VecDeque<(Initiator, [u8; handshake::OUTER_NONCE_LEN])>,
+    keys: Option<SessionKeys>,
+    key_log: Option<KeyLog>,
+    tokens: VecDeque<[u8; TOKEN_LEN]>,
+    last_token: [u8; TOKEN_LEN],
+    next_pn: u64,
+    replay: ReplayWindow,
+    scratch: Vec<u8>,
+    body: Vec<u8>,
+    stats: SecureClientStats,
+    last_inner_received: Option<Header>,
+    last_inner_sent: Option<Header>,
+}
+
+impl std::fmt::Debug for SecureClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureClient").field("conn", &self.conn).field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+impl SecureClient {
+    /// Starts a connection. `config` is the inner connection's: secure mode
+    /// forces fast mode (segments within [`SECURE_MAX_SEGMENT`]) and turns
+    /// the bare-SYN fallback off. `rng` draws every random choice (a CSPRNG
+    /// outside tests).
+    pub fn new(secure: SecureClientConfig, config: ClientConfig, mut rng: Box<dyn RngCore + Send>, now: Instant) -> Self {
+        let fast = config.fast.unwrap_or_default();
+        let fast = FastClient { max_segment: fast.max_segment.min(SECURE_MAX_SEGMENT), ..fast };
+        let config = ClientConfig { fast: Some(fast), bare_syn_fallback: false, ..config };
+        let key = secure.key.clone().unwrap_or_else(|| StaticSecret::generate(&mut *rng));
+        let mut conn_id = [0u8; 8];
+        rng.fill_bytes(&mut conn_id);
+        let conn = ClientConn::new(config, rng.next_u32(), now);
+        SecureClient {
+            conn,
+            outer: Outer::new(&secure.server),
+            secure,
+            key,
+            conn_id,
+            rng,
+            attempts: VecDeque::new(),
+            keys: None,
+            key_log: None,
+            tokens: VecDeque::new(),
+            last_token: [0; TOKEN_LEN],
+            next_pn: 0,
+            replay: ReplayWindow::default(),
+            scratch: Vec::new(),
+            body: Vec::new(),
+            stats: SecureClientStats::default(),
+            last_inner_received: None,
+            last_inner_sent: None,
+        }
+    }
+
+    /// Processes one datagram from the server.
+    pub fn handle(&mut self, now: Instant, datagram: &[u8]) {
+        self.last_inner_received = None;
+        if self.keys.is_none() {
+            self.handle_answer(now, datagram);
+            return;
+        }
+        let Some(keys) = &self.keys else { return };
+        let Some(pn) = keys.recv.open(datagram, PN_LEN, &mut self.body) else {
+            self.stats.not_ours += 1;
+            return;
+        };
+        if !self.replay.accept(pn) {
+            self.stats.replayed += 1;
+            return;
+        }
+        let Some(body) = packet::parse_body(&self.body) else { return };
+        if let Some(t) = body.token {
+            if self.tokens.len() >= MAX_TOKENS {
+                self.tokens.pop_front();
+            }
+            self.tokens.push_back(t);
+        }
+        self.last_inner_received = Header::decode(body.inner).ok().map(|(h, _)| h);
+        let inner = body.inner.to_vec();
+        self.conn.handle(now, &inner);
+    }
+
+    /// The server's answer to one of our first messages: the outer layer
+    /// names the attempt (its nonce is the answer's associated data).
+    fn handle_answer(&mut self, now: Instant, datagram: &[u8]) {
+        let found = (0..self.attempts.len()).rev().find_map(|i| {
+            let (_, nonce) = self.attempts.get(i)?;
+            self.outer.open(datagram, nonce, &mut self.scratch).map(|r| (i, r))
+        });
+        let Some((i, range)) = found else {
+            self.stats.not_ours += 1;
+            return;
+        };
+        let finished = match (self.attempts.remove(i), self.scratch.get(range)) {
+            (Some((attempt, _)), Some(noise)) => attempt.finish(noise),
+            _ => None,
+        };
+        let Some((payload, keys)) = finished else {
+            self.stats.not_ours += 1;
+            return;
+        };
+        self.attempts.clear();
+        let mut inner = None;
+        let mut refusal = None;
+        for (kind, value) in handshake::fields(&payload) {
+            match kind {
+                field::TOKENS => {
+                    for t in value.chunks_exact(TOKEN_LEN) {
+                        if let Ok(t) = t.try_into() {
+                            self.tokens.push_back(t);
+                        }
+                    }
+                }
+                field::INNER => inner = Some(value.to_vec()),
+                field::ERROR => refusal = Some(Refusal::from_code(value.first().copied().unwrap_or(0))),
+                _ => {}
+            }
+        }
+        if let Some(why) = refusal {
+            self.conn.abort(ConnectionError::Rejected(why));
+            return;
+        }
+        let Some(inner) = inner else {
+            self.stats.not_ours += 1;
+            return;
+        };
+        self.key_log = Some(key_log(&keys));
+        self.keys = Some(keys);
+        self.last_inner_received = Header::decode(&inner).ok().map(|(h, _)| h);
+        self.conn.handle(now, &inner);
+    }
+
+    /// Writes the next datagram into `buf` (cleared first); false when
+    /// there is nothing to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        let mut inner = std::mem::take(&mut self.scratch);
+        let sent = loop {
+            if !self.conn.poll_transmit(now, &mut inner) {
+                break false;
+            }
+            let Ok((header, _)) = Header::decode(&inner) else { continue };
+            buf.clear();
+            if header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK) {
+                if self.keys.is_none() && self.initiate(now, &inner, buf) {
+                    self.last_inner_sent = Some(header);
+                    break true;
+                }
+                continue;
+            }
+            if self.keys.is_some() {
+                self.seal(&inner, buf);
+                self.last_inner_sent = Some(header);
+                break true;
+            }
+        };
+        self.scratch = inner;
+        sent
+    }
+
+    /// A first message carrying the inner SYN.
+    fn initiate(&mut self, now: Instant, syn: &[u8], buf: &mut Vec<u8>) -> bool {
+        let mut payload = Vec::with_capacity(syn.len() + 64);
+        handshake::put_field(&mut payload, field::TIME, &self.secure.clock.unix_ms(now).to_be_bytes());
+        handshake::put_field(&mut payload, field::CONN_ID, &self.conn_id);
+        handshake::put_field(&mut payload, field::PAGE, self.secure.page.as_bytes());
+        handshake::put_field(&mut payload, field::INNER, syn);
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let Some((attempt, noise)) = Initiator::start(&self.secure.server, &self.key, seed, &payload) else {
+            return false;
+        };
+        if self.attempts.len() >= MAX_ATTEMPTS {
+            self.attempts.pop_front();
+        }
+        let natural = noise.len() + handshake::OUTER_OVERHEAD;
+        let len = natural.max(MSG1_MIN) + (self.rng.next_u32() as usize) % MSG1_SPREAD;
+        let nonce = self.outer.seal(&mut *self.rng, &noise, len, b"", buf);
+        self.attempts.push_back((attempt, nonce));
+        self.stats.initiations += 1;
+        true
+    }
+
+    /// Seals an inner datagram: a fresh token while we have one.
+    fn seal(&mut self, inner: &[u8], buf: &mut Vec<u8>) {
+        let Some(keys) = &self.keys else { return };
+        let token = match self.tokens.pop_front() {
+            Some(t) => t,
+            None => {
+                self.stats.token_reuses += 1;
+                self.last_token
+            }
+        };
+        self.last_token = token;
+        buf.extend_from_slice(&token);
+        buf.extend_from_slice(&[0; PN_LEN]);
+        packet::body_prefix(buf, false, inner.len());
+        buf.extend_from_slice(inner);
+        let pad = (self.rng.next_u32() as usize) % (PAD_MAX + 1);
+        buf.resize(buf.len() + pad, 0);
+        keys.send.seal(buf, 0, TOKEN_LEN + PN_LEN, self.next_pn);
+        self.next_pn += 1;
+    }
+
+    /// The key log line of this connection, once the handshake is done.
+    pub fn key_log(&self) -> Option<&KeyLog> {
+        self.key_log.as_ref()
+    }
+
+    /// The inner header of the last datagram handled (if it authenticated).
+    pub fn last_inner_received(&self) -> Option<Header> {
+        self.last_inner_received
+    }
+
+    /// The inner header of the last datagram written by
+    /// [`poll_transmit`](Self::poll_transmit).
+    pub fn last_inner_sent(&self) -> Option<Header> {
+        self.last_inner_sent
+    }
+
+    /// The secure layer's counters.
+    pub fn secure_stats(&self) -> SecureClientStats {
+        self.stats
+    }
+
+    /// The client's static public key (for a server's allow list).
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// The inner connection, for what this wrapper does not repeat.
+    pub fn conn(&self) -> &ClientConn {
+        &self.conn
+    }
+
+    /// See [`ClientConn::poll_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conn.poll_timeout()
+    }
+
+    /// See [`ClientConn::handle_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_timeout(now);
+    }
+
+    /// See [`ClientConn::abort`].
+    pub fn abort(&mut self, error: ConnectionError) {
+        self.conn.abort(error);
+    }
+
+    /// See [`ClientConn::poll_event`].
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.conn.poll_event()
+    }
+
+    /// See [`ClientConn::readable`].
+    pub fn readable(&self) -> &[u8] {
+        self.conn.readable()
+    }
+
+    /// See [`ClientConn::consume`].
+    pub fn consume(&mut self, n: usize) {
+        self.conn.consume(n);
+    }
+
+    /// See [`ClientConn::mode`].
+    pub fn mode(&self) -> Mode {
+        self.conn.mode()
+    }
+
+    /// See [`ClientConn::answer`].
+    pub fn answer(&self) -> Option<&Answer> {
+        self.conn.answer()
+    }
+
+    /// See [`ClientConn::is_finished`].
+    pub fn is_finished(&self) -> bool {
+        self.conn.is_finished()
+    }
+
+    /// See [`ClientConn::outcome`].
+    pub fn outcome(&self) -> Option<&Result<(), ConnectionError>> {
+        self.conn.outcome()
+    }
+
+    /// See [`ClientConn::stats`].
+    pub fn stats(&self) -> ClientStats {
+        self.conn.stats()
+    }
+}
+
+fn key_log(keys: &SessionKeys) -> KeyLog {
+    let mut line = String::from("ANON_SECURE");
+    for m in &keys.material {
+        for part in [&m.key[..], &m.iv[..], &m.hp[..]] {
+            line.push(' ');
+            for b in part {
+                let _ = write!(line, "{b:02x}");
+            }
+        }
+    }
+    KeyLog(line)
+}

@@ -1,0 +1,799 @@
+//! The secure-mode server: the sans-IO [`Server`] inside the handshake and
+//! the sealed datagrams (docs/PROTOCOL.md §8).
+//!
+//! Each secure connection is an inner fast-mode connection of an inner
+//! [`Server`], filed under a virtual address from `100::/64` (RFC 6666's
+//! discard prefix, never a real peer): the inner server keeps doing
+//! recovery, congestion control and pacing, and this layer turns its
+//! datagrams into secure ones and back. The real address of a connection
+//! may change (NAT rebinding); its virtual address does not.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::RngCore;
+
+use super::handshake::{self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERHEAD, Outer, Responder, field};
+use super::keys::{PublicKey, StaticSecret};
+use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN, TokenKey};
+use super::{SECURE_MAX_SEGMENT, WallClock, handshake::SessionKeys};
+use crate::config::ServerConfig;
+use crate::endpoint::{Belongs, Server, ServerEvent, ServerStats, source_key};
+use crate::wire::Header;
+use crate::Refusal;
+
+/// Secure-mode settings of a server.
+#[derive(Debug, Clone)]
+pub struct SecureServerConfig {
+    /// The server's static key; its public half is in the bridge line.
+    pub key: StaticSecret,
+    /// When set, only clients whose static key is listed get an answer.
+    pub allow_clients: Option<HashSet<PublicKey>>,
+    /// The name of each page, in the order the pages are given; the first
+    /// is the default (asked for with an empty name).
+    pub page_names: Vec<String>,
+    /// A first message whose clock differs from ours by more than this is
+    /// ignored; replays are remembered for twice as long.
+    pub max_clock_skew: Duration,
+    /// Handshakes answered but not yet confirmed by the client, at most;
+    /// beyond this the oldest is forgotten.
+    pub max_pending: usize,
+    /// First messages remembered against replay, at most; when full, new
+    /// handshakes are ignored until old entries expire (fail closed).
+    pub max_replay_entries: usize,
+    /// The wall clock, for the first message's timestamp.
+    pub clock: WallClock,
+}
+
+impl SecureServerConfig {
+    /// Defaults around `key` and the page names.
+    pub fn new(key: StaticSecret, page_names: Vec<String>, clock: WallClock) -> Self {
+        SecureServerConfig {
+            key,
+            allow_clients: None,
+            page_names,
+            max_clock_skew: Duration::from_secs(300),
+            max_pending: 4096,
+            max_replay_entries: 1 << 20,
+            clock,
+        }
+    }
+}
+
+/// Counters of the secure layer, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecureStats {
+    /// Datagrams that are neither sealed for a connection of ours nor a
+    /// handshake under our key (random bytes, probes, other servers'
+    /// traffic, plaintext when plaintext is off): dropped, never answered.
+    pub not_ours: u64,
+    /// Outer layer right, but the Noise message did not decrypt under our
+    /// static key, or its payload was malformed.
+    pub bad_handshakes: u64,
+    /// First messages whose clock was too far from ours.
+    pub stale_handshakes: u64,
+    /// First messages seen before (a replay), ignored.
+    pub replayed_handshakes: u64,
+    /// First messages ignored because the replay cache was full.
+    pub replay_cache_full: u64,
+    /// Clients not on the allow list, ignored.
+    pub unlisted_clients: u64,
+    /// First messages from a source over `max_per_source`, or beyond
+    /// `max_connections`, ignored.
+    pub refused: u64,
+    /// Handshakes answered.
+    pub handshakes: u64,
+    /// Handshakes the client confirmed with a sealed datagram.
+    pub confirmed: u64,
+    /// Unconfirmed handshakes forgotten because `max_pending` were open.
+    pub evicted: u64,
+    /// Requests refused with a reason (no such page).
+    pub rejected: u64,
+    /// Sealed datagrams that named a connection but did not authenticate.
+    pub forged: u64,
+    /// Authenticated datagrams seen before, dropped.
+    pub replayed: u64,
+    /// Connections whose client's address changed.
+    pub migrations: u64,
+}
+
+/// A datagram to send, and what the packet log needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub peer: SocketAddr,
+    /// Its length, at the end of the buffer.
+    pub len: usize,
+    /// How it belongs (see [`Server::knows_kind`]).
+    pub belongs: Belongs,
+    /// The inner datagram's header, which the log shows; `None` for a
+    /// plaintext datagram (the log decodes it itself).
+    pub inner: Option<Header>,
+}
+
+/// Where one handshake attempt of a connection stands.
+enum Phase {
+    /// First message read; the answer goes out with the inner SYN|ACK.
+    Pending(Box<Responder>),
+    /// Answered; waiting for the client's first sealed datagram.
+    Answered,
+    /// The client has sent a sealed datagram: its address is verified.
+    Confirmed,
+}
+
+/// One handshake attempt: a client that sent its first message again
+/// (the answer was lost) makes a second attempt of the same connection,
+/// with keys of its own; the first the client confirms wins.
+struct Session {
+    virt: SocketAddr,
+    peer: SocketAddr,
+    phase: Phase,
+    keys: Option<SessionKeys>,
+    next_pn: u64,
+    replay: ReplayWindow,
+    tokens_issued: u64,
+    /// The length of the first message, which bounds the answer's, and
+    /// its outer nonce, which the answer is bound to.
+    msg1_len: usize,
+    msg1_nonce: [u8; 24],
+    /// Padding of the current run of datagrams and how many are left in
+    /// it: runs of one length keep GSO batches whole.
+    pad: usize,
+    pad_left: u32,
+    sent: u32,
+}
+
+/// One secure connection, under its virtual address.
+struct Virtual {
+    /// Its attempts (session IDs), oldest first; one once confirmed.
+    attempts: Vec<u64>,
+    confirmed: Option<u64>,
+    client: (SocketAddr, [u8; 8]),
+    source: IpAddr,
+    /// Closed: kept (keys and all) until then, so that the inner TIME-WAIT
+    /// can answer a FIN|ACK sent again.
+    closed_until: Option<Instant>,
+}
+
+/// Attempts of one connection kept at most.
+const MAX_ATTEMPTS: usize = 4;
+/// Tokens in the answer.
+const WELCOME_TOKENS: u64 = 4;
+/// Datagrams of one length in a row.
+const PAD_RUN: u32 = 32;
+/// Largest padding of a data datagram (a token rides in it when it is at
+/// least [`TOKEN_LEN`]).
+const PAD_MAX: usize = 32;
+/// Every this many datagrams carry a token, room permitting.
+const TOKEN_EVERY: u32 = 4;
+
+/// A secure-mode server; drive it like [`Server`].
+pub struct SecureServer {
+    config: SecureServerConfig,
+    inner: Server,
+    plain: Option<Server>,
+    /// Whose turn it is to transmit: secure connections or plaintext ones.
+    plain_turn: bool,
+    outer: Outer,
+    tokens: TokenKey,
+    rng: Box<dyn RngCore + Send>,
+    sessions: HashMap<u64, Session>,
+    virtuals: HashMap<SocketAddr, Virtual>,
+    by_client: HashMap<(SocketAddr, [u8; 8]), SocketAddr>,
+    /// Unconfirmed connections, oldest first (stale entries skipped).
+    pending: VecDeque<SocketAddr>,
+    pending_count: usize,
+    per_source: HashMap<IpAddr, usize>,
+    /// Closed connections' expiry, oldest first.
+    closed: VecDeque<(Instant, SocketAddr)>,
+    next_virtual: u64,
+    max_per_source: usize,
+    max_connections: usize,
+    replay: HandshakeReplay,
+    /// Answers written without a connection (refusals).
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<ServerEvent>,
+    stats: SecureStats,
+    scratch: Vec<u8>,
+    body: Vec<u8>,
+    last_inner: Option<Header>,
+}
+
+impl std::fmt::Debug for SecureServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureServer")
+            .field("connections", &self.virtuals.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// First messages seen, by ephemeral key, until their timestamps are too
+/// old to pass the clock check (WireGuard keeps a timestamp per peer; a
+/// client here may have a fresh static key every run, so the handshake
+/// itself is remembered).
+struct HandshakeReplay {
+    seen: HashSet<[u8; 16]>,
+    order: VecDeque<(u64, [u8; 16])>,
+}
+
+impl HandshakeReplay {
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(&(until, key)) = self.order.front() {
+            if until > now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+}
+
+/// Where the 64-bit connection number goes in a virtual address.
+fn virtual_addr(n: u64) -> SocketAddr {
+    let ip = Ipv6Addr::from((0x0100_u128 << 112) | u128::from(n));
+    SocketAddr::V6(SocketAddrV6::new(ip, 1, 0, 0))
+}
+
+impl SecureServer {
+    /// A secure server for `pages` (named in `secure.page_names`), with
+    /// `config` for its connections; `plain`, when set, also serves
+    /// plaintext clients on the same socket with that configuration.
+    pub fn new(
+        secure: SecureServerConfig,
+        config: ServerConfig,
+        pages: Vec<Bytes>,
+        plain: Option<ServerConfig>,
+        mut rng: Box<dyn RngCore + Send>,
+    ) -> Self {
+        let max_per_source = config.max_per_source;
+        let max_connections = config.max_connections;
+        let inner_config = ServerConfig {
+            // This layer bounds handshakes and sources by real address;
+            // inside, every virtual address is its own source and no SYN
+            // needs a cookie (the handshake already proved the key).
+            max_per_source: usize::MAX,
+            max_half_open: usize::MAX,
+            fast: true,
+            max_segment: config.max_segment.min(SECURE_MAX_SEGMENT),
+            ..config
+        };
+        let mut seed = [0u8; 8];
+        rng.fill_bytes(&mut seed);
+        let inner_rng = Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
+        let inner = Server::with_pages(inner_config, pages.clone(), inner_rng);
+        let plain = plain.map(|c| {
+            rng.fill_bytes(&mut seed);
+            let r = Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
+            Server::new(c, pages.first().cloned().unwrap_or_default(), r)
+        });
+        let mut token_key = zeroize::Zeroizing::new([0u8; 16]);
+        rng.fill_bytes(&mut token_key[..]);
+        SecureServer {
+            outer: Outer::new(&secure.key.public()),
+            tokens: TokenKey::new(&token_key),
+            config: secure,
+            inner,
+            plain,
+            plain_turn: false,
+            rng,
+            sessions: HashMap::new(),
+            virtuals: HashMap::new(),
+            by_client: HashMap::new(),
+            pending: VecDeque::new(),
+            pending_count: 0,
+            per_source: HashMap::new(),
+            closed: VecDeque::new(),
+            next_virtual: 1,
+            max_per_source,
+            max_connections,
+            replay: HandshakeReplay { seen: HashSet::new(), order: VecDeque::new() },
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: SecureStats::default(),
+            scratch: Vec::new(),
+            body: Vec::new(),
+            last_inner: None,
+        }
+    }
+
+    /// Processes one datagram from `peer`; says how it belongs, for the
+    /// packet log. For a secure datagram, [`last_inner`](Self::last_inner)
+    /// then gives the inner header the log shows.
+    pub fn handle_kind(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Belongs {
+        self.last_inner = None;
+        let belongs = if let Some(b) = self.handle_sealed(now, peer, datagram) {
+            b
+        } else if let Some(b) = self.handle_initiation(now, peer, datagram) {
+            b
+        } else if let Some(plain) = &mut self.plain {
+            return plain.handle_kind(now, peer, datagram);
+        } else {
+            self.stats.not_ours += 1;
+            Belongs::None
+        };
+        self.pump_events(now);
+        belongs
+    }
+
+    /// The inner header of the last secure datagram handled, if it was one
+    /// and authenticated.
+    pub fn last_inner(&self) -> Option<Header> {
+        self.last_inner
+    }
+
+    /// A datagram sealed for one of our connections; `None` when it names
+    /// none (then it may be a handshake).
+    fn handle_sealed(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<Belongs> {
+        if datagram.len() < packet::C2S_OVERHEAD {
+            return None;
+        }
+        let (cid, serial) = self.tokens.open(datagram)?;
+        let session = self.sessions.get_mut(&cid)?;
+        let Some(keys) = session.keys.as_ref().filter(|_| serial < session.tokens_issued) else {
+            self.stats.forged += 1;
+            return Some(Belongs::None);
+        };
+        let Some(pn) = keys.recv.open(datagram, TOKEN_LEN + PN_LEN, &mut self.body) else {
+            self.stats.forged += 1;
+            return Some(Belongs::None);
+        };
+        if !session.replay.accept(pn) {
+            self.stats.replayed += 1;
+            return Some(Belongs::None);
+        }
+        let virt = session.virt;
+        // Only the newest datagram moves the connection: a reordered or
+        // delayed one from the old address must not move it back.
+        if session.peer != peer && session.replay.highest() == Some(pn) {
+            session.peer = peer;
+            self.stats.migrations += 1;
+        }
+        if !matches!(session.phase, Phase::Confirmed) {
+            session.phase = Phase::Confirmed;
+            self.stats.confirmed += 1;
+            self.confirm(virt, cid);
+        }
+        let Some(body) = packet::parse_body(&self.body) else { return Some(Belongs::None) };
+        self.last_inner = Header::decode(body.inner).ok().map(|(h, _)| h);
+        let inner = body.inner.to_vec();
+        Some(self.inner.handle_kind(now, virt, &inner))
+    }
+
+    /// The client confirmed attempt `cid`: the others are dropped.
+    fn confirm(&mut self, virt: SocketAddr, cid: u64) {
+        let Some(v) = self.virtuals.get_mut(&virt) else { return };
+        if v.confirmed.is_none() {
+            self.pending_count = self.pending_count.saturating_sub(1);
+        }
+        v.confirmed = Some(cid);
+        for other in std::mem::take(&mut v.attempts) {
+            if other != cid {
+                self.sessions.remove(&other);
+            }
+        }
+        v.attempts.push(cid);
+        self.by_client.remove(&v.client);
+    }
+
+    /// A first message: `None` when the outer layer is not ours.
+    fn handle_initiation(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<Belongs> {
+        let range = self.outer.open(datagram, b"", &mut self.scratch)?;
+        let msg1_nonce: [u8; 24] = datagram.get(..24)?.try_into().ok()?;
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let noise = self.scratch.get(range)?;
+        let Some(init) = Responder::read(&self.config.key, seed, noise) else {
+            self.stats.bad_handshakes += 1;
+            return Some(Belongs::None);
+        };
+        let mut hello = Hello::default();
+        for (kind, value) in handshake::fields(&init.payload) {
+            match kind {
+                field::TIME => hello.time = value.try_into().ok().map(u64::from_be_bytes),
+                field::CONN_ID => hello.conn_id = value.try_into().ok(),
+                field::PAGE => hello.page = std::str::from_utf8(value).ok().map(str::to_owned),
+                field::INNER => hello.inner = Some(value.to_vec()),
+                _ => {}
+            }
+        }
+        let (Some(time), Some(conn_id), Some(inner)) = (hello.time, hello.conn_id, hello.inner) else {
+            self.stats.bad_handshakes += 1;
+            return Some(Belongs::None);
+        };
+        let now_ms = self.config.clock.unix_ms(now);
+        let skew = self.config.max_clock_skew.as_millis() as u64;
+        if time.abs_diff(now_ms) > skew {
+            self.stats.stale_handshakes += 1;
+            return Some(Belongs::None);
+        }
+        self.replay.expire(now_ms);
+        let mut eph = [0u8; 16];
+        eph.copy_from_slice(init.ephemeral.get(..16)?);
+        if self.replay.seen.contains(&eph) {
+            self.stats.replayed_handshakes += 1;
+            return Some(Belongs::None);
+        }
+        if self.replay.seen.len() >= self.config.max_replay_entries {
+            self.stats.replay_cache_full += 1;
+            return Some(Belongs::None);
+        }
+        self.replay.seen.insert(eph);
+        self.replay.order.push_back((now_ms + 2 * skew, eph));
+        if self.config.allow_clients.as_ref().is_some_and(|allow| !allow.contains(&init.client)) {
+            self.stats.unlisted_clients += 1;
+            return Some(Belongs::None);
+        }
+        let name = hello.page.unwrap_or_default();
+        let page = if name.is_empty() { Some(0) } else { self.config.page_names.iter().position(|n| *n == name) };
+        let Some(page) = page else {
+            self.refuse(peer, init.responder, Refusal::NotFound, datagram.len(), msg1_nonce);
+            return Some(Belongs::None);
+        };
+        let client = (peer, conn_id);
+        let virt = match self.by_client.get(&client).copied() {
+            Some(virt) => virt,
+            None => {
+                let source = source_key(peer.ip(), 32, 64);
+                let from_source = self.per_source.get(&source).copied().unwrap_or(0);
+                if from_source >= self.max_per_source || self.virtuals.len() >= self.max_connections {
+                    self.stats.refused += 1;
+                    return Some(Belongs::None);
+                }
+                while self.pending_count >= self.config.max_pending.max(1) {
+                    let Some(oldest) = self.pending.pop_front() else { break };
+                    if self.virtuals.get(&oldest).is_some_and(|v| v.confirmed.is_none()) {
+                        self.stats.evicted += 1;
+                        self.remove(oldest);
+                    }
+                }
+                let virt = virtual_addr(self.next_virtual);
+                self.next_virtual += 1;
+                self.virtuals.insert(
+                    virt,
+                    Virtual { attempts: Vec::new(), confirmed: None, client, source, closed_until: None },
+                );
+                *self.per_source.entry(source).or_default() += 1;
+                self.by_client.insert(client, virt);
+                self.pending.push_back(virt);
+                self.pending_count += 1;
+                // Confirmed connections leave stale entries behind.
+                if self.pending.len() > 2 * self.pending_count + 64 {
+                    let virtuals = &self.virtuals;
+                    self.pending.retain(|v| virtuals.get(v).is_some_and(|v| v.confirmed.is_none()));
+                }
+                virt
+            }
+        };
+        let cid = self.rng.next_u64();
+        let v = self.virtuals.get_mut(&virt)?;
+        if v.attempts.len() >= MAX_ATTEMPTS {
+            let old = v.attempts.remove(0);
+            self.sessions.remove(&old);
+        }
+        v.attempts.push(cid);
+        self.sessions.insert(
+            cid,
+            Session {
+                virt,
+                peer,
+                phase: Phase::Pending(Box::new(init.responder)),
+                keys: None,
+                next_pn: 0,
+                replay: ReplayWindow::default(),
+                tokens_issued: 0,
+                msg1_len: datagram.len(),
+                msg1_nonce,
+                pad: 0,
+                pad_left: 0,
+                sent: 0,
+            },
+        );
+        self.stats.handshakes += 1;
+        // The inner SYN (a first one, or the same SYN again for an attempt
+        // after a lost answer: then the inner server repeats its SYN|ACK).
+        Some(self.inner.handle_for_page(now, virt, &inner, page))
+    }
+
+    /// Answers a handshake with a refusal: the client is authenticated,
+    /// so it learns why; the answer is no longer than the first message.
+    fn refuse(&mut self, peer: SocketAddr, responder: Responder, why: Refusal, msg1_len: usize, ad: [u8; 24]) {
+        let mut payload = Vec::new();
+        handshake::put_field(&mut payload, field::ERROR, &[why.code()]);
+        let Some((noise, _keys)) = responder.answer(&payload) else { return };
+        let mut d = Vec::new();
+        let len = self.answer_len(noise.len(), msg1_len);
+        self.outer.seal(&mut *self.rng, &noise, len, &ad, &mut d);
+        self.outbox.push_back((peer, d));
+        self.stats.rejected += 1;
+    }
+
+    /// An answer's length: random between its natural length and the first
+    /// message's (never more: no amplification).
+    fn answer_len(&mut self, noise_len: usize, msg1_len: usize) -> usize {
+        let natural = noise_len + OUTER_OVERHEAD;
+        let room = msg1_len.saturating_sub(natural);
+        natural + (self.rng.next_u32() as usize) % (room + 1)
+    }
+
+    /// Frees a connection's secure state and, if still there, its inner
+    /// connection.
+    fn remove(&mut self, virt: SocketAddr) {
+        let Some(v) = self.virtuals.remove(&virt) else { return };
+        for cid in v.attempts {
+            self.sessions.remove(&cid);
+        }
+        if v.confirmed.is_none() {
+            self.pending_count = self.pending_count.saturating_sub(1);
+        }
+        if self.by_client.get(&v.client) == Some(&virt) {
+            self.by_client.remove(&v.client);
+        }
+        if let std::collections::hash_map::Entry::Occupied(mut n) = self.per_source.entry(v.source) {
+            *n.get_mut() = n.get().saturating_sub(1);
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+        self.inner.forget(virt);
+    }
+
+    /// Moves the inner server's events out, with real addresses, and keeps
+    /// the books: a closed connection's keys stay for the TIME-WAIT.
+    fn pump_events(&mut self, now: Instant) {
+        while let Some(event) = self.inner.poll_event() {
+            let real = |s: &Self, virt: SocketAddr| {
+                s.virtuals
+                    .get(&virt)
+                    .and_then(|v| v.attempts.last())
+                    .and_then(|c| s.sessions.get(c))
+                    .map_or(virt, |s| s.peer)
+            };
+            match event {
+                ServerEvent::Accepted { peer, mode } => {
+                    self.events.push_back(ServerEvent::Accepted { peer: real(self, peer), mode });
+                }
+                ServerEvent::Closed { peer, reason, acked, retransmissions } => {
+                    self.events.push_back(ServerEvent::Closed { peer: real(self, peer), reason, acked, retransmissions });
+                    let confirmed = self.virtuals.get(&peer).is_some_and(|v| v.confirmed.is_some());
+                    if confirmed && reason == crate::CloseReason::Completed {
+                        let until = crate::time::after(now, self.inner_time_wait());
+                        if let Some(v) = self.virtuals.get_mut(&peer) {
+                            v.closed_until = Some(until);
+                        }
+                        self.closed.push_back((until, peer));
+                        // Bounded like the inner TIME-WAIT records.
+                        while self.closed.len() > 65_536 {
+                            if let Some((_, oldest)) = self.closed.pop_front() {
+                                self.remove(oldest);
+                            }
+                        }
+                    } else {
+                        self.remove(peer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn inner_time_wait(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    fn expire_closed(&mut self, now: Instant) {
+        while let Some(&(until, virt)) = self.closed.front() {
+            if until > now {
+                break;
+            }
+            self.closed.pop_front();
+            if self.virtuals.get(&virt).is_some_and(|v| v.closed_until.is_some_and(|u| u <= now)) {
+                self.remove(virt);
+            }
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now);
+        if let Some(p) = &mut self.plain {
+            p.handle_timeout(now);
+        }
+        self.expire_closed(now);
+        self.pump_events(now);
+    }
+
+    /// The earliest deadline for [`handle_timeout`](Self::handle_timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let closed = self.closed.front().map(|&(t, _)| t);
+        [self.inner.poll_timeout(), self.plain.as_ref().and_then(Server::poll_timeout), closed].into_iter().flatten().min()
+    }
+
+    /// Whether a datagram is waiting.
+    pub fn has_pending_transmit(&self) -> bool {
+        !self.outbox.is_empty()
+            || self.inner.has_pending_transmit()
+            || self.plain.as_ref().is_some_and(Server::has_pending_transmit)
+    }
+
+    /// Appends the next datagram to `buf`; `None` (and `buf` unchanged)
+    /// when nothing is waiting.
+    pub fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some((peer, d)) = self.outbox.pop_front() {
+            buf.extend_from_slice(&d);
+            return Some(Transmit { peer, len: d.len(), belongs: Belongs::None, inner: None });
+        }
+        self.plain_turn = !self.plain_turn;
+        if self.plain_turn {
+            if let Some(t) = self.poll_plain(now, buf) {
+                return Some(t);
+            }
+        }
+        let t = self.poll_secure(now, buf);
+        self.pump_events(now);
+        t.or_else(|| self.poll_plain(now, buf))
+    }
+
+    fn poll_plain(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let plain = self.plain.as_mut()?;
+        let (peer, len) = plain.poll_transmit_append(now, buf)?;
+        Some(Transmit { peer, len, belongs: plain.knows_kind(peer), inner: None })
+    }
+
+    fn poll_secure(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let start = buf.len();
+        let prefix = PN_LEN + packet::BODY_PREFIX;
+        loop {
+            buf.truncate(start);
+            buf.resize(start + prefix, 0);
+            let Some((virt, inner_len)) = self.inner.poll_transmit_append(now, buf) else {
+                buf.truncate(start);
+                return None;
+            };
+            let belongs = self.inner.knows_kind(virt);
+            let inner_at = start + prefix;
+            let header = buf.get(inner_at..).and_then(|d| Header::decode(d).ok()).map(|(h, _)| h);
+            let Some(v) = self.virtuals.get(&virt) else { continue };
+            if let Some(cid) = v.confirmed {
+                let Some(t) = self.seal_data(cid, buf, start, inner_len) else { continue };
+                return Some(Transmit { belongs, inner: header, ..t });
+            }
+            // Not confirmed: the inner datagram is the SYN|ACK, which goes
+            // out inside the answer of the newest attempt that has none
+            // yet. A SYN|ACK repeated on the inner timer is not sent: only
+            // a first message (sent again) draws an answer, so nothing is
+            // sent to an unverified address beyond one answer per message.
+            let inner: Vec<u8> = buf.get(inner_at..).unwrap_or_default().to_vec();
+            buf.truncate(start);
+            let newest = v.attempts.iter().rev().copied().find(|c| {
+                self.sessions.get(c).is_some_and(|s| matches!(s.phase, Phase::Pending(_)))
+            });
+            let Some(cid) = newest else { continue };
+            if let Some(t) = self.answer(cid, &inner, buf) {
+                return Some(Transmit { belongs, inner: header, ..t });
+            }
+        }
+    }
+
+    /// Writes the answer of attempt `cid` around the inner SYN|ACK.
+    fn answer(&mut self, cid: u64, inner: &[u8], buf: &mut Vec<u8>) -> Option<Transmit> {
+        let session = self.sessions.get_mut(&cid)?;
+        let Phase::Pending(responder) = std::mem::replace(&mut session.phase, Phase::Answered) else { return None };
+        let mut payload = Vec::with_capacity(inner.len() + 100);
+        let mut tokens = Vec::with_capacity(TOKEN_LEN * WELCOME_TOKENS as usize);
+        for serial in 0..WELCOME_TOKENS {
+            tokens.extend_from_slice(&self.tokens.make(cid, serial));
+        }
+        session.tokens_issued = WELCOME_TOKENS;
+        handshake::put_field(&mut payload, field::TOKENS, &tokens);
+        handshake::put_field(&mut payload, field::INNER, inner);
+        let (noise, keys) = responder.answer(&payload)?;
+        session.keys = Some(keys);
+        let (peer, msg1_len, ad) = (session.peer, session.msg1_len, session.msg1_nonce);
+        let len = self.answer_len(noise.len(), msg1_len);
+        let start = buf.len();
+        self.outer.seal(&mut *self.rng, &noise, len, &ad, buf);
+        Some(Transmit { peer, len: buf.len() - start, belongs: Belongs::Connection, inner: None })
+    }
+
+    /// Seals the inner datagram at `buf[start + PN_LEN + 3..]` for the
+    /// confirmed attempt `cid`.
+    fn seal_data(&mut self, cid: u64, buf: &mut Vec<u8>, start: usize, inner_len: usize) -> Option<Transmit> {
+        let session = self.sessions.get_mut(&cid)?;
+        if session.pad_left == 0 {
+            session.pad = (self.rng.next_u32() as usize) % (PAD_MAX + 1);
+            session.pad_left = PAD_RUN;
+        }
+        session.pad_left -= 1;
+        session.sent = session.sent.wrapping_add(1);
+        let with_token = session.pad >= TOKEN_LEN && session.sent % TOKEN_EVERY == 0;
+        let mut prefix = Vec::with_capacity(3);
+        packet::body_prefix(&mut prefix, with_token, inner_len);
+        if let Some(slot) = buf.get_mut(start + PN_LEN..start + PN_LEN + 3) {
+            slot.copy_from_slice(&prefix);
+        }
+        let mut pad = session.pad;
+        if with_token {
+            buf.extend_from_slice(&self.tokens.make(cid, session.tokens_issued));
+            session.tokens_issued += 1;
+            pad -= TOKEN_LEN;
+        }
+        buf.resize(buf.len() + pad, 0);
+        let keys = session.keys.as_ref()?;
+        keys.send.seal(buf, start, PN_LEN, session.next_pn);
+        session.next_pn += 1;
+        Some(Transmit { peer: session.peer, len: buf.len() - start, belongs: Belongs::Connection, inner: None })
+    }
+
+    /// The next event, real addresses in it.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front().or_else(|| self.plain.as_mut().and_then(Server::poll_event))
+    }
+
+    /// The inner (secure) server's counters.
+    pub fn stats(&self) -> ServerStats {
+        self.inner.stats()
+    }
+
+    /// The plaintext server's counters, when plaintext is on.
+    pub fn plain_stats(&self) -> Option<ServerStats> {
+        self.plain.as_ref().map(Server::stats)
+    }
+
+    /// The secure layer's counters.
+    pub fn secure_stats(&self) -> SecureStats {
+        self.stats
+    }
+
+    /// Open connections, secure and plaintext.
+    pub fn connection_count(&self) -> usize {
+        self.inner.connection_count() + self.plain.as_ref().map_or(0, Server::connection_count)
+    }
+
+    /// Handshakes not yet confirmed, and plaintext half-open connections.
+    pub fn half_open_count(&self) -> usize {
+        self.pending_count + self.plain.as_ref().map_or(0, Server::half_open_count)
+    }
+
+    /// Secure state held: attempts (with their keys) and connections.
+    pub fn session_count(&self) -> (usize, usize) {
+        (self.sessions.len(), self.virtuals.len())
+    }
+
+    /// First messages remembered against replay.
+    pub fn replay_entries(&self) -> usize {
+        self.replay.seen.len()
+    }
+
+    /// Starts draining: no new connections, secure or plaintext.
+    pub fn stop_accepting(&mut self) {
+        self.inner.stop_accepting();
+        if let Some(p) = &mut self.plain {
+            p.stop_accepting();
+        }
+        self.config.max_pending = 0;
+        self.max_connections = 0;
+    }
+
+    /// Segments on every scoreboard, secure and plaintext.
+    pub fn tracked_segments(&self) -> u64 {
+        self.inner.tracked_segments() + self.plain.as_ref().map_or(0, Server::tracked_segments)
+    }
+}
+
+#[derive(Default)]
+struct Hello {
+    time: Option<u64>,
+    conn_id: Option<[u8; 8]>,
+    page: Option<String>,
+    inner: Option<Vec<u8>>,
+}
+
+/// The natural length of an answer carrying `inner_len` bytes of inner
+/// datagram, for tests and the client's padding.
+pub const fn answer_len(inner_len: usize) -> usize {
+    OUTER_OVERHEAD + NOISE_MSG2_OVERHEAD + 3 + TOKEN_LEN * WELCOME_TOKENS as usize + 3 + inner_len
+}
+
+const _: () = assert!(MIN_HANDSHAKE_LEN <= answer_len(0));
