@@ -120,6 +120,11 @@ pub struct ClientConfig {
     /// After two unanswered offers, alternate with a bare SYN (a plain peer
     /// may drop long SYNs). Secure mode turns it off: it never falls back.
     pub bare_syn_fallback: bool,
+    /// In fast mode, send the latest ACK again when the server has been
+    /// silent for an RTO mid-transfer (backing off): after the client's
+    /// address changed, the server learns the new one from it. Secure mode
+    /// turns it on; plaintext modes keep the exchange as it is.
+    pub probe_when_silent: bool,
 }
 
 /// What a client offers and how it acknowledges in fast mode.
@@ -161,6 +166,7 @@ impl Default for ClientConfig {
             linger: Linger::Adaptive { min: Duration::from_secs(1), max: Duration::from_secs(10) },
             fast: Some(FastClient::default()),
             bare_syn_fallback: true,
+            probe_when_silent: false,
         }
     }
 }

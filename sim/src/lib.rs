@@ -1,16 +1,19 @@
 //! A seeded, replayable simulated network for the sans-IO protocol core.
 //!
-//! One [`Server`] endpoint and any number of [`ClientConn`]s exchange
+//! One [`Server`] endpoint and any number of [`ClientConn`]s (or, in secure
+//! mode, one [`SecureServer`] and [`SecureClient`]s) exchange
 //! datagrams over a virtual link that loses, duplicates, delays and reorders
 //! them, with a virtual clock: a run is a pure function of its seed and
 //! settings, and takes milliseconds whatever the simulated time. Set
 //! `ANON_SIM_SEED` to replay one seed of a test that loops over seeds.
 
 mod network;
+mod peers;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use anon_proto::secure::{SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, StaticSecret, WallClock};
 use anon_proto::wire::Header;
 use anon_proto::{ClientConfig, ClientConn, ConnectionError, Server, ServerConfig, ServerStats};
 use bytes::Bytes;
@@ -18,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 pub use network::{Datagram, DropFilter, LinkConfig, Network};
+pub use peers::{SimEndpoint, SimPeer};
 
 /// An ISN source that always yields the same number, for exact traces.
 #[derive(Debug, Clone, Copy)]
@@ -46,11 +50,11 @@ pub fn client_addr(i: usize) -> SocketAddr {
 
 /// One simulated client: its connection, what it received and its log.
 #[derive(Debug)]
-pub struct SimClient {
-    /// Its address.
+pub struct SimClient<C = ClientConn> {
+    /// Its address (a test may change it mid-run: NAT rebinding).
     pub addr: SocketAddr,
     /// The connection under test.
-    pub conn: ClientConn,
+    pub conn: C,
     /// Page bytes taken from the connection, in order.
     pub data: Vec<u8>,
     /// Its packet log, as the driver would write it.
@@ -68,17 +72,17 @@ pub struct SimClient {
 
 /// A whole simulated scenario.
 #[derive(Debug)]
-pub struct Sim {
+pub struct Sim<S = Server, C = ClientConn> {
     /// The virtual clock.
     pub now: Instant,
     /// Virtual time zero.
     pub start: Instant,
     /// The server under test.
-    pub server: Server,
+    pub server: S,
     /// The server's packet log.
     pub server_log: Vec<String>,
     /// The clients under test.
-    pub clients: Vec<SimClient>,
+    pub clients: Vec<SimClient<C>>,
     /// The link between them.
     pub net: Network,
     /// When set, every datagram offered to the link: sender, header and
@@ -146,12 +150,52 @@ impl Setup {
     }
 }
 
+impl<C> SimClient<C> {
+    fn new(addr: SocketAddr, conn: C) -> Self {
+        SimClient {
+            addr,
+            conn,
+            data: Vec::new(),
+            log: Vec::new(),
+            finished_at: None,
+            closed_at: None,
+            inbox: Vec::new(),
+            wake_at: None,
+            wakeups: 0,
+        }
+    }
+}
+
+/// The wall clock of every simulation's virtual time zero (2027-01-15).
+pub const SIM_UNIX_MS: u64 = 1_800_000_000_000;
+
+/// What a secure-mode scenario adds to a [`Setup`].
+#[derive(Debug, Clone)]
+pub struct SecureSetup {
+    /// The server's static key.
+    pub key: StaticSecret,
+    /// Names of the pages (`Setup::page` is the first; `extra_pages` follow).
+    pub names: Vec<String>,
+    /// Further pages, after `Setup::page`.
+    pub extra_pages: Vec<Vec<u8>>,
+    /// The page every client asks for.
+    pub ask: String,
+    /// Also serve plaintext clients.
+    pub plaintext: bool,
+}
+
+impl SecureSetup {
+    /// A key drawn from `seed`, one page named "index", asked for by name.
+    pub fn new(seed: u64) -> SecureSetup {
+        let key = StaticSecret::generate(&mut StdRng::seed_from_u64(seed ^ 0x005e_c02e));
+        SecureSetup { key, names: vec!["index".into()], extra_pages: Vec::new(), ask: "index".into(), plaintext: false }
+    }
+}
+
 impl Sim {
     /// Builds the scenario; every client's SYN is ready at time zero.
     pub fn new(setup: Setup) -> Sim {
-        // Any real instant works as virtual time zero: only differences count.
-        #[allow(clippy::disallowed_methods)]
-        let start = Instant::now();
+        let start = virtual_zero();
         let mut rng = StdRng::seed_from_u64(setup.seed ^ 0x9e37_79b9_7f4a_7c15);
         let client_isn = setup.client_isn.unwrap_or_else(|| rng.next_u32());
         let server_isn: Box<dyn RngCore + Send> = match setup.server_isn {
@@ -161,25 +205,56 @@ impl Sim {
         let page = Bytes::from(setup.page);
         let server = Server::new(setup.server, page, server_isn);
         let clients = (0..setup.clients)
-            .map(|i| SimClient {
-                addr: client_addr(i),
-                conn: ClientConn::new(setup.client.clone(), client_isn.wrapping_add(i as u32), start),
-                data: Vec::new(),
-                log: Vec::new(),
-                finished_at: None,
-                closed_at: None,
-                inbox: Vec::new(),
-                wake_at: None,
-                wakeups: 0,
+            .map(|i| {
+                let conn = ClientConn::new(setup.client.clone(), client_isn.wrapping_add(i as u32), start);
+                SimClient::new(client_addr(i), conn)
             })
             .collect();
+        Sim::assemble(start, server, clients, setup.link, setup.seed)
+    }
+}
+
+impl Sim<SecureServer, SecureClient> {
+    /// A secure-mode scenario: every random choice (keys, nonces, padding,
+    /// ISNs) is drawn from the seed, so a run replays exactly.
+    pub fn secure(setup: Setup, secure: SecureSetup) -> Self {
+        let start = virtual_zero();
+        let clock = WallClock { at: start, unix_ms: SIM_UNIX_MS };
+        let mut rng = StdRng::seed_from_u64(setup.seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut pages = vec![Bytes::from(setup.page)];
+        pages.extend(secure.extra_pages.into_iter().map(Bytes::from));
+        let config = SecureServerConfig::new(secure.key.clone(), secure.names, clock);
+        let plain = secure.plaintext.then(|| setup.server.clone());
+        let server_rng = Box::new(StdRng::seed_from_u64(rng.next_u64()));
+        let server = SecureServer::new(config, setup.server, pages, plain, server_rng);
+        let clients = (0..setup.clients)
+            .map(|i| {
+                let config =
+                    SecureClientConfig { server: secure.key.public(), key: None, page: secure.ask.clone(), clock };
+                let conn_rng = Box::new(StdRng::seed_from_u64(rng.next_u64()));
+                SimClient::new(client_addr(i), SecureClient::new(config, setup.client.clone(), conn_rng, start))
+            })
+            .collect();
+        Sim::assemble(start, server, clients, setup.link, setup.seed)
+    }
+}
+
+/// Any real instant works as virtual time zero: only differences count.
+fn virtual_zero() -> Instant {
+    #[allow(clippy::disallowed_methods)]
+    Instant::now()
+}
+
+impl<S: SimEndpoint, C: SimPeer> Sim<S, C> {
+    /// A scenario of these endpoints.
+    pub fn assemble(start: Instant, server: S, clients: Vec<SimClient<C>>, link: LinkConfig, seed: u64) -> Self {
         Sim {
             now: start,
             start,
             server,
             server_log: Vec::new(),
             clients,
-            net: Network::new(setup.link, StdRng::seed_from_u64(setup.seed)),
+            net: Network::new(link, StdRng::seed_from_u64(seed)),
             trace: None,
             timestamps: false,
             client_wakeup: Duration::ZERO,
@@ -187,32 +262,33 @@ impl Sim {
         }
     }
 
-    /// The packet-log line for a datagram, prefixed with the virtual time
-    /// when `timestamps` is set; `None` for a datagram without a header.
-    fn log_line(&self, dir: &str, datagram: &[u8]) -> Option<String> {
-        format_log_line(self.timestamps.then(|| self.now - self.start), dir, datagram)
-    }
-
-    fn record(trace: &mut Option<Vec<(SocketAddr, Header, usize)>>, from: SocketAddr, datagram: &[u8]) {
-        if let (Some(trace), Ok((h, payload))) = (trace.as_mut(), Header::decode(datagram)) {
-            trace.push((from, h, payload.len()));
+    fn record(
+        trace: &mut Option<Vec<(SocketAddr, Header, usize)>>,
+        from: SocketAddr,
+        datagram: &[u8],
+        h: Option<Header>,
+    ) {
+        if let (Some(trace), Some(h)) = (trace.as_mut(), h) {
+            trace.push((from, h, datagram.len().saturating_sub(anon_proto::wire::HEADER_LEN)));
         }
     }
 
     /// Moves every queued datagram from the endpoints onto the link.
     fn flush_transmits(&mut self) {
         let now = self.now;
+        let at = self.timestamps.then(|| now - self.start);
         while let Some(to) = self.server.poll_transmit(now, &mut self.buf) {
-            let line = self.log_line("SEND", &self.buf);
-            self.server_log.extend(line);
-            Self::record(&mut self.trace, SERVER_ADDR, &self.buf);
+            let h = self.server.sent_header(&self.buf);
+            self.server_log.extend(format_log_line(at, "SEND", h));
+            Self::record(&mut self.trace, SERVER_ADDR, &self.buf, h);
             self.net.send(now, SERVER_ADDR, to, &self.buf);
         }
         for i in 0..self.clients.len() {
             let Some(c) = self.clients.get_mut(i) else { continue };
             while c.conn.poll_transmit(now, &mut self.buf) {
-                c.log.extend(format_log_line(self.timestamps.then(|| now - self.start), "SEND", &self.buf));
-                Self::record(&mut self.trace, c.addr, &self.buf);
+                let h = c.conn.sent_header(&self.buf);
+                c.log.extend(format_log_line(at, "SEND", h));
+                Self::record(&mut self.trace, c.addr, &self.buf, h);
                 self.net.send(now, c.addr, SERVER_ADDR, &self.buf);
             }
             let readable = c.conn.readable();
@@ -225,9 +301,9 @@ impl Sim {
             if c.closed_at.is_none() && c.conn.outcome().is_some() {
                 c.closed_at = Some(now);
             }
-            while c.conn.poll_event().is_some() {}
+            c.conn.drain_events();
         }
-        while self.server.poll_event().is_some() {}
+        self.server.drain_events();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -263,15 +339,17 @@ impl Sim {
             steps += 1;
             self.now = self.now.max(next);
             let now = self.now;
+            let at = self.timestamps.then(|| now - self.start);
             while let Some(d) = self.net.pop_due(now) {
-                let line = self.log_line("RECV", &d.bytes);
                 if d.to == SERVER_ADDR {
-                    self.server_log.extend(line);
                     self.server.handle(now, d.from, &d.bytes);
+                    let h = self.server.received_header(&d.bytes);
+                    self.server_log.extend(format_log_line(at, "RECV", h));
                 } else if let Some(c) = self.clients.iter_mut().find(|c| c.addr == d.to) {
                     if self.client_wakeup.is_zero() {
-                        c.log.extend(line);
                         c.conn.handle(now, &d.bytes);
+                        let h = c.conn.received_header(&d.bytes);
+                        c.log.extend(format_log_line(at, "RECV", h));
                         c.wakeups += 1;
                     } else {
                         c.inbox.push(d.bytes);
@@ -285,8 +363,9 @@ impl Sim {
                     c.wake_at = None;
                     c.wakeups += 1;
                     for d in std::mem::take(&mut c.inbox) {
-                        c.log.extend(format_log_line(timestamps, "RECV", &d));
                         c.conn.handle(now, &d);
+                        let h = c.conn.received_header(&d);
+                        c.log.extend(format_log_line(timestamps, "RECV", h));
                     }
                 }
             }
@@ -308,8 +387,11 @@ impl Sim {
     }
 }
 
-fn format_log_line(at: Option<Duration>, dir: &str, datagram: &[u8]) -> Option<String> {
-    let (h, _) = Header::decode(datagram).ok()?;
+/// The packet-log line for a datagram's header (the inner header in secure
+/// mode), prefixed with the virtual time when `at` is set; `None` for a
+/// datagram without one.
+fn format_log_line(at: Option<Duration>, dir: &str, h: Option<Header>) -> Option<String> {
+    let h = h?;
     Some(match at {
         Some(t) => format!("{:9.3} {dir} {}", t.as_secs_f64(), h.log_fields()),
         None => format!("{dir} {}", h.log_fields()),

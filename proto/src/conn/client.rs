@@ -114,6 +114,9 @@ pub struct ClientStats {
     pub retransmissions: u64,
     /// Payload bytes received more than once.
     pub duplicate_bytes: u64,
+    /// ACKs sent again because the server went silent mid-transfer
+    /// ([`ClientConfig::probe_when_silent`](crate::ClientConfig)).
+    pub silence_probes: u64,
 }
 
 /// Fast-mode reception state.
@@ -187,6 +190,8 @@ pub struct ClientConn {
     /// A segment with new page bytes has arrived: the server has our
     /// handshake ACK. Until then our own timer repeats it.
     heard_data: bool,
+    /// Silence probes sent since the last new page byte (for the back-off).
+    silence_probes: u32,
     /// Retransmission deadline of the SYN, the handshake ACK, or the
     /// FIN|ACK in LAST-ACK.
     rto_deadline: Option<Instant>,
@@ -231,6 +236,7 @@ impl ClientConn {
             rtt,
             rtt_samples: 0,
             heard_data: false,
+            silence_probes: 0,
             rto_deadline: None,
             readable: Vec::new(),
             events: VecDeque::new(),
@@ -268,7 +274,19 @@ impl ClientConn {
                 self.heard_data = true;
                 self.rto_deadline = None;
             }
+            self.silence_probes = 0;
         }
+        if self.config.probe_when_silent && self.heard_data && matches!(self.state, State::Established(_)) {
+            self.rto_deadline = Some(after(now, self.silence_probe_interval()));
+        }
+    }
+
+    /// How long a silent server waits for our latest ACK again: the RTO,
+    /// doubled for each probe since the last new page byte, at most 60 s
+    /// (RFC 6298 §5.5's back-off).
+    fn silence_probe_interval(&self) -> Duration {
+        let rto = self.rtt.rto();
+        rto.saturating_mul(1 << self.silence_probes.min(6)).min(Duration::from_secs(60))
     }
 
     fn on_syn_sent(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
@@ -703,7 +721,15 @@ impl ClientConn {
             }
             State::Established(reasm) => {
                 let ack_due = reasm.ack_deadline.is_some_and(|t| now >= t);
-                if rto_due {
+                if rto_due && self.heard_data {
+                    // The server has gone silent mid-transfer: say where we
+                    // are again, from wherever we are now (a NAT may have
+                    // moved us: the server follows the new address).
+                    self.silence_probes = self.silence_probes.saturating_add(1);
+                    self.stats.silence_probes += 1;
+                    self.send_fast_ack();
+                    self.rto_deadline = Some(after(now, self.silence_probe_interval()));
+                } else if rto_due {
                     self.retransmit_on_timer();
                 }
                 if ack_due {

@@ -42,6 +42,8 @@ pub struct SecureClientStats {
     pub replayed: u64,
     /// Datagrams sent with a token used before (none fresh was left).
     pub token_reuses: u64,
+    /// Fresh tokens received.
+    pub tokens_received: u64,
 }
 
 /// One line for a key log (`ANON_KEYLOG`), from which the dissector
@@ -108,10 +110,15 @@ impl SecureClient {
     /// forces fast mode (segments within [`SECURE_MAX_SEGMENT`]) and turns
     /// the bare-SYN fallback off. `rng` draws every random choice (a CSPRNG
     /// outside tests).
-    pub fn new(secure: SecureClientConfig, config: ClientConfig, mut rng: Box<dyn RngCore + Send>, now: Instant) -> Self {
+    pub fn new(
+        secure: SecureClientConfig,
+        config: ClientConfig,
+        mut rng: Box<dyn RngCore + Send>,
+        now: Instant,
+    ) -> Self {
         let fast = config.fast.unwrap_or_default();
         let fast = FastClient { max_segment: fast.max_segment.min(SECURE_MAX_SEGMENT), ..fast };
-        let config = ClientConfig { fast: Some(fast), bare_syn_fallback: false, ..config };
+        let config = ClientConfig { fast: Some(fast), bare_syn_fallback: false, probe_when_silent: true, ..config };
         let key = secure.key.clone().unwrap_or_else(|| StaticSecret::generate(&mut *rng));
         let mut conn_id = [0u8; 8];
         rng.fill_bytes(&mut conn_id);
@@ -156,6 +163,7 @@ impl SecureClient {
         }
         let Some(body) = packet::parse_body(&self.body) else { return };
         if let Some(t) = body.token {
+            self.stats.tokens_received += 1;
             if self.tokens.len() >= MAX_TOKENS {
                 self.tokens.pop_front();
             }

@@ -61,7 +61,14 @@ impl Outer {
     /// sealed with the first message's nonce as associated data, so that a
     /// client with several first messages out knows which one it answers
     /// without trying (a failed Noise read spends the handshake state).
-    pub(crate) fn seal(&self, rng: &mut dyn RngCore, noise: &[u8], len: usize, ad: &[u8], out: &mut Vec<u8>) -> [u8; OUTER_NONCE_LEN] {
+    pub(crate) fn seal(
+        &self,
+        rng: &mut dyn RngCore,
+        noise: &[u8],
+        len: usize,
+        ad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> [u8; OUTER_NONCE_LEN] {
         let start = out.len();
         let mut nonce = [0u8; OUTER_NONCE_LEN];
         rng.fill_bytes(&mut nonce);
@@ -206,7 +213,12 @@ impl std::fmt::Debug for Initiator {
 impl Initiator {
     /// Starts a handshake; returns it and the first Noise message, which
     /// carries `payload` (encrypted to the server's static key).
-    pub(crate) fn start(server: &PublicKey, client: &StaticSecret, seed: [u8; 32], payload: &[u8]) -> Option<(Initiator, Vec<u8>)> {
+    pub(crate) fn start(
+        server: &PublicKey,
+        client: &StaticSecret,
+        seed: [u8; 32],
+        payload: &[u8],
+    ) -> Option<(Initiator, Vec<u8>)> {
         let mut hs = builder(seed)?
             .local_private_key(client.private_bytes())
             .ok()?

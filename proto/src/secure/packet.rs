@@ -163,7 +163,8 @@ pub(crate) fn parse_body(body: &[u8]) -> Option<Body<'_>> {
     let (&flags, rest) = body.split_first()?;
     let len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
     let inner = rest.get(2..2 + len)?;
-    let token = if flags & FLAG_TOKEN != 0 { Some(rest.get(2 + len..2 + len + TOKEN_LEN)?.try_into().ok()?) } else { None };
+    let token =
+        if flags & FLAG_TOKEN != 0 { Some(rest.get(2 + len..2 + len + TOKEN_LEN)?.try_into().ok()?) } else { None };
     Some(Body { inner, token })
 }
 

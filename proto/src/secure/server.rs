@@ -19,10 +19,10 @@ use super::handshake::{self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERH
 use super::keys::{PublicKey, StaticSecret};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN, TokenKey};
 use super::{SECURE_MAX_SEGMENT, WallClock, handshake::SessionKeys};
+use crate::Refusal;
 use crate::config::ServerConfig;
 use crate::endpoint::{Belongs, Server, ServerEvent, ServerStats, source_key};
 use crate::wire::Header;
-use crate::Refusal;
 
 /// Secure-mode settings of a server.
 #[derive(Debug, Clone)]
@@ -142,7 +142,6 @@ struct Session {
     /// it: runs of one length keep GSO batches whole.
     pad: usize,
     pad_left: u32,
-    sent: u32,
 }
 
 /// One secure connection, under its virtual address.
@@ -163,11 +162,10 @@ const MAX_ATTEMPTS: usize = 4;
 const WELCOME_TOKENS: u64 = 4;
 /// Datagrams of one length in a row.
 const PAD_RUN: u32 = 32;
-/// Largest padding of a data datagram (a token rides in it when it is at
-/// least [`TOKEN_LEN`]).
+/// Padding of a data datagram, drawn per run between these: a token
+/// rides in it, so a datagram with one is as long as one without.
+const PAD_MIN: usize = TOKEN_LEN;
 const PAD_MAX: usize = 32;
-/// Every this many datagrams carry a token, room permitting.
-const TOKEN_EVERY: u32 = 4;
 
 /// A secure-mode server; drive it like [`Server`].
 pub struct SecureServer {
@@ -199,6 +197,7 @@ pub struct SecureServer {
     scratch: Vec<u8>,
     body: Vec<u8>,
     last_inner: Option<Header>,
+    last_inner_sent: Option<Header>,
 }
 
 impl std::fmt::Debug for SecureServer {
@@ -262,7 +261,8 @@ impl SecureServer {
         };
         let mut seed = [0u8; 8];
         rng.fill_bytes(&mut seed);
-        let inner_rng = Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
+        let inner_rng =
+            Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
         let inner = Server::with_pages(inner_config, pages.clone(), inner_rng);
         let plain = plain.map(|c| {
             rng.fill_bytes(&mut seed);
@@ -296,6 +296,7 @@ impl SecureServer {
             scratch: Vec::new(),
             body: Vec::new(),
             last_inner: None,
+            last_inner_sent: None,
         }
     }
 
@@ -488,7 +489,6 @@ impl SecureServer {
                 msg1_nonce,
                 pad: 0,
                 pad_left: 0,
-                sent: 0,
             },
         );
         self.stats.handshakes += 1;
@@ -556,7 +556,12 @@ impl SecureServer {
                     self.events.push_back(ServerEvent::Accepted { peer: real(self, peer), mode });
                 }
                 ServerEvent::Closed { peer, reason, acked, retransmissions } => {
-                    self.events.push_back(ServerEvent::Closed { peer: real(self, peer), reason, acked, retransmissions });
+                    self.events.push_back(ServerEvent::Closed {
+                        peer: real(self, peer),
+                        reason,
+                        acked,
+                        retransmissions,
+                    });
                     let confirmed = self.virtuals.get(&peer).is_some_and(|v| v.confirmed.is_some());
                     if confirmed && reason == crate::CloseReason::Completed {
                         let until = crate::time::after(now, self.inner_time_wait());
@@ -607,7 +612,10 @@ impl SecureServer {
     /// The earliest deadline for [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let closed = self.closed.front().map(|&(t, _)| t);
-        [self.inner.poll_timeout(), self.plain.as_ref().and_then(Server::poll_timeout), closed].into_iter().flatten().min()
+        [self.inner.poll_timeout(), self.plain.as_ref().and_then(Server::poll_timeout), closed]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether a datagram is waiting.
@@ -620,6 +628,18 @@ impl SecureServer {
     /// Appends the next datagram to `buf`; `None` (and `buf` unchanged)
     /// when nothing is waiting.
     pub fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let t = self.next_transmit(now, buf);
+        self.last_inner_sent = t.and_then(|t| t.inner);
+        t
+    }
+
+    /// The inner header of the last datagram from
+    /// [`poll_transmit_append`](Self::poll_transmit_append), if secure.
+    pub fn last_inner_sent(&self) -> Option<Header> {
+        self.last_inner_sent
+    }
+
+    fn next_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some((peer, d)) = self.outbox.pop_front() {
             buf.extend_from_slice(&d);
             return Some(Transmit { peer, len: d.len(), belongs: Belongs::None, inner: None });
@@ -666,9 +686,12 @@ impl SecureServer {
             // sent to an unverified address beyond one answer per message.
             let inner: Vec<u8> = buf.get(inner_at..).unwrap_or_default().to_vec();
             buf.truncate(start);
-            let newest = v.attempts.iter().rev().copied().find(|c| {
-                self.sessions.get(c).is_some_and(|s| matches!(s.phase, Phase::Pending(_)))
-            });
+            let newest = v
+                .attempts
+                .iter()
+                .rev()
+                .copied()
+                .find(|c| self.sessions.get(c).is_some_and(|s| matches!(s.phase, Phase::Pending(_))));
             let Some(cid) = newest else { continue };
             if let Some(t) = self.answer(cid, &inner, buf) {
                 return Some(Transmit { belongs, inner: header, ..t });
@@ -702,12 +725,14 @@ impl SecureServer {
     fn seal_data(&mut self, cid: u64, buf: &mut Vec<u8>, start: usize, inner_len: usize) -> Option<Transmit> {
         let session = self.sessions.get_mut(&cid)?;
         if session.pad_left == 0 {
-            session.pad = (self.rng.next_u32() as usize) % (PAD_MAX + 1);
+            session.pad = PAD_MIN + (self.rng.next_u32() as usize) % (PAD_MAX - PAD_MIN + 1);
             session.pad_left = PAD_RUN;
         }
         session.pad_left -= 1;
-        session.sent = session.sent.wrapping_add(1);
-        let with_token = session.pad >= TOKEN_LEN && session.sent % TOKEN_EVERY == 0;
+        // Every datagram brings the client a fresh token (in room the
+        // padding makes anyway): it sends one per datagram and may send as
+        // many datagrams as it receives.
+        let with_token = true;
         let mut prefix = Vec::with_capacity(3);
         packet::body_prefix(&mut prefix, with_token, inner_len);
         if let Some(slot) = buf.get_mut(start + PN_LEN..start + PN_LEN + 3) {

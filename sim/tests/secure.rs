@@ -1,0 +1,100 @@
+//! Secure mode over the simulated network: transfers, named pages, an
+//! address change mid-transfer (docs/PROTOCOL.md §8).
+
+use std::time::Duration;
+
+use anon_proto::{ConnectionError, Refusal};
+use anon_sim::{LinkConfig, SecureSetup, Setup, Sim, client_addr, page, seeds};
+
+fn lossy() -> LinkConfig {
+    LinkConfig::hostile(0.05)
+}
+
+fn clean() -> LinkConfig {
+    LinkConfig::clean(Duration::from_millis(10))
+}
+
+#[test]
+fn secure_transfer_is_byte_exact_over_a_lossy_link() {
+    for seed in seeds(8) {
+        let body = page(300_000, seed);
+        let mut setup = Setup::new(seed, lossy(), body.clone());
+        setup.clients = 2;
+        let mut sim = Sim::secure(setup, SecureSetup::new(seed));
+        let report = sim.run(Duration::from_secs(120), 2_000_000);
+        assert!(report.quiescent, "seed {seed}: {report:?}");
+        for c in &sim.clients {
+            assert_eq!(c.conn.outcome(), Some(&Ok(())), "seed {seed}");
+            assert!(c.data == body, "seed {seed}: page differs");
+            assert!(c.log.iter().any(|l| l.starts_with("RECV") && l.ends_with("ACK FIN")), "seed {seed}");
+        }
+        let s = sim.server.secure_stats();
+        assert!(s.confirmed >= 2, "seed {seed}: {s:?}");
+        assert_eq!(s.forged, 0, "seed {seed}: {s:?}");
+        // Closed connections keep their keys through the TIME-WAIT only.
+        let later = sim.now + Duration::from_secs(11);
+        sim.server.handle_timeout(later);
+        assert_eq!(sim.server.session_count(), (0, 0), "seed {seed}: state left after the end");
+    }
+}
+
+#[test]
+fn clients_ask_for_pages_by_name() {
+    let first = page(10_000, 1);
+    let second = page(20_000, 2);
+    let mut secure = SecureSetup::new(3);
+    secure.names = vec!["index".into(), "news".into()];
+    secure.extra_pages = vec![second.clone()];
+    for (ask, want) in [("news", &second), ("", &first), ("index", &first)] {
+        let mut s = secure.clone();
+        s.ask = ask.into();
+        let mut sim = Sim::secure(Setup::new(3, clean(), first.clone()), s);
+        sim.run(Duration::from_secs(30), 100_000);
+        assert_eq!(sim.clients[0].conn.outcome(), Some(&Ok(())), "{ask}");
+        assert!(sim.clients[0].data == *want, "{ask}");
+    }
+    let mut s = secure;
+    s.ask = "missing".into();
+    let mut sim = Sim::secure(Setup::new(3, clean(), first), s);
+    sim.run(Duration::from_secs(30), 100_000);
+    assert_eq!(sim.clients[0].conn.outcome(), Some(&Err(ConnectionError::Rejected(Refusal::NotFound))));
+    assert!(sim.clients[0].data.is_empty());
+}
+
+#[test]
+fn a_transfer_survives_an_address_change_and_the_two_halves_do_not_link() {
+    for seed in seeds(4) {
+        let body = page(2_000_000, seed);
+        let link = LinkConfig { loss: 0.01, ..LinkConfig::bottleneck(50, Duration::from_millis(10)) };
+        let mut sim = Sim::secure(Setup::new(seed, link, body.clone()), SecureSetup::new(seed));
+        sim.trace = None;
+        // Run until about half the page is in, then move the client to a new
+        // port, as a NAT that rebinds does: the old address gets nothing more.
+        let mut t = Duration::from_millis(50);
+        while sim.clients[0].data.len() < body.len() / 2 {
+            sim.run(t, u64::MAX);
+            t += Duration::from_millis(5);
+            assert!(t < Duration::from_secs(60), "seed {seed}: never got halfway");
+        }
+        let before: Vec<String> = sim.clients[0].log.clone();
+        let mut moved = client_addr(0);
+        moved.set_port(moved.port() + 1);
+        sim.clients[0].addr = moved;
+        let report = sim.run(Duration::from_secs(120), u64::MAX);
+        assert!(report.quiescent, "seed {seed}");
+        assert_eq!(
+            sim.clients[0].conn.outcome(),
+            Some(&Ok(())),
+            "seed {seed}: {:?} {:?} {:?}",
+            sim.server.secure_stats(),
+            sim.clients[0].conn.secure_stats(),
+            sim.clients[0].log.iter().rev().take(8).collect::<Vec<_>>()
+        );
+        assert!(sim.clients[0].data == body, "seed {seed}");
+        assert_eq!(sim.server.secure_stats().migrations, 1, "seed {seed}");
+        assert!(sim.clients[0].log.len() > before.len());
+        // Fresh tokens all along: no fixed field links the two halves.
+        let c = sim.clients[0].conn.secure_stats();
+        assert_eq!(c.token_reuses, 0, "seed {seed}: {c:?} {:?}", sim.clients[0].conn.stats());
+    }
+}
