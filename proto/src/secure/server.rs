@@ -357,10 +357,17 @@ impl SecureServer {
             self.stats.confirmed += 1;
             self.confirm(virt, cid);
         }
-        let Some(body) = packet::parse_body(&self.body) else { return Some(Belongs::None) };
-        self.last_inner = Header::decode(body.inner).ok().map(|(h, _)| h);
-        let inner = body.inner.to_vec();
-        Some(self.inner.handle_kind(now, virt, &inner))
+        // Taken out for the call: no copy or allocation per datagram.
+        let buf = std::mem::take(&mut self.body);
+        let belongs = match packet::parse_body(&buf) {
+            Some(body) => {
+                self.last_inner = Header::decode(body.inner).ok().map(|(h, _)| h);
+                self.inner.handle_kind(now, virt, body.inner)
+            }
+            None => Belongs::None,
+        };
+        self.body = buf;
+        Some(belongs)
     }
 
     /// The client confirmed attempt `cid`: the others are dropped.

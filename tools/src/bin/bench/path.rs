@@ -132,6 +132,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
     AnonFast,
+    AnonSecure,
     AnonBaseline,
     TcpCubic,
     TcpBbr,
@@ -140,8 +141,9 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 6] = [
+    const ALL: [Transport; 7] = [
         Transport::AnonFast,
+        Transport::AnonSecure,
         Transport::AnonBaseline,
         Transport::TcpCubic,
         Transport::TcpBbr,
@@ -151,6 +153,7 @@ impl Transport {
     fn name(self) -> &'static str {
         match self {
             Transport::AnonFast => "anon fast",
+            Transport::AnonSecure => "anon secure",
             Transport::AnonBaseline => "anon baseline",
             Transport::TcpCubic => "TCP cubic (curl)",
             Transport::TcpBbr => "TCP bbr (curl)",
@@ -159,7 +162,10 @@ impl Transport {
         }
     }
     fn is_reference(self) -> bool {
-        !matches!(self, Transport::AnonFast)
+        !matches!(self, Transport::AnonFast | Transport::AnonSecure)
+    }
+    fn is_anon(self) -> bool {
+        matches!(self, Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline)
     }
 }
 
@@ -291,6 +297,21 @@ fn run_client(ns: Option<&str>, argv: &[String], timeout: u64, dir: &Path) -> io
     }
 }
 
+/// The bridge line of the key in `key_file` (created on first use, as
+/// `anonserver --key` would): the bench reads the public key itself rather
+/// than the server's output.
+fn bridge_line(key_file: &Path, host: &str, port: u16) -> io::Result<String> {
+    use anon_proto::secure::{Bridge, StaticSecret};
+    if !key_file.exists() {
+        use rand::SeedableRng;
+        let key = StaticSecret::generate(&mut rand::rngs::StdRng::from_os_rng());
+        std::fs::write(key_file, key.to_file_text().as_bytes())?;
+    }
+    let text = std::fs::read_to_string(key_file)?;
+    let key = StaticSecret::from_file_text(&text).map_err(io::Error::other)?;
+    Ok(Bridge { key: key.public(), address: format!("{host}:{port}") }.to_string())
+}
+
 /// True when both files hold the same bytes.
 fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
     if std::fs::metadata(a)?.len() != std::fs::metadata(b)?.len() {
@@ -384,14 +405,18 @@ impl Runner<'_> {
         let cert = self.dir.join("cert.der");
         let cc = |t| if matches!(t, Transport::TcpCubic | Transport::QuicCubic) { "cubic" } else { "bbr" };
 
+        let key = self.dir.join("server.key");
         let (mut server, ready) = match t {
-            Transport::AnonFast | Transport::AnonBaseline => {
+            Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline => {
                 let mut cmd = in_ns(ns_a, &bins.join("anonserver"));
                 cmd.args(["-p", &port.to_string(), "--bind", host, "-l"])
                     .arg(self.dir.join("server.log"))
                     .arg("-w")
                     .arg(page)
                     .env("RUST_LOG", "info");
+                if t == Transport::AnonSecure {
+                    cmd.arg("--key").arg(&key);
+                }
                 (Proc::spawn(&mut cmd)?, "serving")
             }
             Transport::TcpCubic | Transport::TcpBbr => {
@@ -420,6 +445,12 @@ impl Runner<'_> {
                 if t == Transport::AnonBaseline {
                     v.push("--no-fast".into());
                 }
+                v
+            }
+            Transport::AnonSecure => {
+                let bridge = bridge_line(&key, host, port)?;
+                let mut v = vec![path(&bins.join("anonclient")), "--bridge".into(), bridge];
+                v.extend(["-l".into(), path(&self.dir.join("client.log")), "-f".into(), path(&out)]);
                 v
             }
             Transport::TcpCubic | Transport::TcpBbr => vec![
@@ -460,15 +491,12 @@ impl Runner<'_> {
         let secs = match t {
             Transport::TcpCubic | Transport::TcpBbr => number_after(&run.stdout, "time_total "),
             Transport::QuicCubic | Transport::QuicBbr => number_after(&run.stderr, " in "),
-            Transport::AnonFast | Transport::AnonBaseline => {
+            Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline => {
                 reported_secs(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>())
             }
         }
         .ok_or_else(|| io::Error::other(format!("no time in {:?} {:?}", run.stdout, run.stderr)))?;
-        let retransmissions = match t {
-            Transport::AnonFast | Transport::AnonBaseline => server_retransmissions(&server.stderr),
-            _ => None,
-        };
+        let retransmissions = if t.is_anon() { server_retransmissions(&server.stderr) } else { None };
         if !same_file(page, &out)? {
             return Err(io::Error::other(format!("{}: the fetched file differs from the page", t.name())));
         }
@@ -721,6 +749,32 @@ fn report(s: &Scenario, size: usize, rows: &[Row], mut csv: Option<&mut File>) -
             best.process.as_secs_f64(),
             f.process.as_secs_f64() / best.process.as_secs_f64()
         );
+    }
+    let secure = rows.iter().find(|r| r.transport == Transport::AnonSecure);
+    if let (Some(f), Some(sec)) = (fast, secure) {
+        let gib = size as f64 / (1u64 << 30) as f64;
+        println!(
+            "anon secure / anon fast: {:.3}x process time, {:.3}x transfer time; throughput {:.0}% of fast's; \
+             CPU s per GiB: secure client {:.2} server {:.2}, fast client {:.2} server {:.2}",
+            sec.process.as_secs_f64() / f.process.as_secs_f64(),
+            sec.transfer.as_secs_f64() / f.transfer.as_secs_f64(),
+            100.0 * f.process.as_secs_f64() / sec.process.as_secs_f64(),
+            sec.client_cpu / gib,
+            sec.server_cpu / gib,
+            f.client_cpu / gib,
+            f.server_cpu / gib,
+        );
+        let quic = rows
+            .iter()
+            .filter(|r| matches!(r.transport, Transport::QuicCubic | Transport::QuicBbr) && r.size == size)
+            .min_by_key(|r| r.process);
+        if let Some(q) = quic {
+            println!(
+                "anon secure vs fastest quinn ({}): {:.2}x its throughput (process times)",
+                q.transport.name(),
+                q.process.as_secs_f64() / sec.process.as_secs_f64()
+            );
+        }
     }
     if rows.iter().any(|r| r.link.is_some()) {
         // Server to client (A->B) carries the data: its random losses are
