@@ -145,10 +145,15 @@ impl DirectionKeys {
     }
 }
 
-/// Writes the body prefix for an inner datagram of `inner_len` bytes.
+/// The body prefix for an inner datagram of `inner_len` bytes.
+pub(crate) fn body_prefix_bytes(token: bool, inner_len: usize) -> [u8; BODY_PREFIX] {
+    let [hi, lo] = (inner_len.min(usize::from(u16::MAX)) as u16).to_be_bytes();
+    [if token { FLAG_TOKEN } else { 0 }, hi, lo]
+}
+
+/// Appends the body prefix for an inner datagram of `inner_len` bytes.
 pub(crate) fn body_prefix(buf: &mut Vec<u8>, token: bool, inner_len: usize) {
-    buf.push(if token { FLAG_TOKEN } else { 0 });
-    buf.extend_from_slice(&(inner_len.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    buf.extend_from_slice(&body_prefix_bytes(token, inner_len));
 }
 
 /// A decrypted body: the inner datagram and a token, if it carries one.

@@ -740,10 +740,8 @@ impl SecureServer {
         // padding makes anyway): it sends one per datagram and may send as
         // many datagrams as it receives.
         let with_token = true;
-        let mut prefix = Vec::with_capacity(3);
-        packet::body_prefix(&mut prefix, with_token, inner_len);
-        if let Some(slot) = buf.get_mut(start + PN_LEN..start + PN_LEN + 3) {
-            slot.copy_from_slice(&prefix);
+        if let Some(slot) = buf.get_mut(start + PN_LEN..start + PN_LEN + packet::BODY_PREFIX) {
+            slot.copy_from_slice(&packet::body_prefix_bytes(with_token, inner_len));
         }
         let mut pad = session.pad;
         if with_token {
