@@ -193,7 +193,7 @@ impl SecureClient {
             (Some((attempt, _)), Some(noise)) => attempt.finish(noise),
             _ => None,
         };
-        let Some((payload, keys)) = finished else {
+        let Some((payload, mut keys)) = finished else {
             self.stats.not_ours += 1;
             return;
         };
@@ -222,7 +222,7 @@ impl SecureClient {
             self.stats.not_ours += 1;
             return;
         };
-        self.key_log = Some(key_log(&keys));
+        self.key_log = Some(key_log(&mut keys));
         self.keys = Some(keys);
         self.last_inner_received = Header::decode(&inner).ok().map(|(h, _)| h);
         self.conn.handle(now, &inner);
@@ -387,9 +387,11 @@ impl SecureClient {
     }
 }
 
-fn key_log(keys: &SessionKeys) -> KeyLog {
+/// The key log line, taking the raw key material out of `keys` (it is
+/// erased when dropped here).
+fn key_log(keys: &mut SessionKeys) -> KeyLog {
     let mut line = String::from("ANON_SECURE");
-    for m in &keys.material {
+    for m in keys.material.take().iter().flatten() {
         for part in [&m.key[..], &m.iv[..], &m.hp[..]] {
             line.push(' ');
             for b in part {

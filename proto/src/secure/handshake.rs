@@ -179,8 +179,9 @@ fn builder<'a>(seed: [u8; 32]) -> Option<Builder<'a>> {
 pub(crate) struct SessionKeys {
     pub(crate) send: DirectionKeys,
     pub(crate) recv: DirectionKeys,
-    /// Client to server, then server to client: for the key log only.
-    pub(crate) material: [KeyMaterial; 2],
+    /// Client to server, then server to client: for the key log only, and
+    /// erased as soon as the log line is written (the server never keeps it).
+    pub(crate) material: Option<[KeyMaterial; 2]>,
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -198,7 +199,7 @@ fn session_keys(hs: &mut HandshakeState, initiator: bool) -> SessionKeys {
     let (c2s, m1) = DirectionKeys::derive(&k1, &hash);
     let (s2c, m2) = DirectionKeys::derive(&k2, &hash);
     let (send, recv) = if initiator { (c2s, s2c) } else { (s2c, c2s) };
-    SessionKeys { send, recv, material: [m1, m2] }
+    SessionKeys { send, recv, material: Some([m1, m2]) }
 }
 
 /// The client's side of a handshake in progress.
@@ -302,9 +303,10 @@ mod tests {
         assert_eq!(m2.len(), 7 + NOISE_MSG2_OVERHEAD);
         let (payload, client_keys) = init.finish(&m2).expect("finish");
         assert_eq!(payload, b"welcome");
-        assert_eq!(*client_keys.material[0].key, *server_keys.material[0].key);
-        assert_eq!(*client_keys.material[1].hp, *server_keys.material[1].hp);
-        assert_ne!(*client_keys.material[0].key, *client_keys.material[1].key);
+        let (c, s) = (client_keys.material.expect("client"), server_keys.material.expect("server"));
+        assert_eq!(*c[0].key, *s[0].key);
+        assert_eq!(*c[1].hp, *s[1].hp);
+        assert_ne!(*c[0].key, *c[1].key);
     }
 
     #[test]

@@ -718,7 +718,8 @@ impl SecureServer {
         session.tokens_issued = WELCOME_TOKENS;
         handshake::put_field(&mut payload, field::TOKENS, &tokens);
         handshake::put_field(&mut payload, field::INNER, inner);
-        let (noise, keys) = responder.answer(&payload)?;
+        let (noise, mut keys) = responder.answer(&payload)?;
+        keys.material = None;
         session.keys = Some(keys);
         let (peer, msg1_len, ad) = (session.peer, session.msg1_len, session.msg1_nonce);
         let len = self.answer_len(noise.len(), msg1_len);
