@@ -305,6 +305,13 @@ impl SecureClient {
         self.key_log.as_ref()
     }
 
+    /// Takes the key log line out (a driver takes it as soon as the
+    /// handshake is done, writes it if asked to, and drops it: it is erased
+    /// then, not kept for the connection's life).
+    pub fn take_key_log(&mut self) -> Option<KeyLog> {
+        self.key_log.take()
+    }
+
     /// The inner header of the last datagram handled (if it authenticated).
     pub fn last_inner_received(&self) -> Option<Header> {
         self.last_inner_received
