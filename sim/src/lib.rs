@@ -151,7 +151,9 @@ impl Setup {
 }
 
 impl<C> SimClient<C> {
-    fn new(addr: SocketAddr, conn: C) -> Self {
+    /// A client at `addr` (for a test that builds its own connections, or
+    /// starts one mid-run).
+    pub fn new(addr: SocketAddr, conn: C) -> Self {
         SimClient {
             addr,
             conn,

@@ -140,6 +140,9 @@ pub struct Network {
     pub duplicated: u64,
     /// Of the drops, those at a full bottleneck queue.
     pub queue_drops: u64,
+    /// When set, every datagram offered to the link, bytes and all (before
+    /// any loss): what an observer on the path sees.
+    pub record: Option<Vec<Datagram>>,
 }
 
 impl fmt::Debug for Network {
@@ -168,6 +171,7 @@ impl Network {
             dropped: 0,
             duplicated: 0,
             queue_drops: 0,
+            record: None,
         }
     }
 
@@ -179,6 +183,9 @@ impl Network {
     /// Offers a datagram to the link at `now`.
     pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         let d = Datagram { from, to, bytes: bytes.to_vec() };
+        if let Some(record) = self.record.as_mut() {
+            record.push(d.clone());
+        }
         let index = self.sent;
         self.sent += 1;
         if let Some(filter) = self.filter.as_mut() {
