@@ -429,7 +429,10 @@ impl SecureServer {
             return Some(Belongs::None);
         }
         self.replay.seen.insert(eph);
-        self.replay.order.push_back((now_ms + 2 * skew, eph));
+        // The message passes the clock check while our clock is within the
+        // skew of its own, so up to 2 * skew from now inclusive: remember
+        // it until strictly after that (an entry goes when `until <= now`).
+        self.replay.order.push_back((now_ms + 2 * skew + 1, eph));
         if self.config.allow_clients.as_ref().is_some_and(|allow| !allow.contains(&init.client)) {
             self.stats.unlisted_clients += 1;
             return Some(Belongs::None);
