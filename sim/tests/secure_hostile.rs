@@ -295,3 +295,162 @@ fn an_unknown_page_gets_a_refusal_no_longer_than_the_request() {
         assert_eq!(c.outcome(), Some(&Err(ConnectionError::Rejected(Refusal::NotFound))), "seed {seed}");
     }
 }
+
+// ---- sealed-data forgeries ------------------------------------------------
+
+/// Mid-transfer, a hostile peer on the path sends the server: a real data
+/// datagram again (from the client's address and from a third one), real
+/// ones with a wrong tag, a flipped body bit or cut short (a valid token
+/// each), a server datagram reflected back, and the client's first message
+/// again. Nothing is answered, each is counted, the connection does not
+/// move, and the transfer completes.
+#[test]
+fn sealed_forgeries_and_replays_are_dropped_and_move_nothing() {
+    for seed in seeds(4) {
+        let body = page(1_000_000, seed);
+        let link = LinkConfig::bottleneck(20, Duration::from_millis(10));
+        let mut sim = Sim::secure(Setup::new(seed, link, body.clone()), SecureSetup::new(seed));
+        sim.net.record = Some(Vec::new());
+        sim.run(Duration::from_millis(150), u64::MAX);
+        // Everything recorded by now has been delivered 30 ms from now.
+        let seen = sim.net.record.as_ref().unwrap().clone();
+        sim.run(Duration::from_millis(200), u64::MAX);
+        assert!(sim.clients[0].data.len() < body.len(), "seed {seed}: still mid-transfer");
+        let me = client_addr(0);
+        let c2s: Vec<&Vec<u8>> = seen.iter().filter(|d| d.to == SERVER_ADDR).map(|d| &d.bytes).collect();
+        let s2c: Vec<&Vec<u8>> = seen.iter().filter(|d| d.from == SERVER_ADDR).map(|d| &d.bytes).collect();
+        assert!(c2s.len() > 20, "seed {seed}: {} datagrams", c2s.len());
+        let (first, data) = (c2s[0].clone(), c2s[c2s.len() - 1].clone());
+        let third = prober(99);
+        let now = sim.now;
+        // Whatever was due has gone out: anything now is the probes' doing.
+        assert!(drain(&mut sim.server, now).is_empty());
+        let probes: Vec<(&str, SocketAddr, Vec<u8>, &str)> = {
+            let mut v = vec![
+                ("replay", me, data.clone(), "replayed"),
+                ("replay from a third address", third, data.clone(), "replayed"),
+                ("an older one again", third, c2s[c2s.len() / 2].clone(), "replayed"),
+            ];
+            let mut tag = data.clone();
+            *tag.last_mut().unwrap() ^= 1;
+            v.push(("wrong tag", me, tag.clone(), "forged"));
+            v.push(("wrong tag, third address", third, tag, "forged"));
+            let mut body_bit = data.clone();
+            body_bit[30] ^= 0x10;
+            v.push(("body bit", me, body_bit, "forged"));
+            let mut pn_bit = data.clone();
+            pn_bit[16] ^= 0x01;
+            v.push(("packet number bit", me, pn_bit, "forged"));
+            v.push(("cut short", me, data[..data.len() - 1].to_vec(), "forged"));
+            v.push(("reflected", third, s2c[s2c.len() - 1].clone(), "not_ours"));
+            v.push(("first message again", third, first.clone(), "replayed_handshakes"));
+            v
+        };
+        for (what, from, bytes, counter) in probes {
+            let before = sim.server.secure_stats();
+            silent(&mut sim.server, now, from, &bytes, &format!("seed {seed}: {what}"));
+            assert_eq!(moved(before, sim.server.secure_stats()), vec![(counter, 1)], "seed {seed}: {what}");
+        }
+        let report = sim.run(Duration::from_secs(60), u64::MAX);
+        assert!(report.quiescent, "seed {seed}");
+        assert_eq!(sim.clients[0].conn.outcome(), Some(&Ok(())), "seed {seed}");
+        assert!(sim.clients[0].data == body, "seed {seed}");
+        let s = sim.server.secure_stats();
+        assert_eq!(s.migrations, 0, "seed {seed}: {s:?}");
+        let record = sim.net.record.as_ref().unwrap();
+        assert!(record.iter().all(|d| d.to != third), "seed {seed}: the server sent to the third address");
+    }
+    // (A genuine move, a datagram nobody delivered before arriving from a
+    // new address, does move the connection: tests/secure.rs.)
+}
+
+// ---- the flood ------------------------------------------------------------
+
+/// A leaked bridge line: thousands of valid first messages from spoofed
+/// addresses, 2,000 a second for 1.5 s, each address sending one. Honest
+/// clients start during the flood and complete; the server's state stays
+/// within `max_pending` all along; and no spoofed address is sent more
+/// bytes than it sent, nor more than one datagram (the inner SYN|ACK's
+/// retransmissions are never sent to an unverified address).
+#[test]
+fn a_flood_of_valid_first_messages_keeps_state_bounded_and_honest_clients_complete() {
+    let seed = 7;
+    let flood = 3000usize;
+    let max_pending = 128;
+    let key = server_key(seed);
+    let mut setup = Setup::new(seed, LinkConfig::clean(Duration::from_millis(10)), page(1, 1));
+    setup.clients = 0;
+    let mut sim = Sim::secure(setup, SecureSetup { key: key.clone(), ..SecureSetup::new(seed) });
+    sim.server = secure_server(&key, seed, sim.start, false, |s, _| s.max_pending = max_pending);
+    sim.net.record = Some(Vec::new());
+    let start = sim.start;
+    // The attacker's clients: one static key for all (the allow list is
+    // off), a fresh handshake and connection ID each.
+    let attacker = Some(StaticSecret::generate(&mut StdRng::seed_from_u64(70)));
+    let mut spoofed = Vec::with_capacity(flood);
+    for i in 0..flood {
+        let at = start + Duration::from_micros(500 * i as u64);
+        let mut c = secure_client(key.public(), attacker.clone(), "index", clock(start), 10_000 + i as u64, at);
+        let msg = secure::first_datagram(&mut c, at);
+        let from = prober(i as u32);
+        sim.net.send(at, from, SERVER_ADDR, &msg);
+        spoofed.push(from);
+    }
+    let want = secure::probe_page();
+    let mut honest = 0;
+    let mut peak = (0usize, 0usize, 0usize, 0usize);
+    let bound = max_pending + 8;
+    for slice in 1..=200u64 {
+        let t = Duration::from_millis(10 * slice);
+        if [200, 700, 1200].contains(&t.as_millis()) {
+            for _ in 0..2 {
+                let now = sim.now;
+                let c = secure_client(key.public(), None, "index", clock(start), 90 + honest as u64, now);
+                sim.clients.push(SimClient::new(client_addr(honest), c));
+                honest += 1;
+            }
+        }
+        sim.run(t, u64::MAX);
+        let (sessions, virtuals) = sim.server.session_count();
+        let conns = sim.server.connection_count();
+        let half = sim.server.half_open_count();
+        peak = (peak.0.max(sessions), peak.1.max(virtuals), peak.2.max(conns), peak.3.max(half));
+        assert!(virtuals <= bound && conns <= bound && half <= max_pending, "at {t:?}: {peak:?}");
+        assert!(sessions <= 4 * bound, "at {t:?}: {sessions} sessions");
+        assert!(sim.server.replay_entries() <= flood + 16 * honest);
+    }
+    let report = sim.run(Duration::from_secs(600), u64::MAX);
+    assert!(report.quiescent, "{report:?}");
+    for (i, c) in sim.clients.iter().enumerate() {
+        assert_eq!(c.conn.outcome(), Some(&Ok(())), "honest client {i}");
+        assert!(c.data == want, "honest client {i}");
+    }
+    let s = sim.server.secure_stats();
+    println!("flood: {s:?}, peak (sessions, connections, inner connections, half-open) {peak:?}");
+    assert_eq!(s.confirmed, honest as u64, "{s:?}");
+    assert!(s.handshakes >= flood as u64, "{s:?}");
+    assert!(s.evicted >= (flood - max_pending) as u64, "{s:?}");
+    // No amplification, no retransmission to an unverified address.
+    let mut tally: HashMap<SocketAddr, (usize, usize, usize, usize)> = HashMap::new();
+    for d in sim.net.record.as_ref().unwrap() {
+        if d.to == SERVER_ADDR {
+            let e = tally.entry(d.from).or_default();
+            e.0 += 1;
+            e.1 += d.bytes.len();
+        } else {
+            let e = tally.entry(d.to).or_default();
+            e.2 += 1;
+            e.3 += d.bytes.len();
+        }
+    }
+    let mut answers = 0;
+    for from in &spoofed {
+        let (n_in, b_in, n_out, b_out) = tally[from];
+        assert_eq!(n_in, 1);
+        assert!(n_out <= n_in && b_out <= b_in, "{from}: sent {n_out} datagrams, {b_out} bytes for {b_in}");
+        answers += n_out;
+    }
+    // One answer each: the handshake the key lets anyone make, no more.
+    assert_eq!(answers, flood, "{s:?}");
+    assert_eq!(sim.server.session_count(), (0, 0), "state left after the flood");
+}
