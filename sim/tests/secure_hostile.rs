@@ -454,3 +454,165 @@ fn a_flood_of_valid_first_messages_keeps_state_bounded_and_honest_clients_comple
     assert_eq!(answers, flood, "{s:?}");
     assert_eq!(sim.server.session_count(), (0, 0), "state left after the flood");
 }
+
+// ---- a secure client and a plaintext server -------------------------------
+
+/// A secure client sent to a plaintext-only server (a wrong port, an old
+/// server): it sends only first messages, takes nothing the server sends,
+/// never gets a page byte and ends with a connect timeout.
+///
+/// A plaintext server reads the three low bits of bytes 8..12 as flags and
+/// ignores the rest (PROTOCOL.md §1), so it takes any datagram of 12 bytes
+/// or more whose SYN bit is set and ACK bit clear for a SYN: a quarter of
+/// all random byte strings. Secure datagrams cannot avoid that without a
+/// fixed bit pattern at byte 11, which the censor's chi-square flags
+/// (tests/censor.rs, "a bit kept clear"); so they are taken for a SYN as
+/// often as random bytes are, no more, and the plaintext server answers
+/// those with a bare baseline SYN|ACK, which the secure client drops.
+#[test]
+fn a_secure_client_against_a_plaintext_server_times_out_and_takes_nothing() {
+    let (mut sent, mut taken) = (0usize, 0usize);
+    for seed in seeds(24) {
+        let start = Instant::now();
+        let key = server_key(seed);
+        let server = Server::new(
+            ServerConfig::default(),
+            Bytes::from(page(10_000, seed)),
+            Box::new(StdRng::seed_from_u64(seed)),
+        );
+        let c = secure_client(key.public(), None, "index", clock(start), 800 + seed, start);
+        let link = LinkConfig::clean(Duration::from_millis(10));
+        let mut sim = Sim::assemble(start, server, vec![SimClient::new(client_addr(0), c)], link, seed);
+        sim.net.record = Some(Vec::new());
+        let report = sim.run(Duration::from_secs(120), 1_000_000);
+        assert!(report.quiescent, "seed {seed}: {report:?}");
+        let c = &sim.clients[0];
+        assert!(
+            matches!(c.conn.outcome(), Some(Err(ConnectionError::ConnectTimeout(_)))),
+            "seed {seed}: {:?}",
+            c.conn.outcome()
+        );
+        assert!(c.data.is_empty());
+        let record = sim.net.record.as_ref().unwrap();
+        let from_client: Vec<&Vec<u8>> = record.iter().filter(|d| d.to == SERVER_ADDR).map(|d| &d.bytes).collect();
+        let to_client = record.len() - from_client.len();
+        let stats = c.conn.secure_stats();
+        assert_eq!(from_client.len() as u64, stats.initiations, "seed {seed}: only first messages");
+        assert_eq!(stats.not_ours, to_client as u64, "seed {seed}: every answer dropped");
+        for d in &from_client {
+            let syn =
+                Header::decode(d).is_ok_and(|(h, _)| h.flags.contains(Flags::SYN) && !h.flags.contains(Flags::ACK));
+            taken += usize::from(syn);
+            assert!(d.len() >= 360, "seed {seed}: a first message of {} bytes", d.len());
+        }
+        sent += from_client.len();
+        assert_eq!(report.server.completed, 0);
+        assert_eq!(report.server.payload_bytes_sent, 0, "seed {seed}: no page byte left the server");
+    }
+    // Random bytes are taken for a SYN with probability 1/4.
+    let high = sent / 4 + 4 * ((sent as f64 * 3.0 / 16.0).sqrt() as usize) + 1;
+    println!("plaintext server took {taken} of {sent} secure first messages for a SYN (random bytes: 1/4)");
+    assert!(taken <= high, "{taken} of {sent} taken for a SYN; random bytes: at most {high}");
+}
+
+// ---- state is freed -------------------------------------------------------
+
+/// A first message answered and never confirmed (a spoofed address, a
+/// client that went away): the inner SYN|ACK's timer runs out with nothing
+/// sent, and everything the handshake made is freed.
+#[test]
+fn an_unconfirmed_handshake_is_freed_and_its_retransmissions_never_sent() {
+    for seed in seeds(4) {
+        let (mut server, key, start) = probe_server(seed, false);
+        let (_, msg) = first_message(key.public(), 900 + seed, clock(start), start);
+        answered(&mut server, start, prober(1), &msg, "the answer");
+        assert_eq!(server.session_count(), (1, 1));
+        assert_eq!(server.half_open_count(), 1);
+        let mut now = start;
+        let mut wakeups = 0;
+        while let Some(t) = server.poll_timeout() {
+            assert!(t <= start + Duration::from_secs(600), "seed {seed}: timers beyond 10 minutes");
+            now = now.max(t);
+            server.handle_timeout(now);
+            let sent = drain(&mut server, now);
+            assert!(
+                sent.is_empty(),
+                "seed {seed}: sent {} datagrams to an unverified address at {:?}",
+                sent.len(),
+                now - start
+            );
+            wakeups += 1;
+            assert!(wakeups < 1000);
+            if server.connection_count() == 0 && server.session_count() == (0, 0) {
+                break;
+            }
+        }
+        assert!(wakeups > 1, "seed {seed}: the inner timer did fire");
+        no_state(&server, "after the inner handshake timed out");
+        println!("seed {seed}: unconfirmed handshake freed after {:?}, {wakeups} wake-ups", now - start);
+    }
+}
+
+/// Finished transfers keep their keys through the TIME-WAIT only; a client
+/// that vanished mid-transfer is given up at the idle timeout; either way
+/// the server ends with nothing.
+#[test]
+fn state_is_freed_after_the_time_wait_and_after_a_vanished_client() {
+    for seed in seeds(3) {
+        let body = page(200_000, seed);
+        let mut setup = Setup::new(seed, LinkConfig::hostile(0.02), body.clone());
+        setup.clients = 3;
+        let mut sim = Sim::secure(setup, SecureSetup::new(seed));
+        let report = sim.run(Duration::from_secs(120), u64::MAX);
+        assert!(report.quiescent, "seed {seed}");
+        assert!(sim.clients.iter().all(|c| c.data == body), "seed {seed}");
+        let (sessions, virtuals) = sim.server.session_count();
+        assert!(sessions >= 1 && virtuals >= 1, "seed {seed}: keys kept for the TIME-WAIT");
+        let end = sim.now + Duration::from_secs(10) + Duration::from_millis(1);
+        sim.server.handle_timeout(end);
+        assert_eq!(sim.server.session_count(), (0, 0), "seed {seed}");
+        assert_eq!(sim.server.connection_count(), 0, "seed {seed}");
+        assert_eq!(sim.server.half_open_count(), 0, "seed {seed}");
+    }
+    // A client that stops mid-transfer: its address goes dark.
+    let body = page(2_000_000, 5);
+    let mut sim = Sim::secure(
+        Setup::new(5, LinkConfig::bottleneck(20, Duration::from_millis(10)), body.clone()),
+        SecureSetup::new(5),
+    );
+    sim.run(Duration::from_millis(300), u64::MAX);
+    assert!(sim.server.secure_stats().confirmed == 1 && sim.clients[0].data.len() < body.len());
+    let mut now = sim.now;
+    for _ in 0..10_000 {
+        let Some(t) = sim.server.poll_timeout() else { break };
+        now = now.max(t);
+        sim.server.handle_timeout(now);
+        drain(&mut sim.server, now);
+        if sim.server.session_count() == (0, 0) && sim.server.connection_count() == 0 {
+            break;
+        }
+    }
+    assert!(now - sim.now <= Duration::from_secs(60), "given up after {:?}", now - sim.now);
+    no_state(&sim.server, "after the idle timeout");
+}
+
+/// The replay cache forgets a message once its timestamp can no longer
+/// pass the clock check, and holds no more than it is allowed.
+#[test]
+fn the_replay_cache_is_bounded_and_expires() {
+    let start = Instant::now();
+    let key = server_key(8);
+    let mut server = secure_server(&key, 8, start, false, |s, _| s.max_replay_entries = 5);
+    for i in 0..8u64 {
+        let (_, msg) = first_message(key.public(), 1000 + i, clock(start), start);
+        server.handle_kind(start, prober(i as u32), &msg);
+    }
+    drain(&mut server, start);
+    assert_eq!(server.replay_entries(), 5);
+    assert_eq!(server.secure_stats().replay_cache_full, 3, "fail closed when full");
+    let later = start + Duration::from_secs(601);
+    let c = clock(start);
+    let (_, msg) = first_message(key.public(), 2000, c, later);
+    answered(&mut server, later, prober(50), &msg, "after the old entries expired");
+    assert_eq!(server.replay_entries(), 1);
+}

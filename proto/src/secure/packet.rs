@@ -336,6 +336,33 @@ mod tests {
         assert!(a.iter().zip(&b).filter(|(x, y)| x == y).count() < a.len() / 4);
     }
 
+    /// Session keys are erased when a connection ends (issue 11): the
+    /// cipher types that hold them wipe themselves on drop. This does not
+    /// compile if the crates are built without their `zeroize` features
+    /// (`aes` with `features = ["zeroize"]` in the workspace Cargo.toml);
+    /// `chacha20poly1305` always wipes its key. What these crates do NOT
+    /// wipe, and nothing here can without unsafe code: the GHASH key H
+    /// inside `Aes256Gcm` (polyval 0.6 keeps its backend in a
+    /// `ManuallyDrop` union with no `Drop`, whatever the features), and the
+    /// Noise handshake state inside `snow` 0.10 (ephemeral and static
+    /// private key copies, chaining key), which has no zeroize support.
+    #[test]
+    fn key_holding_types_wipe_themselves_on_drop() {
+        fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        // Header protection and the server's token key.
+        wipes_on_drop::<Aes128>();
+        // The AES-256 key schedule inside each direction's Aes256Gcm.
+        wipes_on_drop::<aes::Aes256>();
+        assert!(std::mem::needs_drop::<Aes256Gcm>());
+        // The outer layer of handshake datagrams (a key derived from the
+        // public key, but wiped all the same).
+        wipes_on_drop::<chacha20poly1305::XChaCha20Poly1305>();
+        // Derived key material and the raw split keys.
+        wipes_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
+        assert!(std::mem::needs_drop::<DirectionKeys>());
+        assert!(std::mem::needs_drop::<TokenKey>());
+    }
+
     #[test]
     fn tokens_round_trip() {
         let t = TokenKey::new(&[8; 16]);
