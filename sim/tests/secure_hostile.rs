@@ -23,7 +23,7 @@ use anon_sim::{LinkConfig, SERVER_ADDR, SIM_UNIX_MS, SecureSetup, Setup, Sim, Si
 use bytes::Bytes;
 use common::{SYN, dgram};
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{RngCore, SeedableRng};
 use secure::{clock, drain, first_message, secure_client, secure_server, server_key};
 
 /// A prober's address.
