@@ -39,7 +39,7 @@ fn probe_server(seed: u64, plaintext: bool) -> (SecureServer, StaticSecret, Inst
     (s, key, start)
 }
 
-/// Feeds one probe and asserts the server says nothing and keeps nothing.
+/// Feeds one probe and asserts the server says nothing.
 #[track_caller]
 fn silent(server: &mut SecureServer, now: Instant, from: SocketAddr, probe: &[u8], what: &str) {
     server.handle_kind(now, from, probe);
