@@ -17,11 +17,11 @@ fn main() {
         let ok = if secure {
             let mut sim = Sim::secure(setup, SecureSetup::new(1));
             sim.run(Duration::from_secs(600), u64::MAX);
-            sim.clients[0].data == body
+            sim.clients.first().is_some_and(|c| c.data == body)
         } else {
             let mut sim = Sim::new(setup);
             sim.run(Duration::from_secs(600), u64::MAX);
-            sim.clients[0].data == body
+            sim.clients.first().is_some_and(|c| c.data == body)
         };
         let s = t.elapsed().as_secs_f64();
         let name = if secure { "secure" } else { "plaintext" };

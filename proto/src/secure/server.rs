@@ -611,6 +611,9 @@ impl SecureServer {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Replay entries go when their time is up, not only when the next
+        // first message comes.
+        self.replay.expire(self.config.clock.unix_ms(now));
         self.inner.handle_timeout(now);
         if let Some(p) = &mut self.plain {
             p.handle_timeout(now);
