@@ -1,4 +1,4 @@
-//! The secure-mode handshake (docs/PROTOCOL.md §8.3): Noise IK through the
+//! The secure-mode handshake (docs/PROTOCOL.md §8.2, §8.3): Noise IK through the
 //! `snow` crate, inside an outer layer keyed by the server's public key, with
 //! the request and the inner fast-mode SYN as its payloads.
 //!
@@ -103,7 +103,7 @@ impl Outer {
     }
 }
 
-/// Fields of the handshake payloads (docs/PROTOCOL.md §8.3): type (1),
+/// Fields of the handshake payloads (docs/PROTOCOL.md §8.2.1): type (1),
 /// length (2), value. Unknown types are skipped, so later versions can add
 /// requests (a URL, a resume offset) without a new handshake.
 pub mod field {
