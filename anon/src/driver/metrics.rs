@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anon_proto::ServerStats;
+use anon_proto::secure::SecureStats;
 
 use crate::packet_log::LogStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +25,19 @@ pub struct Snapshot {
     pub draining: bool,
     /// What the packet log could not write.
     pub log: LogStats,
+    /// The secure layer, in secure mode.
+    pub secure: Option<SecureSnapshot>,
+}
+
+/// The secure layer's counters and the state it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecureSnapshot {
+    /// Counters since start.
+    pub stats: SecureStats,
+    /// Handshake attempts held (with their keys).
+    pub sessions: usize,
+    /// First messages remembered against replay.
+    pub replay_entries: usize,
 }
 
 /// The latest snapshot, written by the socket loop and read by the endpoint.
@@ -90,17 +104,85 @@ pub fn render(s: &Snapshot) -> String {
     );
     metric("retransmissions_total", "counter", "Datagrams sent again.", &[("", st.retransmissions)]);
     metric("final_acks_total", "counter", "Final ACKs sent to fast-mode FIN|ACKs.", &[("", st.final_acks)]);
+    let mut dropped = vec![
+        ("{reason=\"behind\"}", s.log.behind),
+        ("{reason=\"stray\"}", s.log.stray),
+        ("{reason=\"repeat\"}", s.log.repeat),
+    ];
+    // Only in secure mode: a plaintext server's output stays as it was.
+    if s.secure.is_some() {
+        dropped.push(("{reason=\"opaque\"}", s.log.opaque));
+    }
     metric(
         "log_lines_dropped_total",
         "counter",
-        "Packet-log lines not written: the disk was behind, or datagrams of no connection beyond the stray rate.",
+        "Packet-log lines not written: the disk was behind, datagrams of no connection beyond the stray rate, repeats beyond theirs, or (secure mode) datagrams with no header to show.",
+        &dropped,
+    );
+    if let Some(secure) = &s.secure {
+        render_secure(secure, &mut metric);
+    }
+    out
+}
+
+/// The secure layer's counters, `anon_secure_*`.
+fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &[(&str, u64)])) {
+    let st = &s.stats;
+    metric("secure_sessions", "gauge", "Secure handshake attempts held, with their keys.", &[("", s.sessions as u64)]);
+    metric(
+        "secure_replay_entries",
+        "gauge",
+        "First handshake messages remembered against replay.",
+        &[("", s.replay_entries as u64)],
+    );
+    metric(
+        "secure_datagrams_dropped_total",
+        "counter",
+        "Datagrams dropped unanswered: not ours (random bytes, probes, plaintext when plaintext is off), sealed for a connection but not authentic, or authentic but seen before.",
         &[
-            ("{reason=\"behind\"}", s.log.behind),
-            ("{reason=\"stray\"}", s.log.stray),
-            ("{reason=\"repeat\"}", s.log.repeat),
+            ("{reason=\"not_ours\"}", st.not_ours),
+            ("{reason=\"forged\"}", st.forged),
+            ("{reason=\"replayed\"}", st.replayed),
         ],
     );
-    out
+    metric(
+        "secure_handshakes_ignored_total",
+        "counter",
+        "First handshake messages under our key ignored (never answered), by reason.",
+        &[
+            ("{reason=\"bad\"}", st.bad_handshakes),
+            ("{reason=\"stale\"}", st.stale_handshakes),
+            ("{reason=\"replayed\"}", st.replayed_handshakes),
+            ("{reason=\"replay_cache_full\"}", st.replay_cache_full),
+            ("{reason=\"unlisted_client\"}", st.unlisted_clients),
+            ("{reason=\"limit\"}", st.refused),
+        ],
+    );
+    metric("secure_handshakes_total", "counter", "Secure handshakes answered.", &[("", st.handshakes)]);
+    metric(
+        "secure_handshakes_confirmed_total",
+        "counter",
+        "Secure handshakes the client confirmed with a sealed datagram.",
+        &[("", st.confirmed)],
+    );
+    metric(
+        "secure_handshakes_evicted_total",
+        "counter",
+        "Unconfirmed secure handshakes forgotten to make room for new ones.",
+        &[("", st.evicted)],
+    );
+    metric(
+        "secure_requests_rejected_total",
+        "counter",
+        "Authenticated requests refused with a reason (no page of that name).",
+        &[("", st.rejected)],
+    );
+    metric(
+        "secure_migrations_total",
+        "counter",
+        "Secure connections whose client's address changed (NAT rebinding).",
+        &[("", st.migrations)],
+    );
 }
 
 /// Serves the snapshot to every HTTP request on `listener`, until dropped.
@@ -148,8 +230,40 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
 const MAX_SCRAPES: usize = 4;
 
 /// One line of the endpoint's counters in the log: the periodic report,
-/// and the last word when the server stops.
-pub fn log_counters(st: &ServerStats, open: usize, what: &str) {
+/// and the last word when the server stops. In secure mode the line has the
+/// secure layer's counters too.
+pub fn log_counters(s: &Snapshot, what: &str) {
+    let (st, open) = (&s.stats, s.open);
+    if let Some(secure) = &s.secure {
+        let sec = &secure.stats;
+        tracing::info!(
+            open,
+            accepted = st.accepted,
+            completed = st.completed,
+            given_up = st.given_up,
+            malformed = st.malformed,
+            unexpected = st.unexpected,
+            cookies_sent = st.cookies_sent,
+            cookies_accepted = st.cookies_accepted,
+            bytes_sent = st.payload_bytes_sent,
+            retransmissions = st.retransmissions,
+            secure_handshakes = sec.handshakes,
+            secure_confirmed = sec.confirmed,
+            secure_rejected = sec.rejected,
+            secure_not_ours = sec.not_ours,
+            secure_forged = sec.forged,
+            secure_replayed = sec.replayed,
+            secure_bad_handshakes = sec.bad_handshakes,
+            secure_stale_handshakes = sec.stale_handshakes,
+            secure_replayed_handshakes = sec.replayed_handshakes,
+            secure_unlisted_clients = sec.unlisted_clients,
+            secure_refused = sec.refused,
+            secure_evicted = sec.evicted,
+            secure_migrations = sec.migrations,
+            "{what}"
+        );
+        return;
+    }
     tracing::info!(
         open,
         accepted = st.accepted,
@@ -199,7 +313,7 @@ impl Reporter {
             return;
         }
         self.next = Some(now + interval);
-        log_counters(&s.stats, s.open, "stats");
+        log_counters(s, "stats");
         self.warn(s, &format!("in the last {interval:?}"));
     }
 
