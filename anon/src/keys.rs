@@ -131,9 +131,9 @@ fn warn_if_not_private(path: &Path, file: &std::fs::File) {
     if let Ok(meta) = file.metadata() {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            eprintln!(
-                "warning: key file {} is readable by others (mode {mode:04o}); anyone who reads it can impersonate \
-                 this key: chmod 600 it",
+            tracing::warn!(
+                "key file {} is open to others than its owner (mode {mode:04o}); anyone who reads it can \
+                 impersonate this key: chmod 600 it",
                 path.display()
             );
         }

@@ -468,6 +468,27 @@ mod tests {
         log.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\nSEND 100 12346 ACK SYN\nRECV 12346 101 ACK\n");
     }
+
+    /// A secure datagram's line shows the header given (the inner one),
+    /// not its own bytes; an opaque one is counted, not logged; a plaintext
+    /// one is decoded as ever.
+    #[test]
+    fn secure_datagrams_show_their_inner_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let now = Instant::now();
+        let mut log = PacketLog::open(&path).unwrap();
+        let noise = [0xa5u8; 40];
+        let inner = Header::new(Seq(7), Seq(9), Flags::ACK);
+        log.record_kind(now, Direction::Recv, &noise, Belongs::Connection, Shown::Inner(inner));
+        log.record_kind(now, Direction::Recv, &noise, Belongs::None, Shown::Opaque);
+        log.record_kind(now, Direction::Send, &noise, Belongs::Repeat, Shown::Opaque);
+        let plain = Header::new(Seq(1), Seq(2), Flags::SYN).to_bytes();
+        log.record_kind(now, Direction::Send, &plain, Belongs::None, Shown::Raw);
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "RECV 7 9 ACK\nSEND 1 2 SYN\n");
+        assert_eq!(log.stats(), LogStats { opaque: 2, ..LogStats::default() });
+    }
 }
 
 #[cfg(test)]

@@ -729,6 +729,12 @@ fn secure_fetch_by_bridge_line_named_pages_and_refusal() {
     assert!(std::fs::read(&out).unwrap() == other, "the named page differs");
     assert!(c.stderr.is_empty(), "-q: {:?}", c.stderr);
 
+    // The key by flag, the server by -s and -p.
+    let key_b64 = bridge.strip_prefix("anon://").unwrap().split('@').next().unwrap();
+    let (mut c, out, _) = fetch(server.port, dir.path(), "by-key", &["--server-key", key_b64, "--page", "other"]);
+    assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+    assert!(std::fs::read(&out).unwrap() == other);
+
     let (mut c, out, _) = secure_client(&bridge, dir.path(), "unknown", &["--page", "nope"], &[]);
     let status = c.wait(CLIENT_DEADLINE).unwrap();
     assert_eq!(status.code(), Some(6), "{:?}", c.stderr);
@@ -738,12 +744,12 @@ fn secure_fetch_by_bridge_line_named_pages_and_refusal() {
     assert!(files_in(dir.path()).iter().all(|n| !n.ends_with(".part")));
 
     let text = scrape(metrics);
-    assert_eq!(metric(&text, "anon_secure_handshakes_total"), 2, "refusals are counted apart:\n{text}");
+    assert_eq!(metric(&text, "anon_secure_handshakes_total"), 3, "refusals are counted apart:\n{text}");
     assert_eq!(metric(&text, "anon_secure_requests_rejected_total"), 1, "{text}");
-    assert_eq!(metric(&text, "anon_secure_handshakes_confirmed_total"), 2, "{text}");
+    assert_eq!(metric(&text, "anon_secure_handshakes_confirmed_total"), 3, "{text}");
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
     let stopped = server.proc.stderr.iter().find(|l| l.contains("stopped")).unwrap();
-    assert!(stopped.contains("completed=2") && stopped.contains("secure_rejected=1"), "{stopped}");
+    assert!(stopped.contains("completed=3") && stopped.contains("secure_rejected=1"), "{stopped}");
     // The server logged the inner SYN it received and every datagram.
     assert!(has_syn_line(&server_log, "RECV"));
     let server_lines = assert_log_format(&server_log);
@@ -786,7 +792,11 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     let (mut server, bridge) = start_secure(&dir.path().join("log"), &key, &origin.url(), &[]);
     assert!(bridge.starts_with(&format!("anon://{public}@")), "{bridge} vs {public}");
     #[cfg(unix)]
-    assert!(server.proc.stderr.iter().any(|l| l.contains("readable by others")), "{:?}", server.proc.stderr);
+    assert!(
+        server.proc.stderr.iter().any(|l| l.contains("WARN") && l.contains("open to others")),
+        "{:?}",
+        server.proc.stderr
+    );
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
 
     // Several pages need secure mode.
@@ -836,12 +846,14 @@ fn unlisted_client_gets_silence() {
     assert_eq!(relay.from_server.load(Ordering::Relaxed), 0, "the server answered an unlisted client");
     let text = scrape(metrics);
     assert!(metric(&text, "anon_secure_handshakes_ignored_total{reason=\"unlisted_client\"}") >= 4, "{text}");
-    assert_eq!(std::fs::read_to_string(&server_log).unwrap(), "", "nothing to show, nothing logged");
 
-    let (mut c, out, _) = secure_client(&bridge, dir.path(), "listed", &["--key", listed.to_str().unwrap()], &[]);
+    let (mut c, out, log) = secure_client(&bridge, dir.path(), "listed", &["--key", listed.to_str().unwrap()], &[]);
     assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
     assert!(std::fs::read(&out).unwrap() == body);
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    // The log is complete once the server has exited: the listed client's
+    // datagrams, and nothing of the unlisted ones (no header to show).
+    assert_eq!(assert_log_format(&server_log), assert_log_format(&log));
 }
 
 /// Probes get silence: random bytes, a plaintext client (plaintext off),
@@ -853,8 +865,9 @@ fn probes_get_silence() {
     let body = page(100_000, 12);
     let origin = Origin::serve(body.clone()).unwrap();
     let metrics = free_tcp_port();
+    let server_log = dir.path().join("server.log");
     let (mut server, bridge) = start_secure(
-        &dir.path().join("server.log"),
+        &server_log,
         &dir.path().join("server.key"),
         &origin.url(),
         &["--metrics", &format!("127.0.0.1:{metrics}")],
@@ -892,7 +905,7 @@ fn probes_get_silence() {
     // A real secure client through a relay that keeps its first datagram.
     let relay = Relay::start(([127, 0, 0, 1], port).into());
     let via_relay = bridge.replace(&format!(":{port}"), &format!(":{}", relay.port));
-    let (mut c, out, _) = secure_client(&via_relay, dir.path(), "real", &[], &[]);
+    let (mut c, out, real_log) = secure_client(&via_relay, dir.path(), "real", &[], &[]);
     assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
     assert!(std::fs::read(&out).unwrap() == body);
     let first = relay.first();
@@ -910,7 +923,11 @@ fn probes_get_silence() {
     assert!(metric(&text, "anon_secure_handshakes_ignored_total{reason=\"replayed\"}") >= 1, "{text}");
     assert!(metric(&text, "anon_secure_datagrams_dropped_total{reason=\"not_ours\"}") >= 300, "{text}");
     assert_eq!(metric(&text, "anon_secure_handshakes_total"), 1, "only the real client was answered:\n{text}");
+    assert!(metric(&text, "anon_log_lines_dropped_total{reason=\"opaque\"}") >= 300, "{text}");
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    // The probes left no line in the log: it holds the real client's
+    // exchange, line for line.
+    assert_eq!(assert_log_format(&server_log), assert_log_format(&real_log));
 }
 
 /// With --plaintext, plaintext clients (both modes) fetch the first page

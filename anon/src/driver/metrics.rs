@@ -109,16 +109,15 @@ pub fn render(s: &Snapshot) -> String {
         ("{reason=\"stray\"}", s.log.stray),
         ("{reason=\"repeat\"}", s.log.repeat),
     ];
+    let mut help =
+        "Packet-log lines not written: the disk was behind, or datagrams of no connection beyond the stray rate.";
     // Only in secure mode: a plaintext server's output stays as it was.
     if s.secure.is_some() {
         dropped.push(("{reason=\"opaque\"}", s.log.opaque));
+        help = "Packet-log lines not written: the disk was behind, datagrams of no connection beyond the stray rate, \
+                repeats beyond theirs, or datagrams with no inner header to show (not authentic, or a refusal).";
     }
-    metric(
-        "log_lines_dropped_total",
-        "counter",
-        "Packet-log lines not written: the disk was behind, datagrams of no connection beyond the stray rate, repeats beyond theirs, or (secure mode) datagrams with no header to show.",
-        &dropped,
-    );
+    metric("log_lines_dropped_total", "counter", help, &dropped);
     if let Some(secure) = &s.secure {
         render_secure(secure, &mut metric);
     }
@@ -288,6 +287,7 @@ pub struct Reporter {
     next: Option<Instant>,
     last: ServerStats,
     last_log: LogStats,
+    last_secure: SecureStats,
 }
 
 impl Reporter {
@@ -298,6 +298,7 @@ impl Reporter {
             next: interval.map(|i| now + i),
             last: ServerStats::default(),
             last_log: LogStats::default(),
+            last_secure: SecureStats::default(),
         }
     }
 
@@ -358,6 +359,31 @@ impl Reporter {
                 crate::packet_log::REPEAT_PER_SEC
             );
         }
+        if let Some(secure) = &s.secure {
+            let (now, last) = (&secure.stats, &self.last_secure);
+            let ignored = [
+                (
+                    now.refused - last.refused,
+                    "secure handshakes ignored: the connection limit (--max-connections) or the per-address limit \
+                     (--max-per-source) was reached",
+                ),
+                (
+                    now.evicted - last.evicted,
+                    "unconfirmed secure handshakes forgotten to make room: a flood of initiations under our key (has \
+                     the bridge line leaked?)",
+                ),
+                (
+                    now.replay_cache_full - last.replay_cache_full,
+                    "secure handshakes ignored: the replay cache was full (a flood of initiations under our key)",
+                ),
+            ];
+            for (n, what) in ignored {
+                if n > 0 {
+                    tracing::warn!("{n} {what} {period}");
+                }
+            }
+            self.last_secure = *now;
+        }
         self.last = *st;
         self.last_log = s.log;
     }
@@ -383,6 +409,35 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+        }
+        // A plaintext server shows nothing of secure mode.
+        assert!(!text.contains("secure") && !text.contains("opaque"), "{text}");
+    }
+
+    #[test]
+    fn secure_mode_adds_its_counters() {
+        let mut s = Snapshot::default();
+        let mut secure = SecureSnapshot { sessions: 2, replay_entries: 5, ..SecureSnapshot::default() };
+        secure.stats.not_ours = 7;
+        secure.stats.replayed_handshakes = 1;
+        secure.stats.unlisted_clients = 3;
+        s.secure = Some(secure);
+        s.log.opaque = 9;
+        let text = render(&s);
+        for sample in [
+            "anon_secure_sessions 2\n",
+            "anon_secure_replay_entries 5\n",
+            "anon_secure_datagrams_dropped_total{reason=\"not_ours\"} 7\n",
+            "anon_secure_handshakes_ignored_total{reason=\"replayed\"} 1\n",
+            "anon_secure_handshakes_ignored_total{reason=\"unlisted_client\"} 3\n",
+            "anon_log_lines_dropped_total{reason=\"opaque\"} 9\n",
+        ] {
+            assert!(text.contains(sample), "no {sample:?} in\n{text}");
+        }
+        // Each metric declared once, its samples together under it.
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(declared.insert(line.to_owned()), "{line} twice");
         }
     }
 }
