@@ -73,6 +73,9 @@ Secure mode:
   anonserver keygen /etc/anon/server.key
   anonserver -p 30000 -l /tmp/server.log --key /etc/anon/server.key \\
       --bridge-host vpn.example.org -w news=https://example.org/ -w about=https://example.org/about
+  `anonserver keygen FILE` writes a new private key to FILE (mode 0600; it
+  replaces an existing file only with --force) and prints its public key; a
+  client key for --allow-clients is made the same way.
   The server prints its bridge line, anon://KEY@HOST:PORT, on standard output
   (and in its log); hand it to the clients (anonclient --bridge). It is all a
   client needs; without it, the port looks like one that drops everything:
@@ -576,7 +579,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
                 ME,
                 Exit::Usage,
                 format_args!(
-                    "two pages are named {:?} ({} and {}): name them with -w NAME=URL",
+                    "two pages are named {:?} ({} and {}): give each its own name (-w NAME=URL)",
                     page.name, first.url, page.url
                 ),
             );
@@ -591,7 +594,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     let secure = match &args.key {
         Some(path) => match secure_setup(&args, path) {
             Ok(s) => Some(s),
-            Err(e) => return fail(ME, Exit::LocalFile, e),
+            Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot set up secure mode: {e}")),
         },
         None => None,
     };
@@ -748,7 +751,15 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
     let client_key = match &args.key {
         Some(path) => match crate::keys::read_key(path) {
             Ok(k) => Some(k),
-            Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot use the key file: {e}")),
+            Err(e) => {
+                let hint = match &e {
+                    crate::keys::KeyFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                        " (`anonserver keygen FILE` makes one)"
+                    }
+                    _ => "",
+                };
+                return fail(ME, Exit::LocalFile, format_args!("cannot use the key file: {e}{hint}"));
+            }
         },
         None => None,
     };
@@ -905,6 +916,26 @@ mod tests {
         for bad in ["h@x", "", "a b", "h/x"] {
             assert!(parse_bridge_host(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn bridge_host_is_the_flag_or_the_bound_address() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["anonserver", "-p", "1", "-l", "l", "-w", "w", "--key", "k"];
+            argv.extend_from_slice(extra);
+            ServerArgs::try_parse_from(argv).unwrap()
+        };
+        let at = |a: &str| Some(a.parse::<SocketAddr>().unwrap());
+        assert_eq!(bridge_host(&args(&[]), at("127.0.0.1:1")), "127.0.0.1");
+        assert_eq!(bridge_host(&args(&[]), at("[::1]:1")), "[::1]");
+        // Bound to every address: the operator has to say.
+        assert_eq!(bridge_host(&args(&[]), at("[::]:1")), "HOST");
+        assert_eq!(bridge_host(&args(&[]), at("0.0.0.0:1")), "HOST");
+        assert_eq!(bridge_host(&args(&["--bridge-host", "vpn.example.org"]), at("[::]:1")), "vpn.example.org");
+        assert_eq!(bridge_host(&args(&["--bridge-host", "2001:db8::1"]), at("[::]:1")), "[2001:db8::1]");
+        // What the server prints, a client reads.
+        let line = Bridge { key: PublicKey([3; 32]), address: format!("{}:1", bridge_host(&args(&[]), at("[::1]:1"))) };
+        assert_eq!(Bridge::parse(&line.to_string()), Ok(line));
     }
 
     #[test]
