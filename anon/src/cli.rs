@@ -316,9 +316,6 @@ fn parse_page_name(s: &str) -> Result<String, String> {
 /// `NAME=` counts only when NAME is a page name, so that `=` in a URL's
 /// query is left alone.
 fn parse_page(s: &str) -> Result<PageArg, String> {
-    if s.is_empty() {
-        return Err("an empty page".into());
-    }
     if !Path::new(s).is_file() {
         if let Some((name, url)) = s.split_once('=') {
             if is_page_name(name) {
@@ -963,7 +960,8 @@ mod tests {
         assert_eq!(parse_page("file:///").unwrap().name, "index");
         assert_eq!(parse_page("x=y").unwrap(), PageArg { name: "x".into(), url: "y".into() });
         assert!(parse_page("x=").is_err());
-        assert!(parse_page("").is_err());
+        // As before: an empty URL is the download's error (exit 4).
+        assert_eq!(parse_page("").unwrap(), PageArg { name: "index".into(), url: String::new() });
         // A long or odd "name" is part of the URL.
         let long = format!("{}=u", "n".repeat(65));
         assert_eq!(parse_page(&long).unwrap().url, long);
