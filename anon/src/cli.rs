@@ -1,13 +1,17 @@
 //! Command lines of `anonserver` and `anonclient` (PROTOCOL.md §5), their
 //! exit codes, and the glue from arguments to drivers.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anon_proto::cc::Algorithm;
-use anon_proto::{ClientConfig, FastClient, Server, ServerConfig};
+use anon_proto::secure::{
+    Bridge, PublicKey, SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, StaticSecret, WallClock,
+};
+use anon_proto::{ClientConfig, ClientConn, ConnectionError, FastClient, Server, ServerConfig};
 use bytes::Bytes;
 use clap::Parser;
 use rand::SeedableRng;
@@ -33,8 +37,12 @@ pub enum Exit {
     Network = 3,
     /// The server could not download the page.
     Download = 4,
-    /// A local file (log, output) could not be written.
+    /// A local file could not be used: log or output not writable, key
+    /// file or allow list unreadable or malformed, a key file in the way.
     LocalFile = 5,
+    /// Secure mode: the server completed the handshake and refused the
+    /// request (no page of that name). Nothing is written.
+    Refused = 6,
     /// Interrupted by SIGINT or SIGTERM before the page was complete (client).
     Interrupted = 130,
 }
@@ -52,8 +60,37 @@ Exit status:
   2    bad command line
   3    the socket could not be set up (port in use or not permitted, unknown host)
   4    the page could not be downloaded
-  5    a local file (log, output) could not be written
+  5    a local file could not be used (log or output not writable, key file or
+       allow list unreadable or malformed, keygen: the key file exists)
+  6    secure mode: the server refused the request (no page of that name)
   130  interrupted by SIGINT or SIGTERM before the page was complete (anonclient)";
+
+const SERVER_EXAMPLES: &str = "\
+Example:
+  anonserver -p 30000 -l /tmp/server.log -w www.example.com
+
+Secure mode:
+  anonserver keygen /etc/anon/server.key
+  anonserver -p 30000 -l /tmp/server.log --key /etc/anon/server.key \\
+      --bridge-host vpn.example.org -w news=https://example.org/ -w about=https://example.org/about
+  `anonserver keygen FILE` writes a new private key to FILE (mode 0600; it
+  replaces an existing file only with --force) and prints its public key; a
+  client key for --allow-clients is made the same way.
+  The server prints its bridge line, anon://KEY@HOST:PORT, on standard output
+  (and in its log); hand it to the clients (anonclient --bridge). It is all a
+  client needs; without it, the port looks like one that drops everything:
+  the server answers nothing that does not prove knowledge of its public key.";
+
+const CLIENT_EXAMPLES: &str = "\
+Example:
+  anonclient -s 192.168.2.1 -p 30000 -l /tmp/client.log -f page.html
+
+Secure mode:
+  anonclient --bridge anon://KEY@vpn.example.org:30000 -l /tmp/client.log -f page.html --page news
+  With ANON_KEYLOG=FILE in the environment, the client appends the
+  connection's keys to FILE (created with mode 0600) once the handshake is
+  done, for the Wireshark dissector; anyone with that file can read the
+  transfer.";
 
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u32>() {
@@ -90,20 +127,43 @@ fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
 
 /// anonserver: download a web page once, then serve it over UDP to any number
 /// of anonclients at once, until SIGINT or SIGTERM.
+///
+/// With --key, secure mode: pages travel encrypted and authenticated, every
+/// datagram looks like random bytes to anyone without the server's public
+/// key, and the server answers nothing that does not prove it holds that
+/// key. `anonserver keygen FILE` makes a key.
 #[derive(Debug, Parser)]
-#[command(name = "anonserver", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANON_GIT_REV"), ")"), after_help = format!("Example:\n  anonserver -p 30000 -l /tmp/server.log -w www.example.com\n\n{EXIT_CODES}"))]
+#[command(
+    name = "anonserver",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANON_GIT_REV"), ")"),
+    after_help = format!("{SERVER_EXAMPLES}\n\n{EXIT_CODES}"),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct ServerArgs {
+    /// `keygen`: make a key instead of serving.
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
     /// UDP port to listen on (1-65535).
-    #[arg(short, long, value_parser = parse_port)]
-    pub port: u16,
+    #[arg(short, long, value_parser = parse_port, required = true)]
+    pub port: Option<u16>,
     /// Packet log file, appended to: one line per datagram sent or received.
-    /// `-s` is accepted as well, as in the assignment.
-    #[arg(short, long = "log", short_alias = 's', value_name = "LOGFILE")]
-    pub log: PathBuf,
-    /// The page to serve: an http or https URL (redirects are followed), a bare
-    /// host meaning http://, a file:// URL, or a local file.
-    #[arg(short, long = "web", value_name = "URL")]
-    pub web: String,
+    /// `-s` is accepted as well, as in the assignment. In secure mode a line
+    /// shows the header of the datagram sealed inside (page sequence
+    /// numbers, as in plaintext fast mode); datagrams that do not
+    /// authenticate get no line, only a count.
+    #[arg(short, long = "log", short_alias = 's', value_name = "LOGFILE", required = true)]
+    pub log: Option<PathBuf>,
+    /// A page to serve: an http or https URL (redirects are followed), a bare
+    /// host meaning http://, a file:// URL, or a local file. In secure mode
+    /// it may be given several times, each page with a name
+    /// (NAME=URL; NAME is up to 64 of A-Z a-z 0-9 . _ -); a page without one
+    /// is named after the last segment of its path, or its host when the
+    /// path is empty (https://example.org/a/b.html: b.html). The first page
+    /// is the default, and the one plaintext clients get. Every page is
+    /// downloaded at start.
+    #[arg(short, long = "web", value_name = "[NAME=]URL", value_parser = parse_page, required = true)]
+    pub web: Vec<PageArg>,
     /// Address to listen on (default: every IPv6 and IPv4 address).
     #[arg(long, value_name = "IP")]
     pub bind: Option<IpAddr>,
@@ -176,6 +236,129 @@ pub struct ServerArgs {
     /// 1500-byte MTU.
     #[arg(long, value_name = "BYTES", default_value_t = 1200, value_parser = clap::value_parser!(u16).range(1..=1440))]
     pub max_segment: u16,
+    /// Secure mode, with the private key in FILE (created, mode 0600, with a
+    /// new key when there is no such file). Plaintext clients then get
+    /// silence, unless --plaintext. Secure segments are at most 1160 bytes
+    /// (--max-segment caps them further); --no-fast applies to plaintext
+    /// clients only.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Secure mode: serve only the clients whose public key is in FILE (one
+    /// base64url key per line, # comments); any other client gets silence.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub allow_clients: Option<PathBuf>,
+    /// Secure mode: serve the plaintext modes on the same port as well (the
+    /// first page), for clients without the bridge line. A prober can then
+    /// tell that something serves here.
+    #[arg(long, requires = "key")]
+    pub plaintext: bool,
+    /// Secure mode: the host name or address that clients reach the server
+    /// by, for the bridge line. Needed when listening on every address (the
+    /// default, or --bind 0.0.0.0 or ::) or behind NAT; otherwise the
+    /// bridge line names the --bind address.
+    #[arg(long, value_name = "NAME", value_parser = parse_bridge_host, requires = "key")]
+    pub bridge_host: Option<String>,
+}
+
+/// What `anonserver` can do besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServerCommand {
+    /// Write a new private key (mode 0600) and print its public key.
+    ///
+    /// The key file is what `anonserver --key` reads; its public key is in
+    /// the bridge line the server prints. A client key for an allow list
+    /// (--allow-clients, anonclient --key) is made the same way.
+    Keygen(KeygenArgs),
+}
+
+/// `anonserver keygen`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key.
+    #[arg(value_name = "FILE", required_unless_present = "key", conflicts_with = "key")]
+    pub file: Option<PathBuf>,
+    /// Where to write the private key (the same as FILE).
+    #[arg(long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Replace an existing file (otherwise keygen refuses).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A page to serve: its name, and where to get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageArg {
+    /// The name secure clients ask for it by (`anonclient --page`).
+    pub name: String,
+    /// The URL, host or file it is downloaded from.
+    pub url: String,
+}
+
+/// Longest page name.
+const MAX_PAGE_NAME: usize = 64;
+
+fn is_page_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_PAGE_NAME
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn parse_page_name(s: &str) -> Result<String, String> {
+    if is_page_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("a page name is 1 to {MAX_PAGE_NAME} of A-Z a-z 0-9 . _ -"))
+    }
+}
+
+/// `-w [NAME=]URL`. A whole argument that names an existing local file is
+/// a file, whatever `=` it holds (as `-w` always read it); otherwise
+/// `NAME=` counts only when NAME is a page name, so that `=` in a URL's
+/// query is left alone.
+fn parse_page(s: &str) -> Result<PageArg, String> {
+    if !Path::new(s).is_file() {
+        if let Some((name, url)) = s.split_once('=') {
+            if is_page_name(name) {
+                if url.is_empty() {
+                    return Err(format!("no URL after {name}="));
+                }
+                return Ok(PageArg { name: name.to_owned(), url: url.to_owned() });
+            }
+        }
+    }
+    Ok(PageArg { name: default_page_name(s), url: s.to_owned() })
+}
+
+/// The name of a page given without one: the last non-empty segment of its
+/// path, or its host when the path has none, "index" when both are empty;
+/// characters outside A-Z a-z 0-9 . _ - become `_`.
+fn default_page_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let mut segments = rest.split('/');
+    let host = segments.next().unwrap_or_default();
+    let last = segments.rfind(|p| !p.is_empty()).unwrap_or(host);
+    let name: String = last
+        .chars()
+        .take(MAX_PAGE_NAME)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    if name.is_empty() { "index".to_owned() } else { name }
+}
+
+fn parse_bridge_host(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_whitespace() || matches!(c, '@' | '/' | '?' | '#')) {
+        return Err("a host name or an IP address".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_bridge(s: &str) -> Result<Bridge, String> {
+    Bridge::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_public_key(s: &str) -> Result<PublicKey, String> {
+    PublicKey::from_base64(s).map_err(|e| e.to_string())
 }
 
 /// How a fast-mode client sends its ACKs (docs/PROTOCOL.md §6.3).
@@ -200,15 +383,25 @@ pub enum Congestion {
 ///
 /// The file appears only once the whole page has arrived (it is written
 /// beside OUTFILE and renamed): a failed transfer leaves no partial file.
+///
+/// With --bridge (or --server-key), secure mode: the page travels encrypted
+/// and authenticated, and the client never falls back to a plaintext mode.
 #[derive(Debug, Parser)]
-#[command(name = "anonclient", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANON_GIT_REV"), ")"), after_help = format!("Example:\n  anonclient -s 192.168.2.1 -p 30000 -l /tmp/client.log -f page.html\n\n{EXIT_CODES}"))]
+#[command(
+    name = "anonclient",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANON_GIT_REV"), ")"),
+    after_help = format!("{CLIENT_EXAMPLES}\n\n{EXIT_CODES}"),
+    group(clap::ArgGroup::new("secure").args(["bridge", "server_key"]))
+)]
 pub struct ClientArgs {
-    /// The server's IPv4 or IPv6 address (or host name).
-    #[arg(short, long, value_name = "SERVER-IP")]
-    pub server: String,
-    /// The server's UDP port (1-65535).
-    #[arg(short, long, value_parser = parse_port)]
-    pub port: u16,
+    /// The server's IPv4 or IPv6 address (or host name); required unless
+    /// --bridge names the server.
+    #[arg(short, long, value_name = "SERVER-IP", required_unless_present = "bridge", conflicts_with = "bridge")]
+    pub server: Option<String>,
+    /// The server's UDP port (1-65535); required unless --bridge names the
+    /// server.
+    #[arg(short, long, value_parser = parse_port, required_unless_present = "bridge", conflicts_with = "bridge")]
+    pub port: Option<u16>,
     /// Packet log file, appended to: one line per datagram sent or received.
     #[arg(short, long = "log", value_name = "LOGFILE")]
     pub log: PathBuf,
@@ -233,6 +426,24 @@ pub struct ClientArgs {
     /// measuring the difference.
     #[arg(long, value_enum, default_value_t = AckPolicy::Batch)]
     pub ack_policy: AckPolicy,
+    /// Secure mode, with the server's bridge line (anon://KEY@HOST:PORT, as
+    /// the server prints it): it names the server, so -s and -p are not
+    /// given.
+    #[arg(long, value_name = "LINE", value_parser = parse_bridge, conflicts_with = "no_fast")]
+    pub bridge: Option<Bridge>,
+    /// Secure mode, with the server's public key (base64url), and the server
+    /// named by -s and -p.
+    #[arg(long, value_name = "KEY", value_parser = parse_public_key, conflicts_with = "no_fast")]
+    pub server_key: Option<PublicKey>,
+    /// Secure mode: this client's private key (a file `anonserver keygen`
+    /// writes), for a server that serves only the clients it lists
+    /// (--allow-clients). Without it, each run makes a fresh key.
+    #[arg(long, value_name = "FILE", requires = "secure")]
+    pub key: Option<PathBuf>,
+    /// Secure mode: the name of the page to fetch (the server's -w NAME=);
+    /// without it, the server's first page.
+    #[arg(long, value_name = "NAME", value_parser = parse_page_name, requires = "secure")]
+    pub page: Option<String>,
 }
 
 /// Logs diagnostics to stderr; `RUST_LOG` overrides the level.
@@ -262,24 +473,140 @@ fn runtime_with_signals() -> std::io::Result<(tokio::runtime::Runtime, driver::S
     Ok((rt, signals))
 }
 
+/// The wall clock now, for secure mode's handshake timestamps: read once,
+/// then carried forward by the monotonic clock.
+fn wall_clock() -> WallClock {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    WallClock { at: std::time::Instant::now(), unix_ms }
+}
+
+/// `anonserver keygen`.
+fn keygen_main(args: &KeygenArgs) -> ExitCode {
+    const ME: &str = "anonserver keygen";
+    let Some(path) = args.file.as_ref().or(args.key.as_ref()) else {
+        return fail(ME, Exit::Usage, "no key file given");
+    };
+    match crate::keys::write_new_key(path, args.force) {
+        Ok(key) => {
+            eprintln!("{ME}: wrote a new private key to {} (mode 0600); its public key:", path.display());
+            // Standard output carries the public key alone, for scripts; a
+            // closed stdout is no reason to panic.
+            let _ = writeln!(std::io::stdout(), "{}", key.public());
+            Exit::Ok.into()
+        }
+        Err(e) => fail(ME, Exit::LocalFile, e),
+    }
+}
+
+/// Secure mode's settings of a server, read from its files.
+struct SecureSetup {
+    key: StaticSecret,
+    allow: Option<std::collections::HashSet<PublicKey>>,
+}
+
+fn secure_setup(args: &ServerArgs, key_path: &Path) -> Result<SecureSetup, crate::keys::KeyFileError> {
+    let (key, created) = crate::keys::read_or_create_key(key_path)?;
+    if created {
+        tracing::info!("made a new key in {} (mode 0600)", key_path.display());
+    }
+    let allow = match &args.allow_clients {
+        Some(path) => {
+            let keys = crate::keys::read_allow_list(path)?;
+            if keys.is_empty() {
+                tracing::warn!("the allow list {} lists no client: every client gets silence", path.display());
+            }
+            Some(keys)
+        }
+        None => None,
+    };
+    Ok(SecureSetup { key, allow })
+}
+
+/// The bridge line's HOST: --bridge-host, or the address the socket is bound
+/// to. Bound to every address, the server does not know which one clients
+/// reach: the line says HOST, for the operator to replace.
+fn bridge_host(args: &ServerArgs, local: Option<SocketAddr>) -> String {
+    let literal = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    if let Some(host) = &args.bridge_host {
+        return match host.parse::<IpAddr>() {
+            Ok(ip) => literal(ip),
+            Err(_) => host.clone(),
+        };
+    }
+    match local.map(|a| a.ip()) {
+        Some(ip) if !ip.is_unspecified() => literal(ip),
+        _ => {
+            tracing::warn!(
+                "listening on every address: the bridge line says HOST; give --bridge-host with the name or address \
+                 clients reach this server by"
+            );
+            "HOST".to_owned()
+        }
+    }
+}
+
 /// `anonserver`'s main.
 pub fn server_main(args: ServerArgs) -> ExitCode {
     const ME: &str = "anonserver";
+    if let Some(ServerCommand::Keygen(keygen)) = &args.command {
+        return keygen_main(keygen);
+    }
+    // clap requires these unless a subcommand is given.
+    let (Some(port), Some(log_path)) = (args.port, args.log.clone()) else {
+        return fail(ME, Exit::Usage, "--port and --log are required");
+    };
+    if args.web.is_empty() {
+        return fail(ME, Exit::Usage, "--web is required");
+    }
+    if args.web.len() > 1 && args.key.is_none() {
+        return fail(
+            ME,
+            Exit::Usage,
+            "several pages (-w) need secure mode (--key): plaintext clients cannot ask for one",
+        );
+    }
+    for (i, page) in args.web.iter().enumerate() {
+        if let Some(first) = args.web.iter().take(i).find(|p| p.name == page.name) {
+            return fail(
+                ME,
+                Exit::Usage,
+                format_args!(
+                    "two pages are named {:?} ({} and {}): give each its own name (-w NAME=URL)",
+                    page.name, first.url, page.url
+                ),
+            );
+        }
+    }
     // The port comes first (PROTOCOL.md §5): nothing else happens when it is
     // unusable.
-    let socket = match driver::udp::bind_server(args.bind, args.port) {
+    let socket = match driver::udp::bind_server(args.bind, port) {
         Ok(s) => s,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot listen on UDP port {}: {e}", args.port)),
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot listen on UDP port {port}: {e}")),
     };
-    let log = match PacketLog::open(&args.log) {
+    let secure = match &args.key {
+        Some(path) => match secure_setup(&args, path) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot set up secure mode: {e}")),
+        },
+        None => None,
+    };
+    let log = match PacketLog::open(&log_path) {
         Ok(l) => l,
-        Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", args.log.display())),
+        Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", log_path.display())),
     };
     let limits = FetchLimits { max_bytes: args.max_page_size, timeout: args.download_timeout };
-    let page = match Source::parse(&args.web).and_then(|source| fetch(&source, limits)) {
-        Ok(p) => p,
-        Err(e) => return fail(ME, Exit::Download, format_args!("cannot download {}: {e}", args.web)),
-    };
+    let mut pages = Vec::with_capacity(args.web.len());
+    for page in &args.web {
+        match Source::parse(&page.url).and_then(|source| fetch(&source, limits)) {
+            Ok(p) => pages.push(Bytes::from(p)),
+            Err(e) => return fail(ME, Exit::Download, format_args!("cannot download {}: {e}", page.url)),
+        }
+    }
     // Signals are handled before the server says it is ready, so a stop
     // request from then on always flushes the log.
     let (rt, mut signals) = match runtime_with_signals() {
@@ -315,22 +642,50 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         },
         ..ServerConfig::default()
     };
-    let page_len = page.len();
-    // The page's SHA-256 is computed here, before the server says it is
+    let local_addr = socket.local_addr().ok();
+    let local = local_addr.map(|a| a.to_string()).unwrap_or_default();
+    let options = driver::server::Options {
+        grace: args.grace,
+        stats_interval: (!args.stats_interval.is_zero()).then_some(args.stats_interval),
+        busy_poll: Duration::from_micros(args.busy_poll),
+        metrics,
+    };
+    // The pages' SHA-256 are computed here, before the server says it is
     // ready (half a second for 1 GiB).
-    let server = Server::new(config, Bytes::from(page), Box::new(StdRng::from_os_rng()));
-    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!("serving {} ({page_len} bytes) on udp {local}", args.web);
-    let result = rt.block_on(async {
-        let socket = driver::udp::BatchSocket::new(socket)?;
-        let options = driver::server::Options {
-            grace: args.grace,
-            stats_interval: (!args.stats_interval.is_zero()).then_some(args.stats_interval),
-            busy_poll: Duration::from_micros(args.busy_poll),
-            metrics,
-        };
-        driver::server::run(socket, server, log, &mut signals, options).await
-    });
+    let result = match secure {
+        None => {
+            let page = pages.into_iter().next().unwrap_or_default();
+            let page_len = page.len();
+            let server = Server::new(config, page, Box::new(StdRng::from_os_rng()));
+            let web = args.web.first().map(|p| p.url.as_str()).unwrap_or_default();
+            tracing::info!("serving {web} ({page_len} bytes) on udp {local}");
+            rt.block_on(async {
+                let socket = driver::udp::BatchSocket::new(socket)?;
+                driver::server::run(socket, server, log, &mut signals, options).await
+            })
+        }
+        Some(setup) => {
+            let bridge =
+                Bridge { key: setup.key.public(), address: format!("{}:{port}", bridge_host(&args, local_addr)) };
+            let names: Vec<String> = args.web.iter().map(|p| p.name.clone()).collect();
+            let listing: Vec<String> =
+                args.web.iter().zip(&pages).map(|(p, b)| format!("{}={} ({} bytes)", p.name, p.url, b.len())).collect();
+            let mut secure = SecureServerConfig::new(setup.key, names, wall_clock());
+            secure.allow_clients = setup.allow;
+            let plain = args.plaintext.then(|| config.clone());
+            let server = SecureServer::new(secure, config, pages, plain, Box::new(StdRng::from_os_rng()));
+            // The one line a client needs: alone on standard output, for
+            // scripts, and in the log.
+            let _ = writeln!(std::io::stdout(), "{bridge}");
+            tracing::info!("bridge line: {bridge}");
+            let plaintext = if args.plaintext { "plaintext modes too" } else { "plaintext clients get silence" };
+            tracing::info!("serving {} on udp {local} in secure mode ({plaintext})", listing.join(", "));
+            rt.block_on(async {
+                let socket = driver::udp::BatchSocket::new(socket)?;
+                driver::server::run(socket, server, log, &mut signals, options).await
+            })
+        }
+    };
     match result {
         Ok(_) => Exit::Ok.into(),
         Err(e) => fail(ME, Exit::Network, format_args!("socket error: {e}")),
@@ -349,18 +704,61 @@ fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))
 }
 
+/// Where a client connects, and how.
+struct Target {
+    /// The host as given (for messages) and its port.
+    host: String,
+    port: u16,
+    /// Secure mode: the server's public key.
+    server_key: Option<PublicKey>,
+}
+
+fn target(args: &ClientArgs) -> Result<Target, String> {
+    if let Some(bridge) = &args.bridge {
+        // Bridge::parse checked the HOST:PORT shape.
+        let (host, port) = bridge.address.rsplit_once(':').ok_or("not a bridge line: expected anon://KEY@HOST:PORT")?;
+        let port = parse_port(port)?;
+        return Ok(Target { host: host.to_owned(), port, server_key: Some(bridge.key) });
+    }
+    match (&args.server, args.port) {
+        (Some(host), Some(port)) => Ok(Target { host: host.clone(), port, server_key: args.server_key }),
+        // clap requires both without --bridge.
+        _ => Err("--server and --port are required without --bridge".into()),
+    }
+}
+
 /// `anonclient`'s main.
 pub fn client_main(args: ClientArgs) -> ExitCode {
     const ME: &str = "anonclient";
+    let target = match target(&args) {
+        Ok(t) => t,
+        Err(e) => return fail(ME, Exit::Usage, e),
+    };
     // Signals first: from the moment a temporary file exists, SIGINT or
     // SIGTERM must remove it rather than kill the process.
     let (rt, mut signals) = match runtime_with_signals() {
         Ok(r) => r,
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
     };
-    let server = match resolve(&args.server, args.port) {
+    let server = match resolve(&target.host, target.port) {
         Ok(a) => a,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", args.server)),
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", target.host)),
+    };
+    // The client's own key, when it has one, before anything is written.
+    let client_key = match &args.key {
+        Some(path) => match crate::keys::read_key(path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let hint = match &e {
+                    crate::keys::KeyFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                        " (`anonserver keygen FILE` makes one)"
+                    }
+                    _ => "",
+                };
+                return fail(ME, Exit::LocalFile, format_args!("cannot use the key file: {e}{hint}"));
+            }
+        },
+        None => None,
     };
     // Local files first: a transfer that could not be saved is not started.
     let log = match PacketLog::open(&args.log) {
@@ -390,8 +788,30 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
             Err(e) => return fail(ME, Exit::Network, format_args!("cannot set up the socket: {e}")),
         }
     };
-    let progress = !args.quiet;
-    let result = rt.block_on(driver::client::run(server, socket, config, log, output, progress, signals.recv()));
+    let options = driver::client::Options {
+        progress: !args.quiet,
+        // Only a secure connection has keys to log.
+        key_log: std::env::var_os("ANON_KEYLOG").filter(|v| !v.is_empty()).map(PathBuf::from),
+    };
+    let interrupt = signals.recv();
+    let result = match target.server_key {
+        None => {
+            let connect = |now| ClientConn::new(config, rand::random(), now);
+            rt.block_on(driver::client::run(server, socket, connect, log, output, options, interrupt))
+        }
+        Some(server_key) => {
+            let page = args.page.clone().unwrap_or_default();
+            if let Some(key) = &client_key {
+                tracing::debug!("client key {}", key.public());
+            }
+            let clock = wall_clock();
+            let connect = move |now| {
+                let secure = SecureClientConfig { server: server_key, key: client_key, page, clock };
+                SecureClient::new(secure, config, Box::new(StdRng::from_os_rng()), now)
+            };
+            rt.block_on(driver::client::run(server, socket, connect, log, output, options, interrupt))
+        }
+    };
     match result {
         Ok(summary) => {
             if !args.quiet {
@@ -405,6 +825,14 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
                 );
             }
             Exit::Ok.into()
+        }
+        Err(FetchFailed::Connection(ConnectionError::Rejected(why))) => {
+            let page = args.page.as_deref().map_or_else(|| "the default page".to_owned(), |p| format!("page {p:?}"));
+            fail(
+                ME,
+                Exit::Refused,
+                format_args!("{server}: the server refused the request for {page}: {why}; nothing written"),
+            )
         }
         Err(e @ FetchFailed::Connection(_)) => fail(ME, Exit::Transfer, format_args!("{server}: {e}")),
         Err(e @ FetchFailed::Output { .. }) => fail(ME, Exit::LocalFile, e),
@@ -430,9 +858,10 @@ mod tests {
         let s =
             ServerArgs::try_parse_from(["anonserver", "-p", "30000", "-l", "/tmp/logfile", "-w", "www.nytimes.com"])
                 .unwrap();
-        assert_eq!((s.port, s.web.as_str()), (30000, "www.nytimes.com"));
+        assert_eq!((s.port, s.web[0].url.as_str()), (Some(30000), "www.nytimes.com"));
+        assert!(s.command.is_none() && s.key.is_none());
         let s = ServerArgs::try_parse_from(["anonserver", "-p", "30000", "-s", "/tmp/log", "-w", "x"]).unwrap();
-        assert_eq!(s.log, PathBuf::from("/tmp/log"));
+        assert_eq!(s.log, Some(PathBuf::from("/tmp/log")));
         let c = ClientArgs::try_parse_from([
             "anonclient",
             "-s",
@@ -445,7 +874,152 @@ mod tests {
             "test.txt",
         ])
         .unwrap();
-        assert_eq!((c.server.as_str(), c.port, c.file.to_str()), ("192.168.2.1", 6543, Some("test.txt")));
+        assert_eq!((c.server.as_deref(), c.port, c.file.to_str()), (Some("192.168.2.1"), Some(6543), Some("test.txt")));
+        assert!(c.bridge.is_none() && c.server_key.is_none());
+    }
+
+    const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
+
+    #[test]
+    fn secure_server_command_lines() {
+        let s = ServerArgs::try_parse_from([
+            "anonserver",
+            "-p",
+            "1",
+            "-l",
+            "l",
+            "--key",
+            "k",
+            "-w",
+            "a=http://x/?q=1",
+            "-w",
+            "https://x/y/b.html?z=2",
+            "--allow-clients",
+            "list",
+            "--plaintext",
+            "--bridge-host",
+            "example.org",
+        ])
+        .unwrap();
+        let pages: Vec<(&str, &str)> = s.web.iter().map(|p| (p.name.as_str(), p.url.as_str())).collect();
+        assert_eq!(pages, [("a", "http://x/?q=1"), ("b.html", "https://x/y/b.html?z=2")]);
+        assert!(s.plaintext && s.allow_clients.is_some());
+        // The secure options need --key.
+        for extra in [&["--plaintext"][..], &["--allow-clients", "f"], &["--bridge-host", "h"]] {
+            let mut argv = vec!["anonserver", "-p", "1", "-l", "l", "-w", "w"];
+            argv.extend_from_slice(extra);
+            assert!(ServerArgs::try_parse_from(argv).is_err(), "{extra:?}");
+        }
+        for bad in ["h@x", "", "a b", "h/x"] {
+            assert!(parse_bridge_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bridge_host_is_the_flag_or_the_bound_address() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["anonserver", "-p", "1", "-l", "l", "-w", "w", "--key", "k"];
+            argv.extend_from_slice(extra);
+            ServerArgs::try_parse_from(argv).unwrap()
+        };
+        let at = |a: &str| Some(a.parse::<SocketAddr>().unwrap());
+        assert_eq!(bridge_host(&args(&[]), at("127.0.0.1:1")), "127.0.0.1");
+        assert_eq!(bridge_host(&args(&[]), at("[::1]:1")), "[::1]");
+        // Bound to every address: the operator has to say.
+        assert_eq!(bridge_host(&args(&[]), at("[::]:1")), "HOST");
+        assert_eq!(bridge_host(&args(&[]), at("0.0.0.0:1")), "HOST");
+        assert_eq!(bridge_host(&args(&["--bridge-host", "vpn.example.org"]), at("[::]:1")), "vpn.example.org");
+        assert_eq!(bridge_host(&args(&["--bridge-host", "2001:db8::1"]), at("[::]:1")), "[2001:db8::1]");
+        // What the server prints, a client reads.
+        let line = Bridge { key: PublicKey([3; 32]), address: format!("{}:1", bridge_host(&args(&[]), at("[::1]:1"))) };
+        assert_eq!(Bridge::parse(&line.to_string()), Ok(line));
+    }
+
+    #[test]
+    fn keygen_command_lines() {
+        for argv in [&["anonserver", "keygen", "k"][..], &["anonserver", "keygen", "--key", "k"]] {
+            let s = ServerArgs::try_parse_from(argv).unwrap();
+            let Some(ServerCommand::Keygen(k)) = s.command else { panic!("{argv:?}") };
+            assert_eq!(k.file.or(k.key), Some(PathBuf::from("k")));
+            assert!(!k.force);
+        }
+        let s = ServerArgs::try_parse_from(["anonserver", "keygen", "k", "--force"]).unwrap();
+        assert!(matches!(s.command, Some(ServerCommand::Keygen(KeygenArgs { force: true, .. }))));
+        assert!(ServerArgs::try_parse_from(["anonserver", "keygen"]).is_err(), "a file is needed");
+        assert!(ServerArgs::try_parse_from(["anonserver", "keygen", "a", "--key", "b"]).is_err());
+        assert!(ServerArgs::try_parse_from(["anonserver", "-p", "1", "keygen", "k"]).is_err());
+        assert!(ServerArgs::try_parse_from(["anonserver"]).is_err(), "serving needs -p -l -w");
+    }
+
+    #[test]
+    fn page_names() {
+        assert_eq!(parse_page("www.example.com").unwrap().name, "www.example.com");
+        assert_eq!(parse_page("https://example.org/").unwrap().name, "example.org");
+        assert_eq!(parse_page("https://example.org/news/").unwrap().name, "news");
+        assert_eq!(parse_page("file:///tmp/a%20b.html").unwrap().name, "a_20b.html");
+        assert_eq!(parse_page("file:///").unwrap().name, "index");
+        assert_eq!(parse_page("x=y").unwrap(), PageArg { name: "x".into(), url: "y".into() });
+        assert!(parse_page("x=").is_err());
+        // As before: an empty URL is the download's error (exit 4).
+        assert_eq!(parse_page("").unwrap(), PageArg { name: "index".into(), url: String::new() });
+        // A long or odd "name" is part of the URL.
+        let long = format!("{}=u", "n".repeat(65));
+        assert_eq!(parse_page(&long).unwrap().url, long);
+        assert!(parse_page_name("ok.-_9").is_ok());
+        for bad in ["", "a b", "a/b", &"n".repeat(65)] {
+            assert!(parse_page_name(bad).is_err(), "{bad:?}");
+        }
+        // An existing local file is a file, whatever its name holds.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a=b.html");
+        std::fs::write(&file, "x").unwrap();
+        let arg = parse_page(file.to_str().unwrap()).unwrap();
+        assert_eq!((arg.name.as_str(), arg.url.as_str()), ("a_b.html", file.to_str().unwrap()));
+    }
+
+    #[test]
+    fn secure_client_command_lines() {
+        let bridge = format!("anon://{KEY}@[::1]:4000");
+        let c = ClientArgs::try_parse_from(["anonclient", "--bridge", &bridge, "-l", "l", "-f", "f", "--page", "news"])
+            .unwrap();
+        let t = target(&c).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("[::1]", 4000));
+        assert_eq!(t.server_key.map(|k| k.to_base64()).as_deref(), Some(KEY));
+        let c = ClientArgs::try_parse_from([
+            "anonclient",
+            "--server-key",
+            KEY,
+            "-s",
+            "h",
+            "-p",
+            "5",
+            "-l",
+            "l",
+            "-f",
+            "f",
+            "--key",
+            "k",
+        ])
+        .unwrap();
+        let t = target(&c).unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.server_key.is_some()), ("h", 5, true));
+        let bad: [&[&str]; 6] = [
+            // -s/-p with a bridge line, which names the server.
+            &["--bridge", &bridge, "-s", "h"],
+            // --server-key without -s/-p.
+            &["--server-key", KEY],
+            // --page and --key need secure mode.
+            &["-s", "h", "-p", "5", "--page", "x"],
+            &["-s", "h", "-p", "5", "--key", "k"],
+            // Secure mode never falls back to the baseline.
+            &["--bridge", &bridge, "--no-fast"],
+            &["--bridge", "anon://short@h:1"],
+        ];
+        for extra in bad {
+            let mut argv = vec!["anonclient", "-l", "l", "-f", "f"];
+            argv.extend_from_slice(extra);
+            assert!(ClientArgs::try_parse_from(argv).is_err(), "{extra:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   datagrams between them and the core.
 //! - [`fetch`]: downloads the page the server serves (http, https, file).
 //! - [`packet_log`]: the `SEND`/`RECV` log file (PROTOCOL.md §4).
+//! - [`keys`]: secure mode's key files, allow lists and key log.
 //! - [`cli`]: command lines of both programs, exit codes and error reporting.
 //! - [`units`]: sizes and rates as people read them, for the programs' output.
 //!
@@ -15,5 +16,6 @@
 pub mod cli;
 pub mod driver;
 pub mod fetch;
+pub mod keys;
 pub mod packet_log;
 pub mod units;

@@ -22,6 +22,15 @@
 //!
 //! [`PacketLog::reopen`] (the server calls it on SIGHUP) makes the writer
 //! reopen the path, so that logrotate can move the file away.
+//!
+//! **Secure mode** keeps the same line shape, `SEND|RECV <seq> <ack>
+//! [flags]`, with the numbers of the fast-mode datagram sealed inside (the
+//! inner header: byte sequence numbers of the page, as in plaintext fast
+//! mode, not the secure layer's packet numbers, which no line shows). A
+//! secure datagram with nothing to show (it did not authenticate: random
+//! bytes, probes, forgeries, replays; or a refusal, whose answer carries no
+//! inner datagram) gets no line, only a count ([`LogStats::opaque`]): its
+//! bytes hold no header, and a line of noise would read like one.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
@@ -30,6 +39,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anon_proto::Belongs;
 use anon_proto::wire::Header;
 
 /// How often buffered lines reach the file, at the latest.
@@ -101,6 +111,20 @@ pub struct LogStats {
     /// Lines of repeats (datagrams that fit a connection but change
     /// nothing, and the answers to them), left out beyond their rate.
     pub repeat: u64,
+    /// Secure-mode datagrams with no header to show (see the module
+    /// documentation): counted, never logged.
+    pub opaque: u64,
+}
+
+/// What the log shows of a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// A plaintext datagram: its own 12-byte header.
+    Raw,
+    /// A secure-mode datagram: the header of the datagram sealed inside.
+    Inner(Header),
+    /// A secure-mode datagram with nothing to show: counted, not logged.
+    Opaque,
 }
 
 /// Direction of a logged datagram.
@@ -250,10 +274,46 @@ impl PacketLog {
     /// rate; beyond it the line is left out and counted.
     pub fn record_stray(&mut self, now: Instant, dir: Direction, datagram: &[u8]) {
         let Ok((header, _)) = Header::decode(datagram) else { return };
+        self.record_stray_header(now, dir, &header);
+    }
+
+    fn record_stray_header(&mut self, now: Instant, dir: Direction, header: &Header) {
         if self.strays.take(now) {
-            self.record_header(now, dir, &header);
+            self.record_header(now, dir, header);
         } else {
             self.stats.stray += 1;
+        }
+    }
+
+    fn record_repeat_header(&mut self, now: Instant, dir: Direction, header: &Header) {
+        if self.repeats.take(now) {
+            self.record_header(now, dir, header);
+        } else {
+            self.stats.repeat += 1;
+        }
+    }
+
+    /// Logs a datagram as the endpoint says it belongs (a connection's in
+    /// full, repeats and strays within their rates), showing what `shown`
+    /// says: for a plaintext datagram ([`Shown::Raw`]) exactly what
+    /// [`record`](Self::record), [`record_repeat`](Self::record_repeat) and
+    /// [`record_stray`](Self::record_stray) do.
+    pub fn record_kind(&mut self, now: Instant, dir: Direction, datagram: &[u8], belongs: Belongs, shown: Shown) {
+        let header = match shown {
+            Shown::Raw => match Header::decode(datagram) {
+                Ok((header, _)) => header,
+                Err(_) => return,
+            },
+            Shown::Inner(header) => header,
+            Shown::Opaque => {
+                self.stats.opaque += 1;
+                return;
+            }
+        };
+        match belongs {
+            Belongs::Connection => self.record_header(now, dir, &header),
+            Belongs::Repeat => self.record_repeat_header(now, dir, &header),
+            Belongs::None => self.record_stray_header(now, dir, &header),
         }
     }
 
@@ -263,11 +323,7 @@ impl PacketLog {
     /// that floods them cannot fill the disk.
     pub fn record_repeat(&mut self, now: Instant, dir: Direction, datagram: &[u8]) {
         let Ok((header, _)) = Header::decode(datagram) else { return };
-        if self.repeats.take(now) {
-            self.record_header(now, dir, &header);
-        } else {
-            self.stats.repeat += 1;
-        }
+        self.record_repeat_header(now, dir, &header);
     }
 
     /// Asks the writer to reopen the log's path (SIGHUP, after logrotate
@@ -411,6 +467,27 @@ mod tests {
         // The periodic flush does not wait for the writer; an explicit one does.
         log.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier\nSEND 100 12346 ACK SYN\nRECV 12346 101 ACK\n");
+    }
+
+    /// A secure datagram's line shows the header given (the inner one),
+    /// not its own bytes; an opaque one is counted, not logged; a plaintext
+    /// one is decoded as ever.
+    #[test]
+    fn secure_datagrams_show_their_inner_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let now = Instant::now();
+        let mut log = PacketLog::open(&path).unwrap();
+        let noise = [0xa5u8; 40];
+        let inner = Header::new(Seq(7), Seq(9), Flags::ACK);
+        log.record_kind(now, Direction::Recv, &noise, Belongs::Connection, Shown::Inner(inner));
+        log.record_kind(now, Direction::Recv, &noise, Belongs::None, Shown::Opaque);
+        log.record_kind(now, Direction::Send, &noise, Belongs::Repeat, Shown::Opaque);
+        let plain = Header::new(Seq(1), Seq(2), Flags::SYN).to_bytes();
+        log.record_kind(now, Direction::Send, &plain, Belongs::None, Shown::Raw);
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "RECV 7 9 ACK\nSEND 1 2 SYN\n");
+        assert_eq!(log.stats(), LogStats { opaque: 2, ..LogStats::default() });
     }
 }
 

@@ -517,3 +517,444 @@ fn sigterm_drains_transfers_in_flight_then_exits_0() {
     let client_lines = assert_log_format(&dir.path().join("first.log")) + assert_log_format(&late_log);
     assert_eq!(server_lines, client_lines);
 }
+
+// ---------------------------------------------------------------------------
+// Secure mode (issue 11): keys, bridge lines, pages by name, and silence to
+// probers, end to end.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Starts a secure server on 127.0.0.1 with its key in `key` (made when
+/// missing), `-w first` and `extra`; returns it with its bridge line.
+fn start_secure(log: &Path, key: &Path, first: &str, extra: &[&str]) -> (ServerProcess, String) {
+    let mut args = vec!["--key", key.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(Path::new(SERVER), log, first, &args, READY).unwrap();
+    let bridge = bridge_of(&server);
+    (server, bridge)
+}
+
+/// The bridge line the server logged before its "serving" line.
+fn bridge_of(server: &ServerProcess) -> String {
+    server
+        .proc
+        .stderr
+        .iter()
+        .find_map(|l| l.split("bridge line: ").nth(1))
+        .unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr))
+        .trim()
+        .to_owned()
+}
+
+/// A secure client with `--bridge`; `env` adds to its environment.
+fn secure_client(
+    bridge: &str,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> (Proc, PathBuf, PathBuf) {
+    let out = dir.join(format!("{name}.out"));
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(CLIENT);
+    cmd.args(["--bridge", bridge, "-l"]).arg(&log).arg("-f").arg(&out).args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (Proc::spawn(&mut cmd).unwrap(), out, log)
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Runs a short command to its end (bounded) and returns its status,
+/// standard output and standard error.
+fn run_to_end(cmd: &mut Command, within: Duration) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut o, mut e) = (String::new(), String::new());
+        let _ = out.read_to_string(&mut o);
+        let _ = err.read_to_string(&mut e);
+        let _ = tx.send((o, e));
+    });
+    // Both pipes closing is the event: the program has exited.
+    let result = rx.recv_timeout(within);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let (o, e) = result.expect("the command did not end in time");
+    (status.code(), o, e)
+}
+
+/// A UDP relay between one client and the server that records the client's
+/// first datagram and counts the datagrams each way.
+struct Relay {
+    port: u16,
+    first: Arc<Mutex<Option<Vec<u8>>>>,
+    to_server: Arc<AtomicU64>,
+    from_server: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(server: SocketAddr) -> Relay {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(server).unwrap();
+        // Short read timeouts only let the threads see the stop flag.
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        let port = front.local_addr().unwrap().port();
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let first: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let (to_server, from_server, stop) =
+            (Arc::<AtomicU64>::default(), Arc::<AtomicU64>::default(), Arc::<AtomicBool>::default());
+        let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+        let up = {
+            let (client, first, count, stop) =
+                (Arc::clone(&client), Arc::clone(&first), Arc::clone(&to_server), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
+                    *client.lock().unwrap() = Some(from);
+                    first.lock().unwrap().get_or_insert_with(|| buf[..n].to_vec());
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let _ = back.send(&buf[..n]);
+                }
+            })
+        };
+        let down = {
+            let (client, count, stop) = (Arc::clone(&client), Arc::clone(&from_server), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(n) = back2.recv(&mut buf) else { continue };
+                    count.fetch_add(1, Ordering::Relaxed);
+                    if let Some(to) = *client.lock().unwrap() {
+                        let _ = front2.send_to(&buf[..n], to);
+                    }
+                }
+            })
+        };
+        Relay { port, first, to_server, from_server, stop, threads: vec![up, down] }
+    }
+
+    fn first(&self) -> Vec<u8> {
+        self.first.lock().unwrap().clone().expect("the client sent nothing")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `datagram` to the server from a fresh socket and returns whatever
+/// comes back within `within` (nothing, for a silent server).
+fn probe(port: u16, datagram: &[u8], within: Duration) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(datagram, ("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    match s.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(e) => {
+            assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}");
+            None
+        }
+    }
+}
+
+fn has_syn_line(log: &Path, dir: &str) -> bool {
+    std::fs::read_to_string(log).unwrap().lines().any(|l| l.starts_with(dir) && l.ends_with(" SYN"))
+}
+
+/// The bridge line fetches byte exact; pages by name; an unknown name is a
+/// refusal (exit 6, no file); the key file is made 0600; ANON_KEYLOG gets a
+/// line; the packet logs show the inner headers.
+#[test]
+fn secure_fetch_by_bridge_line_named_pages_and_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (body, other) = (page(2 << 20, 9), page(70_000, 10));
+    let (origin, origin2) = (Origin::serve(body.clone()).unwrap(), Origin::serve(other.clone()).unwrap());
+    let key = dir.path().join("server.key");
+    let server_log = dir.path().join("server.log");
+    let metrics = free_tcp_port();
+    let second = format!("other={}", origin2.url());
+    let (mut server, bridge) = start_secure(
+        &server_log,
+        &key,
+        &format!("main={}", origin.url()),
+        &["-w", &second, "--metrics", &format!("127.0.0.1:{metrics}")],
+    );
+    // Made with mode 0600; the bridge line names the bound address and port.
+    #[cfg(unix)]
+    assert_eq!(mode_of(&key), 0o600);
+    assert!(bridge.starts_with("anon://") && bridge.ends_with(&format!("@127.0.0.1:{}", server.port)), "{bridge}");
+    assert!(!server.proc.stderr.iter().any(|l| l.contains("warning")), "{:?}", server.proc.stderr);
+
+    let keylog = dir.path().join("keys.log");
+    let (mut c, out, log) = secure_client(&bridge, dir.path(), "default", &[], &[("ANON_KEYLOG", &keylog)]);
+    assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+    assert!(std::fs::read(&out).unwrap() == body, "the default page differs");
+    let client_lines = assert_log_format(&log);
+    // The log shows the inner exchange: the SYN, then page segments.
+    assert!(has_syn_line(&log, "SEND"), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(client_lines >= body.len() / 1160, "{client_lines} lines");
+    let text = std::fs::read_to_string(&keylog).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("ANON_SECURE ") && text.split(' ').count() == 7, "{text}");
+    #[cfg(unix)]
+    assert_eq!(mode_of(&keylog), 0o600);
+
+    let (mut c, out, _) = secure_client(&bridge, dir.path(), "named", &["--page", "other", "-q"], &[]);
+    assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+    assert!(std::fs::read(&out).unwrap() == other, "the named page differs");
+    assert!(c.stderr.is_empty(), "-q: {:?}", c.stderr);
+
+    // The key by flag, the server by -s and -p.
+    let key_b64 = bridge.strip_prefix("anon://").unwrap().split('@').next().unwrap();
+    let (mut c, out, _) = fetch(server.port, dir.path(), "by-key", &["--server-key", key_b64, "--page", "other"]);
+    assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+    assert!(std::fs::read(&out).unwrap() == other);
+
+    let (mut c, out, _) = secure_client(&bridge, dir.path(), "unknown", &["--page", "nope"], &[]);
+    let status = c.wait(CLIENT_DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(6), "{:?}", c.stderr);
+    assert_eq!(c.stderr.len(), 1, "one line: {:?}", c.stderr);
+    assert!(c.stderr[0].contains("refused") && c.stderr[0].contains("\"nope\""), "{:?}", c.stderr);
+    assert!(!out.exists());
+    assert!(files_in(dir.path()).iter().all(|n| !n.ends_with(".part")));
+
+    let text = scrape(metrics);
+    assert_eq!(metric(&text, "anon_secure_handshakes_total"), 3, "refusals are counted apart:\n{text}");
+    assert_eq!(metric(&text, "anon_secure_requests_rejected_total"), 1, "{text}");
+    assert_eq!(metric(&text, "anon_secure_handshakes_confirmed_total"), 3, "{text}");
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    let stopped = server.proc.stderr.iter().find(|l| l.contains("stopped")).unwrap();
+    assert!(stopped.contains("completed=3") && stopped.contains("secure_rejected=1"), "{stopped}");
+    // The server logged the inner SYN it received and every datagram.
+    assert!(has_syn_line(&server_log, "RECV"));
+    let server_lines = assert_log_format(&server_log);
+    assert!(server_lines >= client_lines, "{server_lines} vs {client_lines}");
+}
+
+/// keygen writes a 0600 file and prints its public key, refuses to
+/// overwrite without --force; a key file readable by others gets a warning,
+/// and the server's bridge line carries the key's public half.
+#[test]
+fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let keygen = |extra: &[&str]| run_to_end(Command::new(SERVER).arg("keygen").arg(&key).args(extra), READY);
+    let (code, public, stderr) = keygen(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let public = public.trim().to_owned();
+    assert_eq!(public.len(), 43, "{public:?}");
+    assert!(stderr.contains("wrote a new private key"), "{stderr}");
+    #[cfg(unix)]
+    assert_eq!(mode_of(&key), 0o600);
+    let text = std::fs::read_to_string(&key).unwrap();
+
+    let (code, out, stderr) = keygen(&[]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(out.is_empty() && stderr.contains("exists"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), text, "not overwritten");
+    let (code, again, stderr) = keygen(&["--force"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_ne!(again.trim(), public);
+    let public = again.trim().to_owned();
+
+    // The same key, readable by everyone: the server warns and uses it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let origin = Origin::serve(b"x".to_vec()).unwrap();
+    let (mut server, bridge) = start_secure(&dir.path().join("log"), &key, &origin.url(), &[]);
+    assert!(bridge.starts_with(&format!("anon://{public}@")), "{bridge} vs {public}");
+    #[cfg(unix)]
+    assert!(
+        server.proc.stderr.iter().any(|l| l.contains("WARN") && l.contains("open to others")),
+        "{:?}",
+        server.proc.stderr
+    );
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+
+    // Several pages need secure mode.
+    let (code, stderr, _) =
+        run_server(&["-p", "1", "-l", dir.path().join("l").to_str().unwrap(), "-w", "a", "-w", "b"]);
+    assert_eq!(code, Some(2), "{stderr:?}");
+}
+
+/// With --allow-clients, an unlisted client gets nothing at all (it times
+/// out; the relay saw no datagram from the server, the server logged
+/// nothing), and a listed one is served.
+#[test]
+fn unlisted_client_gets_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(50_000, 11);
+    let origin = Origin::serve(body.clone()).unwrap();
+    let (listed, unlisted) = (dir.path().join("listed.key"), dir.path().join("unlisted.key"));
+    let mut public = String::new();
+    for k in [&listed, &unlisted] {
+        let (code, out, err) = run_to_end(Command::new(SERVER).arg("keygen").arg(k), READY);
+        assert_eq!(code, Some(0), "{err}");
+        if public.is_empty() {
+            public = out.trim().to_owned();
+        }
+    }
+    let allow = dir.path().join("allow");
+    std::fs::write(&allow, format!("# the one client\n{public} alice\n")).unwrap();
+    let server_log = dir.path().join("server.log");
+    let metrics = free_tcp_port();
+    let (mut server, bridge) = start_secure(
+        &server_log,
+        &dir.path().join("server.key"),
+        &origin.url(),
+        &["--allow-clients", allow.to_str().unwrap(), "--metrics", &format!("127.0.0.1:{metrics}")],
+    );
+    let relay = Relay::start(([127, 0, 0, 1], server.port).into());
+    let via_relay = bridge.replace(&format!(":{}", server.port), &format!(":{}", relay.port));
+    for (name, extra) in [("fresh", &[][..]), ("unlisted", &["--key", unlisted.to_str().unwrap()][..])] {
+        let mut args = vec!["--connect-timeout", "1.5"];
+        args.extend_from_slice(extra);
+        let (mut c, out, _) = secure_client(&via_relay, dir.path(), name, &args, &[]);
+        assert_eq!(c.wait(CLIENT_DEADLINE).unwrap().code(), Some(1), "{:?}", c.stderr);
+        assert!(c.stderr.iter().any(|l| l.contains("no answer from the server")), "{:?}", c.stderr);
+        assert!(!out.exists());
+    }
+    assert!(relay.to_server.load(Ordering::Relaxed) >= 4, "the clients sent their first messages");
+    assert_eq!(relay.from_server.load(Ordering::Relaxed), 0, "the server answered an unlisted client");
+    let text = scrape(metrics);
+    assert!(metric(&text, "anon_secure_handshakes_ignored_total{reason=\"unlisted_client\"}") >= 4, "{text}");
+
+    let (mut c, out, log) = secure_client(&bridge, dir.path(), "listed", &["--key", listed.to_str().unwrap()], &[]);
+    assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+    assert!(std::fs::read(&out).unwrap() == body);
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    // The log is complete once the server has exited: the listed client's
+    // datagrams, and nothing of the unlisted ones (no header to show).
+    assert_eq!(assert_log_format(&server_log), assert_log_format(&log));
+}
+
+/// Probes get silence: random bytes, a plaintext client (plaintext off),
+/// and a real client's first datagram replayed from another socket, as
+/// well as bit-flipped and truncated copies of it.
+#[test]
+fn probes_get_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(100_000, 12);
+    let origin = Origin::serve(body.clone()).unwrap();
+    let metrics = free_tcp_port();
+    let server_log = dir.path().join("server.log");
+    let (mut server, bridge) = start_secure(
+        &server_log,
+        &dir.path().join("server.key"),
+        &origin.url(),
+        &["--metrics", &format!("127.0.0.1:{metrics}")],
+    );
+    let port = server.port;
+    let quiet = Duration::from_millis(500);
+
+    // Random bytes of many lengths, from one socket, then a wait.
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..300 {
+        let len = 1 + (next() % 1400) as usize;
+        let d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        s.send_to(&d, ("127.0.0.1", port)).unwrap();
+    }
+    s.set_read_timeout(Some(quiet)).unwrap();
+    assert!(s.recv_from(&mut [0u8; 2048]).is_err(), "random bytes were answered");
+
+    // A plaintext client: its SYNs (fast-mode offer, then nothing else:
+    // the fallback needs an answer) get nothing.
+    let relay = Relay::start(([127, 0, 0, 1], port).into());
+    let (mut c, out, _) = fetch(relay.port, dir.path(), "plain", &["--connect-timeout", "1.5"]);
+    assert_eq!(c.wait(CLIENT_DEADLINE).unwrap().code(), Some(1), "{:?}", c.stderr);
+    assert!(!out.exists());
+    assert!(relay.to_server.load(Ordering::Relaxed) >= 2);
+    assert_eq!(relay.from_server.load(Ordering::Relaxed), 0, "a plaintext SYN was answered");
+    drop(relay);
+
+    // A real secure client through a relay that keeps its first datagram.
+    let relay = Relay::start(([127, 0, 0, 1], port).into());
+    let via_relay = bridge.replace(&format!(":{port}"), &format!(":{}", relay.port));
+    let (mut c, out, real_log) = secure_client(&via_relay, dir.path(), "real", &[], &[]);
+    assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+    assert!(std::fs::read(&out).unwrap() == body);
+    let first = relay.first();
+    drop(relay);
+    assert_eq!(probe(port, &first, quiet), None, "the replayed first datagram was answered");
+    let mut flipped = first.clone();
+    for i in [0, 30, first.len() / 2, first.len() - 1] {
+        flipped[i] ^= 0x40;
+        assert_eq!(probe(port, &flipped, quiet), None, "a bit-flipped first datagram (byte {i}) was answered");
+        flipped[i] ^= 0x40;
+    }
+    assert_eq!(probe(port, &first[..first.len() - 1], quiet), None, "a truncated first datagram was answered");
+
+    let text = scrape(metrics);
+    assert!(metric(&text, "anon_secure_handshakes_ignored_total{reason=\"replayed\"}") >= 1, "{text}");
+    assert!(metric(&text, "anon_secure_datagrams_dropped_total{reason=\"not_ours\"}") >= 300, "{text}");
+    assert_eq!(metric(&text, "anon_secure_handshakes_total"), 1, "only the real client was answered:\n{text}");
+    assert!(metric(&text, "anon_log_lines_dropped_total{reason=\"opaque\"}") >= 300, "{text}");
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    // The probes left no line in the log: it holds the real client's
+    // exchange, line for line.
+    assert_eq!(assert_log_format(&server_log), assert_log_format(&real_log));
+}
+
+/// With --plaintext, plaintext clients (both modes) fetch the first page
+/// from a secure server, and secure clients still fetch by name.
+#[test]
+fn plaintext_beside_secure_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (body, other) = (page(200_000, 13), page(3_000, 14));
+    let (origin, origin2) = (Origin::serve(body.clone()).unwrap(), Origin::serve(other.clone()).unwrap());
+    let server_log = dir.path().join("server.log");
+    let second = format!("b={}", origin2.url());
+    let (mut server, bridge) =
+        start_secure(&server_log, &dir.path().join("k"), &origin.url(), &["-w", &second, "--plaintext"]);
+    let (mut fast, fast_out, fast_log) = fetch(server.port, dir.path(), "fast", &[]);
+    let (mut base, base_out, base_log) = fetch(server.port, dir.path(), "base", &["--no-fast"]);
+    let (mut sec, sec_out, sec_log) = secure_client(&bridge, dir.path(), "secure", &["--page", "b"], &[]);
+    for c in [&mut fast, &mut base, &mut sec] {
+        assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+    }
+    assert!(std::fs::read(&fast_out).unwrap() == body);
+    assert!(std::fs::read(&base_out).unwrap() == body);
+    assert!(std::fs::read(&sec_out).unwrap() == other);
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    let client_lines = assert_log_format(&fast_log) + assert_log_format(&base_log) + assert_log_format(&sec_log);
+    let server_lines = assert_log_format(&server_log);
+    // Loopback loses nothing: each side logged each datagram.
+    assert_eq!(server_lines, client_lines);
+    let stopped = server.proc.stderr.iter().find(|l| l.contains("stopped")).unwrap();
+    assert!(stopped.contains("completed=3"), "{stopped}");
+}

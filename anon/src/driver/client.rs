@@ -7,14 +7,133 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anon_proto::Belongs;
+use anon_proto::secure::SecureClient;
 use anon_proto::wire::ext::Answer;
-use anon_proto::{ClientConfig, ClientConn, ClientEvent, ConnectionError, Mode};
+use anon_proto::{ClientConn, ClientEvent, ClientStats, ConnectionError, Mode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 use super::udp::BatchSocket;
-use crate::packet_log::{Direction, PacketLog};
+use crate::packet_log::{Direction, PacketLog, Shown};
+
+/// What the client loop drives: a plaintext [`ClientConn`] or a
+/// [`SecureClient`] (which wraps one). Only what the packet log shows of a
+/// datagram, and the key log, differ.
+pub trait Connection {
+    /// See [`ClientConn::handle`].
+    fn handle(&mut self, now: Instant, datagram: &[u8]);
+    /// See [`ClientConn::poll_transmit`].
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool;
+    /// See [`ClientConn::poll_timeout`].
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// See [`ClientConn::handle_timeout`].
+    fn handle_timeout(&mut self, now: Instant);
+    /// See [`ClientConn::abort`].
+    fn abort(&mut self, error: ConnectionError);
+    /// See [`ClientConn::poll_event`].
+    fn poll_event(&mut self) -> Option<ClientEvent>;
+    /// The plaintext connection (inside, in secure mode).
+    fn conn(&self) -> &ClientConn;
+    /// See [`ClientConn::readable`].
+    fn readable(&self) -> &[u8];
+    /// See [`ClientConn::consume`].
+    fn consume(&mut self, n: usize);
+    /// What the log shows of the datagram just handled.
+    fn shown_received(&self) -> Shown;
+    /// What the log shows of the datagram just written.
+    fn shown_sent(&self) -> Shown;
+    /// The key log line (`ANON_KEYLOG`), once a secure handshake is done.
+    fn key_log(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Connection for ClientConn {
+    fn handle(&mut self, now: Instant, datagram: &[u8]) {
+        ClientConn::handle(self, now, datagram);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        ClientConn::poll_transmit(self, now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ClientConn::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        ClientConn::handle_timeout(self, now);
+    }
+    fn abort(&mut self, error: ConnectionError) {
+        ClientConn::abort(self, error);
+    }
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        ClientConn::poll_event(self)
+    }
+    fn conn(&self) -> &ClientConn {
+        self
+    }
+    fn readable(&self) -> &[u8] {
+        ClientConn::readable(self)
+    }
+    fn consume(&mut self, n: usize) {
+        ClientConn::consume(self, n);
+    }
+    fn shown_received(&self) -> Shown {
+        Shown::Raw
+    }
+    fn shown_sent(&self) -> Shown {
+        Shown::Raw
+    }
+}
+
+impl Connection for SecureClient {
+    fn handle(&mut self, now: Instant, datagram: &[u8]) {
+        SecureClient::handle(self, now, datagram);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        SecureClient::poll_transmit(self, now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        SecureClient::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        SecureClient::handle_timeout(self, now);
+    }
+    fn abort(&mut self, error: ConnectionError) {
+        SecureClient::abort(self, error);
+    }
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        SecureClient::poll_event(self)
+    }
+    fn conn(&self) -> &ClientConn {
+        SecureClient::conn(self)
+    }
+    fn readable(&self) -> &[u8] {
+        SecureClient::readable(self)
+    }
+    fn consume(&mut self, n: usize) {
+        SecureClient::consume(self, n);
+    }
+    fn shown_received(&self) -> Shown {
+        self.last_inner_received().map_or(Shown::Opaque, Shown::Inner)
+    }
+    fn shown_sent(&self) -> Shown {
+        self.last_inner_sent().map_or(Shown::Opaque, Shown::Inner)
+    }
+    fn key_log(&self) -> Option<&str> {
+        SecureClient::key_log(self).map(|k| k.0.as_str())
+    }
+}
+
+/// How the client loop reports.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A progress bar on stderr (drawn only on a terminal).
+    pub progress: bool,
+    /// Where to append the key log line once a secure handshake completes
+    /// (`ANON_KEYLOG`).
+    pub key_log: Option<PathBuf>,
+}
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
@@ -246,18 +365,21 @@ fn umask() -> u32 {
 /// Fetches the page from `server` into `output`. Returns once the
 /// connection is closed (after TIME-WAIT); the file is in place as soon as
 /// the page is complete.
-pub async fn run(
+///
+/// `connect` makes the connection at the start (its first SYN is due then).
+pub async fn run<C: Connection>(
     server: SocketAddr,
     mut socket: BatchSocket,
-    config: ClientConfig,
+    connect: impl FnOnce(Instant) -> C,
     mut log: PacketLog,
     output: Output,
-    progress: bool,
+    options: Options,
     interrupt: impl Future<Output = ()>,
 ) -> Result<FetchSummary, FetchFailed> {
     tokio::pin!(interrupt);
     let start = Instant::now();
-    let mut conn = ClientConn::new(config, rand::random(), start);
+    let mut conn = connect(start);
+    let progress = options.progress;
     let mut output = Some(output);
     let mut finished_at = None;
     let mut bar: Option<ProgressBar> = None;
@@ -273,8 +395,8 @@ pub async fn run(
         // (docs/PROTOCOL.md §6.3), never more than that.
         for _ in 0..4 {
             let got = socket.try_recv_batch(|_, datagram| {
-                log.record(now, Direction::Recv, datagram);
                 conn.handle(now, datagram);
+                log.record_kind(now, Direction::Recv, datagram, Belongs::Connection, conn.shown_received());
             });
             let more = match got {
                 Ok(_) => !socket.drained(),
@@ -295,14 +417,17 @@ pub async fn run(
         let n = readable.len();
         conn.consume(n);
         if let (Some(bar), true) = (bar.as_ref(), n > 0) {
-            bar.set_position(conn.received());
+            bar.set_position(conn.conn().received());
         }
         while let Some(event) = conn.poll_event() {
             match event {
                 ClientEvent::Connected(mode) => {
                     tracing::debug!(?mode, "connected");
+                    if let (Some(path), Some(line)) = (options.key_log.as_deref(), conn.key_log()) {
+                        crate::keys::append_key_log(path, line);
+                    }
                     if progress {
-                        bar = Some(progress_bar(conn.answer().map(|a| a.page_len)));
+                        bar = Some(progress_bar(conn.conn().answer().map(|a| a.page_len)));
                     }
                 }
                 ClientEvent::Finished { len } => {
@@ -310,7 +435,7 @@ pub async fn run(
                         bar.finish_and_clear();
                     }
                     match output.take() {
-                        Some(out) => out.finish(conn.answer(), &mut finished_at)?,
+                        Some(out) => out.finish(conn.conn().answer(), &mut finished_at)?,
                         None => finished_at = Some(Instant::now()),
                     }
                     tracing::debug!(bytes = len, "page complete");
@@ -318,7 +443,7 @@ pub async fn run(
                 ClientEvent::Closed => {}
             }
         }
-        if let Some(outcome) = conn.outcome() {
+        if let Some(outcome) = conn.conn().outcome() {
             break outcome.clone();
         }
         log.flush_if_due(now);
@@ -329,7 +454,8 @@ pub async fn run(
         // the sleep and wake-up through epoll, the largest cost of a round
         // trip on loopback (the README's TFTP comparison); on a longer path
         // it costs BUSY_POLL of CPU per round trip.
-        if conn.mode() == Mode::Baseline && conn.is_established() && !conn.is_finished() && socket.drained() {
+        let inner = conn.conn();
+        if inner.mode() == Mode::Baseline && inner.is_established() && !inner.is_finished() && socket.drained() {
             let until = Instant::now() + BUSY_POLL;
             let mut got = false;
             while !got && Instant::now() < until {
@@ -369,9 +495,9 @@ pub async fn run(
         tracing::warn!("packet log: {lost} lines dropped: the disk was slower than the transfer");
     }
     result?;
-    let stats = conn.stats();
+    let stats: ClientStats = conn.conn().stats();
     Ok(FetchSummary {
-        bytes: conn.received(),
+        bytes: conn.conn().received(),
         elapsed: finished_at.unwrap_or_else(Instant::now) - start,
         retransmissions: stats.retransmissions,
     })
@@ -379,7 +505,7 @@ pub async fn run(
 
 /// Sends everything the connection has queued.
 async fn transmit(
-    conn: &mut ClientConn,
+    conn: &mut impl Connection,
     socket: &mut BatchSocket,
     log: &mut PacketLog,
     server: SocketAddr,
@@ -387,7 +513,7 @@ async fn transmit(
     tx: &mut Vec<u8>,
 ) {
     while conn.poll_transmit(now, tx) {
-        log.record(now, Direction::Send, tx);
+        log.record_kind(now, Direction::Send, tx, Belongs::Connection, conn.shown_sent());
         if let Err(e) = socket.send(server, tx, None).await {
             if on_socket_error(conn, &e) {
                 break;
@@ -423,8 +549,8 @@ fn progress_bar(len: Option<u64>) -> ProgressBar {
 /// no server is listening: a hard error, as RFC 1122 §4.2.3.9 treats it for
 /// TCP. After the handshake it is only a hint (it may be forged, RFC 5927),
 /// and the idle timeout decides.
-fn on_socket_error(conn: &mut ClientConn, e: &io::Error) -> bool {
-    if e.kind() == io::ErrorKind::ConnectionRefused && !conn.is_established() {
+fn on_socket_error(conn: &mut impl Connection, e: &io::Error) -> bool {
+    if e.kind() == io::ErrorKind::ConnectionRefused && !conn.conn().is_established() {
         conn.abort(ConnectionError::Refused);
         return true;
     }

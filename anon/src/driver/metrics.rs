@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anon_proto::ServerStats;
+use anon_proto::secure::SecureStats;
 
 use crate::packet_log::LogStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +25,19 @@ pub struct Snapshot {
     pub draining: bool,
     /// What the packet log could not write.
     pub log: LogStats,
+    /// The secure layer, in secure mode.
+    pub secure: Option<SecureSnapshot>,
+}
+
+/// The secure layer's counters and the state it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecureSnapshot {
+    /// Counters since start.
+    pub stats: SecureStats,
+    /// Handshake attempts held (with their keys).
+    pub sessions: usize,
+    /// First messages remembered against replay.
+    pub replay_entries: usize,
 }
 
 /// The latest snapshot, written by the socket loop and read by the endpoint.
@@ -90,17 +104,84 @@ pub fn render(s: &Snapshot) -> String {
     );
     metric("retransmissions_total", "counter", "Datagrams sent again.", &[("", st.retransmissions)]);
     metric("final_acks_total", "counter", "Final ACKs sent to fast-mode FIN|ACKs.", &[("", st.final_acks)]);
+    let mut dropped = vec![
+        ("{reason=\"behind\"}", s.log.behind),
+        ("{reason=\"stray\"}", s.log.stray),
+        ("{reason=\"repeat\"}", s.log.repeat),
+    ];
+    let mut help =
+        "Packet-log lines not written: the disk was behind, or datagrams of no connection beyond the stray rate.";
+    // Only in secure mode: a plaintext server's output stays as it was.
+    if s.secure.is_some() {
+        dropped.push(("{reason=\"opaque\"}", s.log.opaque));
+        help = "Packet-log lines not written: the disk was behind, datagrams of no connection beyond the stray rate, \
+                repeats beyond theirs, or datagrams with no inner header to show (not authentic, or a refusal).";
+    }
+    metric("log_lines_dropped_total", "counter", help, &dropped);
+    if let Some(secure) = &s.secure {
+        render_secure(secure, &mut metric);
+    }
+    out
+}
+
+/// The secure layer's counters, `anon_secure_*`.
+fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &[(&str, u64)])) {
+    let st = &s.stats;
+    metric("secure_sessions", "gauge", "Secure handshake attempts held, with their keys.", &[("", s.sessions as u64)]);
     metric(
-        "log_lines_dropped_total",
+        "secure_replay_entries",
+        "gauge",
+        "First handshake messages remembered against replay.",
+        &[("", s.replay_entries as u64)],
+    );
+    metric(
+        "secure_datagrams_dropped_total",
         "counter",
-        "Packet-log lines not written: the disk was behind, or datagrams of no connection beyond the stray rate.",
+        "Datagrams dropped unanswered: not ours (random bytes, probes, plaintext when plaintext is off), sealed for a connection but not authentic, or authentic but seen before.",
         &[
-            ("{reason=\"behind\"}", s.log.behind),
-            ("{reason=\"stray\"}", s.log.stray),
-            ("{reason=\"repeat\"}", s.log.repeat),
+            ("{reason=\"not_ours\"}", st.not_ours),
+            ("{reason=\"forged\"}", st.forged),
+            ("{reason=\"replayed\"}", st.replayed),
         ],
     );
-    out
+    metric(
+        "secure_handshakes_ignored_total",
+        "counter",
+        "First handshake messages under our key ignored (never answered), by reason.",
+        &[
+            ("{reason=\"bad\"}", st.bad_handshakes),
+            ("{reason=\"stale\"}", st.stale_handshakes),
+            ("{reason=\"replayed\"}", st.replayed_handshakes),
+            ("{reason=\"replay_cache_full\"}", st.replay_cache_full),
+            ("{reason=\"unlisted_client\"}", st.unlisted_clients),
+            ("{reason=\"limit\"}", st.refused),
+        ],
+    );
+    metric("secure_handshakes_total", "counter", "Secure handshakes answered.", &[("", st.handshakes)]);
+    metric(
+        "secure_handshakes_confirmed_total",
+        "counter",
+        "Secure handshakes the client confirmed with a sealed datagram.",
+        &[("", st.confirmed)],
+    );
+    metric(
+        "secure_handshakes_evicted_total",
+        "counter",
+        "Unconfirmed secure handshakes forgotten to make room for new ones.",
+        &[("", st.evicted)],
+    );
+    metric(
+        "secure_requests_rejected_total",
+        "counter",
+        "Authenticated requests refused with a reason (no page of that name).",
+        &[("", st.rejected)],
+    );
+    metric(
+        "secure_migrations_total",
+        "counter",
+        "Secure connections whose client's address changed (NAT rebinding).",
+        &[("", st.migrations)],
+    );
 }
 
 /// Serves the snapshot to every HTTP request on `listener`, until dropped.
@@ -148,8 +229,40 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
 const MAX_SCRAPES: usize = 4;
 
 /// One line of the endpoint's counters in the log: the periodic report,
-/// and the last word when the server stops.
-pub fn log_counters(st: &ServerStats, open: usize, what: &str) {
+/// and the last word when the server stops. In secure mode the line has the
+/// secure layer's counters too.
+pub fn log_counters(s: &Snapshot, what: &str) {
+    let (st, open) = (&s.stats, s.open);
+    if let Some(secure) = &s.secure {
+        let sec = &secure.stats;
+        tracing::info!(
+            open,
+            accepted = st.accepted,
+            completed = st.completed,
+            given_up = st.given_up,
+            malformed = st.malformed,
+            unexpected = st.unexpected,
+            cookies_sent = st.cookies_sent,
+            cookies_accepted = st.cookies_accepted,
+            bytes_sent = st.payload_bytes_sent,
+            retransmissions = st.retransmissions,
+            secure_handshakes = sec.handshakes,
+            secure_confirmed = sec.confirmed,
+            secure_rejected = sec.rejected,
+            secure_not_ours = sec.not_ours,
+            secure_forged = sec.forged,
+            secure_replayed = sec.replayed,
+            secure_bad_handshakes = sec.bad_handshakes,
+            secure_stale_handshakes = sec.stale_handshakes,
+            secure_replayed_handshakes = sec.replayed_handshakes,
+            secure_unlisted_clients = sec.unlisted_clients,
+            secure_refused = sec.refused,
+            secure_evicted = sec.evicted,
+            secure_migrations = sec.migrations,
+            "{what}"
+        );
+        return;
+    }
     tracing::info!(
         open,
         accepted = st.accepted,
@@ -174,6 +287,7 @@ pub struct Reporter {
     next: Option<Instant>,
     last: ServerStats,
     last_log: LogStats,
+    last_secure: SecureStats,
 }
 
 impl Reporter {
@@ -184,6 +298,7 @@ impl Reporter {
             next: interval.map(|i| now + i),
             last: ServerStats::default(),
             last_log: LogStats::default(),
+            last_secure: SecureStats::default(),
         }
     }
 
@@ -199,7 +314,7 @@ impl Reporter {
             return;
         }
         self.next = Some(now + interval);
-        log_counters(&s.stats, s.open, "stats");
+        log_counters(s, "stats");
         self.warn(s, &format!("in the last {interval:?}"));
     }
 
@@ -244,6 +359,31 @@ impl Reporter {
                 crate::packet_log::REPEAT_PER_SEC
             );
         }
+        if let Some(secure) = &s.secure {
+            let (now, last) = (&secure.stats, &self.last_secure);
+            let ignored = [
+                (
+                    now.refused - last.refused,
+                    "secure handshakes ignored: the connection limit (--max-connections) or the per-address limit \
+                     (--max-per-source) was reached",
+                ),
+                (
+                    now.evicted - last.evicted,
+                    "unconfirmed secure handshakes forgotten to make room: a flood of initiations under our key (has \
+                     the bridge line leaked?)",
+                ),
+                (
+                    now.replay_cache_full - last.replay_cache_full,
+                    "secure handshakes ignored: the replay cache was full (a flood of initiations under our key)",
+                ),
+            ];
+            for (n, what) in ignored {
+                if n > 0 {
+                    tracing::warn!("{n} {what} {period}");
+                }
+            }
+            self.last_secure = *now;
+        }
         self.last = *st;
         self.last_log = s.log;
     }
@@ -269,6 +409,35 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+        }
+        // A plaintext server shows nothing of secure mode.
+        assert!(!text.contains("secure") && !text.contains("opaque"), "{text}");
+    }
+
+    #[test]
+    fn secure_mode_adds_its_counters() {
+        let mut s = Snapshot::default();
+        let mut secure = SecureSnapshot { sessions: 2, replay_entries: 5, ..SecureSnapshot::default() };
+        secure.stats.not_ours = 7;
+        secure.stats.replayed_handshakes = 1;
+        secure.stats.unlisted_clients = 3;
+        s.secure = Some(secure);
+        s.log.opaque = 9;
+        let text = render(&s);
+        for sample in [
+            "anon_secure_sessions 2\n",
+            "anon_secure_replay_entries 5\n",
+            "anon_secure_datagrams_dropped_total{reason=\"not_ours\"} 7\n",
+            "anon_secure_handshakes_ignored_total{reason=\"replayed\"} 1\n",
+            "anon_secure_handshakes_ignored_total{reason=\"unlisted_client\"} 3\n",
+            "anon_log_lines_dropped_total{reason=\"opaque\"} 9\n",
+        ] {
+            assert!(text.contains(sample), "no {sample:?} in\n{text}");
+        }
+        // Each metric declared once, its samples together under it.
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(declared.insert(line.to_owned()), "{line} twice");
         }
     }
 }

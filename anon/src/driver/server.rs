@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
+use anon_proto::secure::SecureServer;
 use anon_proto::{Belongs, CloseReason, Server, ServerEvent, ServerStats};
 
-use super::metrics::{Reporter, Shared, Snapshot};
+use super::metrics::{Reporter, SecureSnapshot, Shared, Snapshot};
 use super::udp::{BatchSocket, display_addr};
 use super::{MAX_DATAGRAM, StopSignals};
-use crate::packet_log::{Direction, PacketLog};
+use crate::packet_log::{Direction, PacketLog, Shown};
 
 /// Datagrams taken from the socket, and sends, per wake-up before
 /// the other side gets its turn (as quinn's work limiter does): a flood of
@@ -36,11 +37,207 @@ pub struct Options {
     pub busy_poll: Duration,
 }
 
+/// How the log records one datagram: how it belongs, and what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged {
+    /// How it belongs (which rate limit applies).
+    pub belongs: Belongs,
+    /// What the line shows.
+    pub shown: Shown,
+}
+
+/// What the socket loop drives: the plaintext [`Server`], or a
+/// [`SecureServer`] (which may serve plaintext clients beside). The loop,
+/// its GSO batching, busy polling, draining and reports are the same for
+/// both; only what the log shows of a datagram differs.
+pub trait Endpoint {
+    /// Processes one datagram; says how the log records it.
+    fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Logged;
+    /// Appends the next datagram to `buf`: its destination, its length, and
+    /// how the log records it, or `None` to ask
+    /// [`knows_kind`](Self::knows_kind) once the batch is built (the
+    /// plaintext server's way, kept as it was).
+    fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<(SocketAddr, usize, Option<Logged>)>;
+    /// How datagrams just sent to `peer` belong (for the `None` above).
+    fn knows_kind(&self, peer: SocketAddr) -> Belongs;
+    /// See [`Server::handle_timeout`].
+    fn handle_timeout(&mut self, now: Instant);
+    /// See [`Server::poll_timeout`].
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// See [`Server::has_pending_transmit`].
+    fn has_pending_transmit(&self) -> bool;
+    /// See [`Server::poll_event`].
+    fn poll_event(&mut self) -> Option<ServerEvent>;
+    /// See [`Server::stop_accepting`].
+    fn stop_accepting(&mut self);
+    /// Open connections, half-open ones included.
+    fn connection_count(&self) -> usize;
+    /// Connections whose handshake is incomplete.
+    fn half_open_count(&self) -> usize;
+    /// The transport's counters, over every connection.
+    fn stats(&self) -> ServerStats;
+    /// The secure layer's counters and gauges, in secure mode.
+    fn secure(&self) -> Option<SecureSnapshot> {
+        None
+    }
+}
+
+impl Endpoint for Server {
+    fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Logged {
+        Logged { belongs: self.handle_kind(now, peer, datagram), shown: Shown::Raw }
+    }
+    fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<(SocketAddr, usize, Option<Logged>)> {
+        Server::poll_transmit_append(self, now, buf).map(|(peer, len)| (peer, len, None))
+    }
+    fn knows_kind(&self, peer: SocketAddr) -> Belongs {
+        Server::knows_kind(self, peer)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Server::handle_timeout(self, now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Server::poll_timeout(self)
+    }
+    fn has_pending_transmit(&self) -> bool {
+        Server::has_pending_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<ServerEvent> {
+        Server::poll_event(self)
+    }
+    fn stop_accepting(&mut self) {
+        Server::stop_accepting(self);
+    }
+    fn connection_count(&self) -> usize {
+        Server::connection_count(self)
+    }
+    fn half_open_count(&self) -> usize {
+        Server::half_open_count(self)
+    }
+    fn stats(&self) -> ServerStats {
+        Server::stats(self)
+    }
+}
+
+/// Datagrams the plaintext server beside a secure one has received (or
+/// sent): a change across a call says the datagram was plaintext, which the
+/// log then decodes itself.
+fn plain_received(server: &SecureServer) -> Option<u64> {
+    server.plain_stats().map(|s| s.datagrams_received)
+}
+
+fn plain_sent(server: &SecureServer) -> Option<u64> {
+    server.plain_stats().map(|s| s.datagrams_sent)
+}
+
+/// What the log shows of a datagram of a secure server: the inner header
+/// when there is one; a plaintext datagram as it is; otherwise nothing.
+fn secure_shown(inner: Option<anon_proto::wire::Header>, plain: bool) -> Shown {
+    match inner {
+        Some(header) => Shown::Inner(header),
+        None if plain => Shown::Raw,
+        None => Shown::Opaque,
+    }
+}
+
+impl Endpoint for SecureServer {
+    fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Logged {
+        let before = plain_received(self);
+        let belongs = self.handle_kind(now, peer, datagram);
+        let plain = plain_received(self) != before;
+        Logged { belongs, shown: secure_shown(self.last_inner(), plain) }
+    }
+    fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<(SocketAddr, usize, Option<Logged>)> {
+        let before = plain_sent(self);
+        let t = SecureServer::poll_transmit_append(self, now, buf)?;
+        let plain = plain_sent(self) != before;
+        Some((t.peer, t.len, Some(Logged { belongs: t.belongs, shown: secure_shown(t.inner, plain) })))
+    }
+    fn knows_kind(&self, _: SocketAddr) -> Belongs {
+        // Every datagram came with its own (above); never asked.
+        Belongs::None
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        SecureServer::handle_timeout(self, now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        SecureServer::poll_timeout(self)
+    }
+    fn has_pending_transmit(&self) -> bool {
+        SecureServer::has_pending_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<ServerEvent> {
+        SecureServer::poll_event(self)
+    }
+    fn stop_accepting(&mut self) {
+        SecureServer::stop_accepting(self);
+    }
+    fn connection_count(&self) -> usize {
+        SecureServer::connection_count(self)
+    }
+    fn half_open_count(&self) -> usize {
+        SecureServer::half_open_count(self)
+    }
+    fn stats(&self) -> ServerStats {
+        match self.plain_stats() {
+            Some(plain) => add_stats(SecureServer::stats(self), plain),
+            None => SecureServer::stats(self),
+        }
+    }
+    fn secure(&self) -> Option<SecureSnapshot> {
+        let (sessions, _) = self.session_count();
+        Some(SecureSnapshot { stats: self.secure_stats(), sessions, replay_entries: self.replay_entries() })
+    }
+}
+
+/// The counters of the secure connections and of the plaintext ones beside
+/// them, together. Every field is named, so that a new counter cannot be
+/// left out silently.
+fn add_stats(a: ServerStats, b: ServerStats) -> ServerStats {
+    let ServerStats {
+        datagrams_received,
+        malformed,
+        unexpected,
+        refused_max_connections,
+        refused_per_source,
+        refused_draining,
+        cookies_sent,
+        cookies_accepted,
+        refused_syn_flood,
+        accepted,
+        accepted_fast,
+        completed,
+        given_up,
+        datagrams_sent,
+        payload_bytes_sent,
+        retransmissions,
+        final_acks,
+    } = a;
+    ServerStats {
+        datagrams_received: datagrams_received + b.datagrams_received,
+        malformed: malformed + b.malformed,
+        unexpected: unexpected + b.unexpected,
+        refused_max_connections: refused_max_connections + b.refused_max_connections,
+        refused_per_source: refused_per_source + b.refused_per_source,
+        refused_draining: refused_draining + b.refused_draining,
+        cookies_sent: cookies_sent + b.cookies_sent,
+        cookies_accepted: cookies_accepted + b.cookies_accepted,
+        refused_syn_flood: refused_syn_flood + b.refused_syn_flood,
+        accepted: accepted + b.accepted,
+        accepted_fast: accepted_fast + b.accepted_fast,
+        completed: completed + b.completed,
+        given_up: given_up + b.given_up,
+        datagrams_sent: datagrams_sent + b.datagrams_sent,
+        payload_bytes_sent: payload_bytes_sent + b.payload_bytes_sent,
+        retransmissions: retransmissions + b.retransmissions,
+        final_acks: final_acks + b.final_acks,
+    }
+}
+
 /// Serves until a stop signal and the drain after it, then flushes the log
 /// and returns the endpoint's counters.
-pub async fn run(
+pub async fn run<E: Endpoint>(
     mut socket: BatchSocket,
-    mut server: Server,
+    mut server: E,
     mut log: PacketLog,
     signals: &mut StopSignals,
     options: Options,
@@ -150,11 +347,8 @@ pub async fn run(
                         // Datagrams that belong to no connection (strays,
                         // forgeries, SYNs answered with a cookie) are logged
                         // within a rate, so a flood cannot fill the disk.
-                        match server.handle_kind(now, from, datagram) {
-                            Belongs::Connection => log.record(now, Direction::Recv, datagram),
-                            Belongs::Repeat => log.record_repeat(now, Direction::Recv, datagram),
-                            Belongs::None => log.record_stray(now, Direction::Recv, datagram),
-                        }
+                        let Logged { belongs, shown } = server.handle(now, from, datagram);
+                        log.record_kind(now, Direction::Recv, datagram, belongs, shown);
                     });
                     match got {
                         Ok(n) => {
@@ -182,18 +376,19 @@ pub async fn run(
     log.flush();
     let snapshot = snapshot(&server, &log, draining.is_some());
     reporter.last_word(&snapshot);
-    super::metrics::log_counters(&server.stats(), server.connection_count(), "stopped");
+    super::metrics::log_counters(&snapshot, "stopped");
     Ok(server.stats())
 }
 
 /// The counters and gauges the reporter and the metrics endpoint show.
-fn snapshot(server: &Server, log: &PacketLog, draining: bool) -> Snapshot {
+fn snapshot(server: &impl Endpoint, log: &PacketLog, draining: bool) -> Snapshot {
     Snapshot {
         stats: server.stats(),
         open: server.connection_count(),
         half_open: server.half_open_count(),
         draining,
         log: log.stats(),
+        secure: server.secure(),
     }
 }
 
@@ -235,10 +430,13 @@ struct Transmitter {
     /// The endpoint writes datagrams straight into the batch: the page is
     /// copied once, from memory into the batch.
     batch: Vec<u8>,
+    /// How the log records each datagram of the batch (`None`: as the
+    /// endpoint knows the destination once the batch is built).
+    notes: Vec<Option<Logged>>,
     /// A datagram taken from the endpoint that did not fit the last batch:
     /// it starts the next one (one copy per batch boundary, not per
     /// datagram).
-    held: Option<SocketAddr>,
+    held: Option<(SocketAddr, Option<Logged>)>,
     held_buf: Vec<u8>,
 }
 
@@ -246,6 +444,7 @@ impl Transmitter {
     fn new() -> Self {
         Transmitter {
             batch: Vec::with_capacity(GSO_BYTES + MAX_DATAGRAM),
+            notes: Vec::with_capacity(64),
             held: None,
             held_buf: Vec::with_capacity(MAX_DATAGRAM),
         }
@@ -257,75 +456,82 @@ impl Transmitter {
     }
 
     /// Up to SEND_BUDGET batches.
-    async fn send(&mut self, socket: &BatchSocket, server: &mut Server, log: &mut PacketLog, now: Instant) {
-        let Transmitter { batch, held, held_buf } = self;
+    async fn send(&mut self, socket: &BatchSocket, server: &mut impl Endpoint, log: &mut PacketLog, now: Instant) {
+        let Transmitter { batch, notes, held, held_buf } = self;
         for _ in 0..SEND_BUDGET {
             batch.clear();
-            let (dest, size) = match held.take() {
-                Some(dest) => {
+            notes.clear();
+            let (dest, size, note) = match held.take() {
+                Some((dest, note)) => {
                     batch.extend_from_slice(held_buf);
-                    (dest, held_buf.len())
+                    (dest, held_buf.len(), note)
                 }
                 None => match server.poll_transmit_append(now, batch) {
                     Some(first) => first,
                     None => break,
                 },
             };
+            notes.push(note);
             // GSO: more datagrams for the same peer, each as long as the
             // first; a shorter one ends the batch. quinn-udp may turn GSO
-            // off after a failure, so the limit is read for every batch.
+            // off after a failure, so the limit is read for every batch. (A
+            // secure server keeps a connection's datagrams one length in
+            // runs, so its batches stay whole too.)
             let max_segments = socket.max_segments();
             let mut count = 1;
             while count < max_segments && batch.len() + size <= GSO_BYTES {
                 let end = batch.len();
-                let Some((next, len)) = server.poll_transmit_append(now, batch) else { break };
+                let Some((next, len, note)) = server.poll_transmit_append(now, batch) else { break };
                 if next != dest || len > size {
                     held_buf.clear();
                     held_buf.extend_from_slice(batch.get(end..).unwrap_or_default());
                     batch.truncate(end);
-                    *held = Some(next);
+                    *held = Some((next, note));
                     break;
                 }
+                notes.push(note);
                 count += 1;
                 if len < size {
                     break;
                 }
             }
             let known = server.knows_kind(dest);
-            send_batch(socket, log, now, dest, known, batch, size, count).await;
+            send_batch(socket, log, now, Batch { dest, known, notes, contents: batch, size, count }).await;
         }
     }
 }
 
-/// Sends one batch of `count` datagrams of `size` bytes (the last may be
-/// shorter) and logs each datagram that left. A GSO batch the kernel refuses
-/// (no offload on the route, a segment over the MTU) is sent again one
-/// datagram at a time; quinn-udp then stops batching for this socket.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-async fn send_batch(
-    socket: &BatchSocket,
-    log: &mut PacketLog,
-    now: Instant,
+/// One GSO batch: `count` datagrams of `size` bytes (the last may be
+/// shorter) to `dest`, and how the log records each.
+struct Batch<'a> {
     dest: SocketAddr,
+    /// How the endpoint knows `dest` now, for datagrams without a note.
     known: Belongs,
-    batch: &[u8],
+    notes: &'a [Option<Logged>],
+    contents: &'a [u8],
     size: usize,
     count: usize,
-) {
-    let record = |log: &mut PacketLog, datagram: &[u8]| match known {
-        Belongs::Connection => log.record(now, Direction::Send, datagram),
-        Belongs::Repeat => log.record_repeat(now, Direction::Send, datagram),
-        Belongs::None => log.record_stray(now, Direction::Send, datagram),
+}
+
+/// Sends one batch and logs each datagram that left. A GSO batch the kernel
+/// refuses (no offload on the route, a segment over the MTU) is sent again
+/// one datagram at a time; quinn-udp then stops batching for this socket.
+async fn send_batch(socket: &BatchSocket, log: &mut PacketLog, now: Instant, b: Batch<'_>) {
+    let Batch { dest, known, notes, contents, size, count } = b;
+    let record = |log: &mut PacketLog, i: usize, datagram: &[u8]| {
+        let Logged { belongs, shown } =
+            notes.get(i).copied().flatten().unwrap_or(Logged { belongs: known, shown: Shown::Raw });
+        log.record_kind(now, Direction::Send, datagram, belongs, shown);
     };
     let segment_size = (count > 1).then_some(size);
-    let result = match socket.send(dest, batch, segment_size).await {
+    let result = match socket.send(dest, contents, segment_size).await {
         Err(e) if count > 1 => {
             tracing::debug!(peer = %display_addr(dest), "GSO send failed ({e}); sending one by one");
             let mut last = Ok(());
-            for datagram in batch.chunks(size.max(1)) {
+            for (i, datagram) in contents.chunks(size.max(1)).enumerate() {
                 last = socket.send(dest, datagram, None).await;
                 if last.is_ok() {
-                    record(log, datagram);
+                    record(log, i, datagram);
                 }
             }
             return report_send_error(dest, last);
@@ -333,8 +539,8 @@ async fn send_batch(
         other => other,
     };
     if result.is_ok() {
-        for datagram in batch.chunks(size.max(1)) {
-            record(log, datagram);
+        for (i, datagram) in contents.chunks(size.max(1)).enumerate() {
+            record(log, i, datagram);
         }
     }
     report_send_error(dest, result);
@@ -347,7 +553,7 @@ fn report_send_error(dest: SocketAddr, result: io::Result<()>) {
     }
 }
 
-fn report_events(server: &mut Server) {
+fn report_events(server: &mut impl Endpoint) {
     while let Some(event) = server.poll_event() {
         match event {
             ServerEvent::Accepted { peer, mode } => {

@@ -437,6 +437,9 @@ impl SecureServer {
             self.stats.unlisted_clients += 1;
             return Some(Belongs::None);
         }
+        // An authenticated first message from a client we serve: the log
+        // shows its inner SYN (a refused request's included).
+        self.last_inner = Header::decode(&inner).ok().map(|(h, _)| h);
         let name = hello.page.unwrap_or_default();
         let page = if name.is_empty() { Some(0) } else { self.config.page_names.iter().position(|n| *n == name) };
         let Some(page) = page else {
