@@ -12,9 +12,9 @@
 //! payload): secure mode carries the one transport, it does not copy it.
 
 use aes::Aes128;
-use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::AeadInOut;
 
 use super::keys::derive;
 
@@ -71,7 +71,7 @@ impl DirectionKeys {
     }
 
     pub(crate) fn from_material(key: &[u8; 32], iv: &[u8; 12], hp: &[u8; 16]) -> DirectionKeys {
-        DirectionKeys { aead: Aes256Gcm::new(key.into()), iv: *iv, hp: Aes128::new(hp.into()) }
+        DirectionKeys { aead: Aes256Gcm::new(&(*key).into()), iv: *iv, hp: Aes128::new(&(*hp).into()) }
     }
 
     fn nonce(&self, pn: u64) -> [u8; 12] {
@@ -88,7 +88,7 @@ impl DirectionKeys {
         for (b, s) in block.iter_mut().zip(sample) {
             *b = *s;
         }
-        let mut block = block.into();
+        let mut block = aes::Block::from(block);
         self.hp.encrypt_block(&mut block);
         block.into()
     }
@@ -106,7 +106,7 @@ impl DirectionKeys {
         let Some((head, body)) = buf.get_mut(start..).map(|b| b.split_at_mut(header_len.min(b.len()))) else {
             return;
         };
-        let Ok(tag) = self.aead.encrypt_in_place_detached(Nonce::from_slice(&nonce), head, body) else {
+        let Ok(tag) = self.aead.encrypt_inout_detached(&nonce.into(), head, body.into()) else {
             return;
         };
         buf.extend_from_slice(&tag);
@@ -140,7 +140,8 @@ impl DirectionKeys {
         out.clear();
         out.extend_from_slice(ct);
         let nonce = self.nonce(pn);
-        self.aead.decrypt_in_place_detached(Nonce::from_slice(&nonce), ad, out, Tag::from_slice(tag)).ok()?;
+        let tag: [u8; TAG_LEN] = tag.try_into().ok()?;
+        self.aead.decrypt_inout_detached(&nonce.into(), ad, out.as_mut_slice().into(), &tag.into()).ok()?;
         Some(pn)
     }
 }
@@ -188,21 +189,21 @@ impl std::fmt::Debug for TokenKey {
 
 impl TokenKey {
     pub(crate) fn new(key: &[u8; 16]) -> TokenKey {
-        TokenKey(Aes128::new(key.into()))
+        TokenKey(Aes128::new(&(*key).into()))
     }
 
     pub(crate) fn make(&self, cid: u64, serial: u64) -> [u8; TOKEN_LEN] {
         let mut block = [0u8; 16];
         block[..8].copy_from_slice(&cid.to_be_bytes());
         block[8..].copy_from_slice(&serial.to_be_bytes());
-        let mut block = block.into();
+        let mut block = aes::Block::from(block);
         self.0.encrypt_block(&mut block);
         block.into()
     }
 
     pub(crate) fn open(&self, token: &[u8]) -> Option<(u64, u64)> {
         let block: [u8; 16] = token.get(..TOKEN_LEN)?.try_into().ok()?;
-        let mut block = block.into();
+        let mut block = aes::Block::from(block);
         self.0.decrypt_block(&mut block);
         let block: [u8; 16] = block.into();
         let (cid, serial) = block.split_at(8);
@@ -342,8 +343,8 @@ mod tests {
     /// (`aes` with `features = ["zeroize"]` in the workspace Cargo.toml);
     /// `chacha20poly1305` always wipes its key. What these crates do NOT
     /// wipe, and nothing here can without unsafe code: the GHASH key H
-    /// inside `Aes256Gcm` (polyval 0.6 keeps its backend in a
-    /// `ManuallyDrop` union with no `Drop`, whatever the features), and the
+    /// inside `Aes256Gcm` (polyval keeps its backend in a `ManuallyDrop`
+    /// union with no `Drop`, whatever the features), and the
     /// Noise handshake state inside `snow` 0.10 (ephemeral and static
     /// private key copies, chaining key), which has no zeroize support.
     #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::RngCore;
+use rustc_hash::FxHashMap;
 
 use super::handshake::{self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERHEAD, Outer, Responder, field};
 use super::keys::{PublicKey, StaticSecret};
@@ -161,7 +162,7 @@ const MAX_ATTEMPTS: usize = 4;
 /// Tokens in the answer.
 const WELCOME_TOKENS: u64 = 4;
 /// Datagrams of one length in a row.
-const PAD_RUN: u32 = 32;
+const PAD_RUN: u32 = 64;
 /// Padding of a data datagram, drawn per run between these: a token
 /// rides in it, so a datagram with one is as long as one without.
 const PAD_MIN: usize = TOKEN_LEN;
@@ -177,8 +178,11 @@ pub struct SecureServer {
     outer: Outer,
     tokens: TokenKey,
     rng: Box<dyn RngCore + Send>,
-    sessions: HashMap<u64, Session>,
-    virtuals: HashMap<SocketAddr, Virtual>,
+    /// By connection ID and by virtual address: keys this server chose
+    /// (random IDs, a counter), so a fast hash needs no defence against
+    /// chosen collisions; maps keyed by what peers choose keep SipHash.
+    sessions: FxHashMap<u64, Session>,
+    virtuals: FxHashMap<SocketAddr, Virtual>,
     by_client: HashMap<(SocketAddr, [u8; 8]), SocketAddr>,
     /// Unconfirmed connections, oldest first (stale entries skipped).
     pending: VecDeque<SocketAddr>,
@@ -279,8 +283,8 @@ impl SecureServer {
             plain,
             plain_turn: false,
             rng,
-            sessions: HashMap::new(),
-            virtuals: HashMap::new(),
+            sessions: FxHashMap::default(),
+            virtuals: FxHashMap::default(),
             by_client: HashMap::new(),
             pending: VecDeque::new(),
             pending_count: 0,
