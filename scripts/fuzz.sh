@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the codec and extension
-# negotiation (codec), the server endpoint (server) and the client state
-# machine (client), each for SECONDS (default 20). A crash fails the script;
+# negotiation (codec), the server endpoint (server), the client state
+# machine (client), and secure mode: the secure server's silence to what does
+# not authenticate (secure_server), its handshake and sealed-datagram parsers
+# behind valid layers (secure_handshake), and the secure client
+# (secure_client); each for SECONDS (default 20). A crash fails the script;
 # its input is saved under fuzz/artifacts/TARGET/ and belongs in a regression
 # test (sim/tests/scripted.rs).
 #   bash scripts/fuzz.sh [SECONDS] [TARGET...]
@@ -10,7 +13,7 @@ cd "$(dirname "$0")/../fuzz"
 secs=${1:-20}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(codec server client)
+[[ ${#targets[@]} -gt 0 ]] || targets=(codec server client secure_server secure_handshake secure_client)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # cargo-fuzz passes -Z sanitizer flags; the machine's one toolchain is stable.
 export RUSTC_BOOTSTRAP=1

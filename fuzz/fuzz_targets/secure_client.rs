@@ -287,4 +287,7 @@ fuzz_target!(|input: Input| {
             assert!(t < now + Duration::from_secs(3600), "deadline too far: {:?}", t - now);
         }
     }
+    if secure_wire::debug() {
+        eprintln!("DEBUG keys={} crafted={} received={} {:?} {:?}", client.key_log().is_some(), crafted.is_some(), client.stats().datagrams_received, client.secure_stats(), client.outcome());
+    }
 });

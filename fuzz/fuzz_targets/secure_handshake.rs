@@ -43,14 +43,9 @@ enum Syn {
 
 #[derive(Debug, Arbitrary)]
 enum Payload {
-    /// The fields a client sends, each present or not, and more.
-    Hello {
-        time_skew_ms: Option<i32>,
-        conn_id: Option<[u8; 8]>,
-        page: Option<u8>,
-        syn: Option<Syn>,
-        extra: Vec<(u8, Vec<u8>)>,
-    },
+    /// The fields a client sends (all of them unless `omit` has its top
+    /// bit set: then its low bits name those left out), and more.
+    Hello { omit: u8, skew_s: i8, conn_id: u8, page: u8, syn: Syn, extra: Vec<(u8, Vec<u8>)> },
     Raw(Vec<u8>),
 }
 
@@ -112,19 +107,20 @@ fn addr(peer: u8) -> SocketAddr {
 }
 
 fn hello(payload: &Payload, now_ms: u64) -> Vec<u8> {
-    let (time_skew_ms, conn_id, page, syn, extra) = match payload {
+    let (omit, skew_s, conn_id, page, syn, extra) = match payload {
         Payload::Raw(raw) => return raw.clone(),
-        Payload::Hello { time_skew_ms, conn_id, page, syn, extra } => (time_skew_ms, conn_id, page, syn, extra),
+        Payload::Hello { omit, skew_s, conn_id, page, syn, extra } => (omit, skew_s, conn_id, page, syn, extra),
     };
+    let has = |bit: u8| omit & 0x80 == 0 || omit & (1 << bit) == 0;
     let mut p = Vec::new();
-    if let Some(skew) = time_skew_ms {
-        let t = now_ms.saturating_add_signed(i64::from(*skew) * 64);
+    if has(0) {
+        let t = now_ms.saturating_add_signed(i64::from(*skew_s) * 4000);
         secure_wire::put_field(&mut p, field::TIME, &t.to_be_bytes());
     }
-    if let Some(id) = conn_id {
-        secure_wire::put_field(&mut p, field::CONN_ID, id);
+    if has(1) {
+        secure_wire::put_field(&mut p, field::CONN_ID, &[*conn_id; 8]);
     }
-    if let Some(page) = page {
+    if has(2) {
         let name: &[u8] = match page % 4 {
             0 => b"",
             1 => b"index",
@@ -133,7 +129,7 @@ fn hello(payload: &Payload, now_ms: u64) -> Vec<u8> {
         };
         secure_wire::put_field(&mut p, field::PAGE, name);
     }
-    if let Some(syn) = syn {
+    if has(3) {
         let d = match syn {
             Syn::Raw(raw) => raw.clone(),
             Syn::Header { isn, ack, flags, offer, payload } => {
@@ -286,5 +282,8 @@ fuzz_target!(|input: Input| {
         let (attempts_held, virtuals) = server.session_count();
         assert!(virtuals <= 6 && attempts_held <= 24, "{attempts_held} attempts, {virtuals} connections");
         assert!(server.replay_entries() <= 32);
+    }
+    if secure_wire::debug() {
+        eprintln!("DEBUG attempts={} sessions={} {:?}", attempts.len(), sessions.len(), server.secure_stats());
     }
 });

@@ -47,6 +47,9 @@ enum Step {
     Replay { index: u8, peer: u8 },
     /// The server's datagrams so far go to both clients.
     ToClients,
+    /// Both ways for a few rounds: every client datagram to the server,
+    /// every server datagram to the clients, time moving on.
+    Converse { rounds: u8, millis: u8 },
     Wait { millis: u16 },
     RunTimers,
 }
@@ -90,6 +93,30 @@ fn addr(peer: u8) -> SocketAddr {
 
 fn page(len: usize, salt: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ salt).collect()
+}
+
+/// Books one datagram the server sent, and checks what can be checked of
+/// it alone: a secure one before any client was verified is an answer, no
+/// longer than the longest real first message.
+fn check_sent(books: &mut Books, plaintext: bool, has_inner: bool, d: &[u8]) {
+    assert!(d.len() <= 1472, "oversized datagram: {}", d.len());
+    // Plaintext answers (plaintext on) carry no inner header and a flags
+    // word with its reserved bits zero; a secure refusal has no inner
+    // header either, but its bytes look random.
+    let word = d.get(8..12).map_or(u32::MAX, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    if !plaintext || has_inner || word >= 8 {
+        books.secure_sent += 1;
+        if !books.sealed {
+            assert!(
+                d.len() <= books.longest_first,
+                "answer of {} bytes to first messages of at most {}",
+                d.len(),
+                books.longest_first
+            );
+        }
+    } else {
+        Header::decode(d).expect("a plaintext datagram");
+    }
 }
 
 fuzz_target!(|input: Input| {
@@ -183,6 +210,41 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
+            Step::Converse { rounds, millis } => {
+                for _ in 0..rounds % 16 {
+                    for c in &mut clients {
+                        let mut n = 0;
+                        while n < 64 && c.conn.poll_transmit(now, &mut buf) {
+                            n += 1;
+                            let kind = if c.conn.key_log().is_some() { Kind::Sealed } else { Kind::First };
+                            books.produced.insert(buf.clone(), kind);
+                            c.last = Some(buf.clone());
+                            if kind == Kind::First {
+                                c.last_first = Some(buf.clone());
+                            }
+                            deliver(&mut server, &mut books, now, c.addr, buf.clone());
+                        }
+                    }
+                    let mut out = Vec::new();
+                    let mut n = 0;
+                    while n < 256 {
+                        out.clear();
+                        let Some(t) = server.poll_transmit_append(now, &mut out) else { break };
+                        n += 1;
+                        check_sent(&mut books, input.plaintext, t.inner.is_some(), &out);
+                        for c in &mut clients {
+                            c.conn.handle(now, &out);
+                        }
+                    }
+                    now += Duration::from_millis(u64::from(millis));
+                    server.handle_timeout(now);
+                    for c in &mut clients {
+                        if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                            c.conn.handle_timeout(now);
+                        }
+                    }
+                }
+            }
             Step::Wait { millis } => now += Duration::from_millis(u64::from(millis) * 8),
             Step::RunTimers => {
                 if let Some(t) = server.poll_timeout() {
@@ -206,24 +268,7 @@ fuzz_target!(|input: Input| {
             assert!(sent <= 4096, "unbounded transmits in one step");
             assert_eq!(t.len, buf.len());
             assert!(buf.len() <= 1472, "oversized datagram: {}", buf.len());
-            // Plaintext answers (plaintext on) carry no inner header and a
-            // flags word with its reserved bits zero; a secure refusal has
-            // no inner header either, but its bytes look random.
-            let word = buf.get(8..12).map_or(u32::MAX, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-            let secure = !input.plaintext || t.inner.is_some() || word >= 8;
-            if secure {
-                books.secure_sent += 1;
-                if !books.sealed {
-                    assert!(
-                        buf.len() <= books.longest_first,
-                        "answer of {} bytes to first messages of at most {}",
-                        buf.len(),
-                        books.longest_first
-                    );
-                }
-            } else {
-                Header::decode(&buf).expect("a plaintext datagram");
-            }
+            check_sent(&mut books, input.plaintext, t.inner.is_some(), &buf);
             if to_clients.len() < 256 {
                 to_clients.push(buf.clone());
             }
@@ -253,5 +298,8 @@ fuzz_target!(|input: Input| {
         if let Some(t) = server.poll_timeout() {
             assert!(t < now + Duration::from_secs(3600), "deadline too far: {:?}", t - now);
         }
+    }
+    if secure_wire::debug() {
+        eprintln!("DEBUG firsts={} sealed={} sent={} {:?}", books.firsts.len(), books.sealed, books.secure_sent, server.secure_stats());
     }
 });

@@ -356,3 +356,10 @@ pub fn mutate(d: &[u8], edits: &[Edit]) -> Vec<u8> {
     }
     d
 }
+
+/// Whether `ANON_FUZZ_DEBUG` is set: the targets then print what each input
+/// reached (for judging the depth of a corpus with `-runs=0`).
+pub fn debug() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("ANON_FUZZ_DEBUG").is_some())
+}
