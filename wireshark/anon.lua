@@ -18,6 +18,14 @@
 -- Decodes: the 12-byte header (seq, ack, flags word: each flag, the reserved
 -- bits, a summary string), the fast-mode offer in a SYN and answer in a
 -- SYN|ACK (§6.1), the ACK information of fast-mode client ACKs (§6.3), data.
+-- Secure-mode datagrams (§8) look random: one that reaches this dissector
+-- (port preference or Decode As) and whose header would be implausible as
+-- plaintext (reserved flag bits set, no flag, or SYN with FIN), on an
+-- endpoint pair with no plaintext connection seen, is shown as an opaque
+-- secure-mode datagram. Decrypting needs the client's key log and the tool
+-- anon-keylog-decrypt (wireshark/README.md): Wireshark 4.0's Lua has no
+-- AES-GCM. Its output decodes here as plaintext, each connection's roles
+-- taken from its first (still opaque) handshake datagram.
 -- Malformed content gets expert info; the dissector never raises a Lua error
 -- on any input (all reads are bounds-checked, and a pcall is a safety net).
 -- Written for Lua 5.1-5.4 (Wireshark 3.x-4.x): no bit-operation library.
@@ -60,6 +68,10 @@ local f = {
     page_offset = ProtoField.uint32("anon.page_offset", "Page offset of first byte", base.DEC),
     batch_index = ProtoField.uint32("anon.batch_index", "Datagram in GSO batch", base.DEC),
     payload     = ProtoField.bytes("anon.payload", "Payload"),
+
+    -- Secure mode (§8): opaque without the keys
+    secure       = ProtoField.bytes("anon.secure", "Secure-mode datagram (encrypted)"),
+    secure_len   = ProtoField.uint32("anon.secure.len", "Secure-mode datagram length", base.DEC),
 
     -- Fast-mode offer / answer (§6.1)
     ext          = ProtoField.none("anon.ext", "Fast-mode extension"),
@@ -110,9 +122,15 @@ local ef = {
                                   expert.group.SEQUENCE, expert.severity.CHAT),
     internal    = ProtoExpert.new("anon.internal", "Lua Error in anon dissector",
                                   expert.group.MALFORMED, expert.severity.ERROR),
+    secure      = ProtoExpert.new("anon.secure.encrypted",
+                                  "Secure-mode datagram: encrypted (decrypt with anon-keylog-decrypt and the client's key log)",
+                                  expert.group.DECRYPTION, expert.severity.CHAT),
+    inferred    = ProtoExpert.new("anon.secure.isn_inferred",
+                                  "ISNs of a decrypted secure connection inferred from the client's first datagram",
+                                  expert.group.SEQUENCE, expert.severity.CHAT),
 }
 anon.experts = { ef.reserved, ef.malformed, ef.unknown_opt, ef.not_ext, ef.short_syn,
-                 ef.bad_ackinfo, ef.guessed, ef.internal }
+                 ef.bad_ackinfo, ef.guessed, ef.internal, ef.secure, ef.inferred }
 
 anon.prefs.udp_port = Pref.uint("UDP port", 30000, "UDP port decoded as ANON (0 = none)")
 anon.prefs.heuristic = Pref.bool("Heuristic detection", true,
@@ -147,12 +165,14 @@ local function n2s(x) return string.format("%d", x) end
 -- State lives per UDP endpoint pair; the result for each frame is frozen on
 -- the first pass so that random re-dissection in the GUI stays consistent.
 ---------------------------------------------------------------------------
-local conns = {}     -- "a|b" -> { client=, server=, client_isn=, server_isn=, offered=, fast= }
+local conns = {}     -- "a|b" -> { client=, server=, client_isn=, server_isn=, offered=, fast=, secure= }
 local per_frame = {} -- frame number -> snapshot of the connection for this frame
+local secure_pairs = {} -- "a|b" -> endpoint that sent the pair's first secure-mode datagram (the client)
 
 function anon.init()
     conns = {}
     per_frame = {}
+    secure_pairs = {}
 end
 
 local function endpoint(addr, port) return tostring(addr) .. "#" .. tostring(port) end
@@ -338,12 +358,26 @@ local function track(tvb, pinfo)
             conns[key] = c
         end
         c.server_isn = seq
+    elseif not c and secure_pairs[key] then
+        -- Decrypted secure mode: the SYN and SYN|ACK travelled inside the
+        -- (still opaque) handshake, whose first datagram came from the
+        -- client. Its first data datagram is the handshake ACK: seq = client
+        -- ISN + 1, ack = server ISN + 1.
+        local client = secure_pairs[key]
+        c = { client = client, server = (client == src) and dst or src, secure = true, fast = true }
+        if client == src and is_ack then
+            c.client_isn = (seq - 1) % 4294967296
+            c.server_isn = (tvb(4, 4):uint() - 1) % 4294967296
+            c.inferred_at = pinfo.number
+        end
+        conns[key] = c
     end
     snap = {}
     if c then
         snap.role = (c.client == src) and "client" or ((c.server == src) and "server" or nil)
         snap.client_isn, snap.server_isn = c.client_isn, c.server_isn
         snap.fast, snap.segment = c.fast, c.segment
+        snap.secure, snap.inferred = c.secure, c.inferred_at == pinfo.number
     end
     snap.conn = c
     per_frame[pinfo.number] = snap
@@ -445,7 +479,10 @@ local function dissect_pdu(tvb, pinfo, tree, batch_index)
         end
     end
 
-    if snap.fast ~= nil then
+    if snap.secure then
+        t:add(f.mode, "secure (decrypted)"):set_generated()
+        if snap.inferred then t:add_proto_expert_info(ef.inferred) end
+    elseif snap.fast ~= nil then
         t:add(f.mode, snap.fast and "fast" or "baseline"):set_generated()
     end
     if extra then info = info .. " " .. extra end
@@ -488,11 +525,49 @@ local function batch_stride(tvb, snap)
     return nil
 end
 
+-- Shortest secure-mode datagram: a server data datagram of an empty inner
+-- header (packet number 8, body prefix 3, inner header 12, tag 16).
+local SECURE_MIN_LEN = 39
+
+-- Whether a datagram is secure mode (§8), not plaintext: its header would be
+-- implausible (unused flag bits set, no flag, or SYN and FIN together: a
+-- random flags word is plausible once in 2^29) on an endpoint pair without a
+-- plaintext connection (there, odd flags are a plaintext peer's doing).
+local function looks_secure(tvb, pinfo)
+    local snap = per_frame[pinfo.number]
+    if pinfo.visited and snap then return snap.opaque == true end
+    if tvb:len() < SECURE_MIN_LEN then return false end
+    local word = tvb(8, 4):uint()
+    if not (word == 0 or word >= 8 or word == 3 or word == 7) then return false end
+    local src = endpoint(pinfo.src, pinfo.src_port)
+    local key = conn_key(src, endpoint(pinfo.dst, pinfo.dst_port))
+    local c = conns[key]
+    if c and not c.secure then return false end
+    if not secure_pairs[key] then secure_pairs[key] = src end
+    per_frame[pinfo.number] = { opaque = true }
+    return true
+end
+
+local function dissect_secure(tvb, pinfo, tree)
+    local len = tvb:len()
+    local t = tree:add(anon, tvb())
+    t:add(f.secure, tvb())
+    t:add(f.secure_len, len):set_generated()
+    t:add_proto_expert_info(ef.secure)
+    local info = "anon secure-mode datagram (encrypted), " .. n2s(len) .. " bytes"
+    t:append_text(", " .. info)
+    pinfo.cols.info:set(info)
+end
+
 local function dissect(tvb, pinfo, tree)
     pinfo.cols.protocol:set("ANON")
     local len = tvb:len()
     if len < HEADER_LEN then
         pinfo.cols.info:set(dissect_pdu(tvb, pinfo, tree))
+        return
+    end
+    if looks_secure(tvb, pinfo) then
+        dissect_secure(tvb, pinfo, tree)
         return
     end
     local snap = track(tvb, pinfo)

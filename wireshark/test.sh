@@ -8,27 +8,37 @@
 # checks flags, ISN relations, the offer/answer (page length, SHA-256), the
 # fast-mode ACK information, data coverage, and that the baseline transfer
 # has no extension fields. Then it decodes a crafted capture (SACK blocks,
-# malformed extensions) built with text2pcap/mergecap.
+# malformed extensions) built with text2pcap/mergecap. Last, secure mode: a
+# simulated secure transfer (anon-secure-pcap) must show as opaque datagrams,
+# and after anon-keylog-decrypt (wireshark/keylog-decrypt, built here with
+# its unit tests and lints) with the client's key log, decode datagram by
+# datagram as the endpoints sent it, the page's bytes at their offsets.
+# ANON_DISSECTOR_SECURE_ONLY=1 runs only that part (no capture rights, no
+# anonserver/anonclient needed).
 # Needs: tshark (Debian/Ubuntu package "tshark", which pulls in
-# wireshark-common for text2pcap/mergecap), root or capture rights on lo.
+# wireshark-common for text2pcap/mergecap), root or capture rights on lo,
+# cargo for the two secure-mode tools.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 BIN=${1:-$ROOT/target/debug}
-BIN=$(cd "$BIN" && pwd)
+BIN=$(cd "$BIN" 2>/dev/null && pwd || echo "$BIN")
 LUA=$HERE/anon.lua
 PAGE_SIZE=300007  # neither a multiple of 512 nor of the fast segment size
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok   $*"; }
 
+SECURE_ONLY=${ANON_DISSECTOR_SECURE_ONLY:-}
 for tool in tshark text2pcap mergecap sha256sum; do
     command -v "$tool" >/dev/null || fail "$tool not found (apt-get install tshark)"
 done
-for prog in anonserver anonclient; do
-    [[ -x $BIN/$prog ]] || fail "$BIN/$prog not found or not executable"
-done
+if [[ -z $SECURE_ONLY ]]; then
+    for prog in anonserver anonclient; do
+        [[ -x $BIN/$prog ]] || fail "$BIN/$prog not found or not executable"
+    done
+fi
 
 TMP=$(mktemp -d /tmp/anon-dissector-test.XXXXXX)
 PIDS=()
@@ -53,6 +63,92 @@ udp_port_bound() {
     awk -v h="$hex" 'NR > 1 { split($2, a, ":"); if (a[2] == h) found = 1 } END { exit !found }' \
         /proc/net/udp /proc/net/udp6 2>/dev/null
 }
+
+# --- Secure mode ---------------------------------------------------------------
+secure_checks() {
+    local td=${CARGO_TARGET_DIR:-$ROOT/target} dec=$HERE/keylog-decrypt sec=$TMP/secure out
+    echo "secure mode: building anon-secure-pcap and anon-keylog-decrypt (target dir $td)"
+    (cd "$ROOT" && cargo build --locked -q -p anon-tools --bin anon-secure-pcap) || fail "cargo build anon-secure-pcap"
+    cargo fmt --manifest-path "$dec/Cargo.toml" -- --check || fail "anon-keylog-decrypt: cargo fmt --check"
+    cargo clippy --locked -q --manifest-path "$dec/Cargo.toml" --target-dir "$td" --all-targets -- -D warnings \
+        || fail "anon-keylog-decrypt: clippy"
+    cargo test --locked -q --manifest-path "$dec/Cargo.toml" --target-dir "$td" >"$TMP/dec-test.txt" 2>&1 \
+        || { cat "$TMP/dec-test.txt" >&2; fail "anon-keylog-decrypt: unit tests"; }
+    ok "anon-keylog-decrypt: fmt, clippy, $(grep -o '[0-9]* passed' "$TMP/dec-test.txt" | head -1) unit tests"
+    cargo build --locked -q --manifest-path "$dec/Cargo.toml" --target-dir "$td" || fail "cargo build anon-keylog-decrypt"
+
+    out=$(timeout 300 "$td/debug/anon-secure-pcap" --dir "$sec" --size "$PAGE_SIZE" --seed 5 --loss 0.02) \
+        || fail "anon-secure-pcap failed"
+    ok "anon-secure-pcap: $out"
+    local S=(-X "lua_script:$LUA" -o anon.udp_port:30000 -o anon.heuristic:FALSE)
+    # Raw capture: every datagram opaque, its length shown, no header fields.
+    timeout 120 tshark -r "$sec/secure.pcap" "${S[@]}" -T fields -E separator=/t -e frame.number -e udp.length \
+        -e anon.secure.len -e anon.seq -e anon.flags.str -e _ws.col.Info >"$TMP/sraw.tsv" 2>>"$TMP/decode.err"
+    local frames opaque
+    frames=$(wc -l <"$sec/truth.tsv")
+    [[ $(wc -l <"$TMP/sraw.tsv") -eq $frames ]] || fail "secure: tshark reads $(wc -l <"$TMP/sraw.tsv") of $frames frames"
+    opaque=$(awk -F'\t' '$3 != "" && $3 + 8 == $2 && $4 == "" && $5 == "" && $6 ~ /^anon secure-mode datagram \(encrypted\), [0-9]+ bytes$/' \
+        "$TMP/sraw.tsv" | wc -l)
+    [[ $opaque -eq $frames ]] || fail "secure: $opaque of $frames frames shown opaque: $(awk -F'\t' '$4 != ""' "$TMP/sraw.tsv" | head -2)"
+    [[ $(timeout 60 tshark -r "$sec/secure.pcap" -X "lua_script:$LUA" -o anon.udp_port:0 -Y anon 2>/dev/null | wc -l) -eq 0 ]] \
+        || fail "secure: the heuristic claims secure-mode datagrams"
+    ok "secure: all $frames datagrams of the raw capture opaque (\"anon secure-mode datagram (encrypted), N bytes\"); the heuristic claims none"
+
+    # Decrypted capture: data datagrams decode as the endpoints sent them.
+    out=$("$td/debug/anon-keylog-decrypt" --keylog "$sec/keylog.txt" "$sec/secure.pcap" "$sec/plain.pcap") \
+        || fail "anon-keylog-decrypt failed"
+    ok "anon-keylog-decrypt: $(head -1 <<<"$out")"
+    timeout 120 tshark -r "$sec/plain.pcap" "${S[@]}" -T fields -E separator=/t -e frame.number -e anon.secure.len \
+        -e anon.flags.str -e anon.seq -e anon.ack -e anon.len -e anon.mode -e anon.page_offset -e anon.ackinfo.window \
+        -e anon.sack.count -e data.data >"$TMP/splain.tsv" 2>>"$TMP/decode.err"
+    [[ $(wc -l <"$TMP/splain.tsv") -eq $frames ]] || fail "secure: the decrypted capture has $(wc -l <"$TMP/splain.tsv") frames, not $frames"
+    od -An -v -tx1 "$sec/page.bin" | tr -d ' \n' >"$TMP/page.hex"
+    awk -F'\t' -v size="$PAGE_SIZE" -v hexfile="$TMP/page.hex" '
+        BEGIN { getline page < hexfile }
+        NR == FNR { truth[$1] = $0; next }
+        {
+            split(truth[$1], t, "\t")
+            if (t[5] ~ /SYN/) {   # a handshake datagram: not in the key log
+                if ($2 == "") { print "frame " $1 ": handshake not opaque"; bad = 1 }
+                hs++; next
+            }
+            got = $3 "|" $4 "|" $5
+            want = t[5] "|" t[3] "|" t[4]
+            if (got != want) { print "frame " $1 ": decoded " got ", sent " want; bad = 1 }
+            if ($7 != "secure (decrypted)") { print "frame " $1 ": mode " $7; bad = 1 }
+            if (t[2] == "c2s" && $6 > 0 && ($9 == "" || $10 == "")) { print "frame " $1 ": no ACK information"; bad = 1 }
+            if (t[2] == "c2s" && $10 > 0) sacks++
+            if (t[2] == "s2c" && $6 > 0) {
+                if ($8 == "" || $8 + $6 > size) { print "frame " $1 ": page offset " $8; bad = 1; next }
+                gsub(":", "", $11)
+                if (substr(page, 2 * $8 + 1, 2 * $6) != $11) { print "frame " $1 ": data differs from the page at " $8; bad = 1 }
+                if (!($8 in seen)) { seen[$8] = 1; covered += $6 }
+                segs++
+            }
+            n++
+        }
+        END {
+            if (covered != size) { print "data covers " covered " of " size " bytes"; bad = 1 }
+            printf "%d data datagrams decoded as sent (%d segments, %d ACKs with SACK blocks), %d handshake datagrams opaque\n", n, segs, sacks, hs
+            exit bad
+        }' "$sec/truth.tsv" "$TMP/splain.tsv" >"$TMP/scheck.txt" || fail "secure: $(head -5 "$TMP/scheck.txt")"
+    ok "secure, decrypted: $(tail -1 "$TMP/scheck.txt"): seq, ack and flags of each as the endpoint sealed them; the data is the page, all of it"
+    [[ $(timeout 60 tshark -r "$sec/plain.pcap" "${S[@]}" -Y anon.secure.isn_inferred 2>/dev/null | wc -l) -eq 1 ]] \
+        || fail "secure: the ISN inference is not noted exactly once"
+    local cap
+    for cap in secure plain; do
+        if timeout 120 tshark -r "$sec/$cap.pcap" "${S[@]}" -V 2>&1 | grep -i -E "Lua Error|Malformed" | head -3 | grep .; then
+            fail "secure: Lua error or malformed packet in the $cap capture"
+        fi
+    done
+    ok "secure: no 'Lua Error', no 'Malformed' in the raw and decrypted captures"
+}
+
+if [[ -n $SECURE_ONLY ]]; then
+    secure_checks
+    echo "PASS: anon dissector shows secure mode opaque and decodes it decrypted ($(tshark --version 2>/dev/null | head -1))"
+    exit 0
+fi
 
 PORT=
 for _ in $(seq 50); do
@@ -361,4 +457,6 @@ if ts "${CR[@]}" -V | grep -v '^[0-9a-f]\{4\}  ' | grep -i -E "Lua Error|Malform
 fi
 ok "120 random datagrams decoded without a Lua error"
 
-echo "PASS: anon dissector decodes real fast and baseline transfers ($(tshark --version 2>/dev/null | head -1))"
+secure_checks
+
+echo "PASS: anon dissector decodes real fast and baseline transfers, and secure mode opaque and decrypted ($(tshark --version 2>/dev/null | head -1))"
