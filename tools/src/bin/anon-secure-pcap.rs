@@ -29,7 +29,7 @@ use std::time::Duration;
 use std::{cell::RefCell, fs};
 
 use anon_proto::wire::{Flags, Header};
-use anon_sim::{Datagram, LinkConfig, SIM_UNIX_MS, SERVER_ADDR, SecureSetup, Setup, Sim, page};
+use anon_sim::{Datagram, LinkConfig, SERVER_ADDR, SIM_UNIX_MS, SecureSetup, Setup, Sim, page};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -69,7 +69,8 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<String, String> {
     fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
     let body = page(args.size, args.seed);
-    let link = if args.loss > 0.0 { LinkConfig::hostile(args.loss) } else { LinkConfig::clean(Duration::from_millis(10)) };
+    let link =
+        if args.loss > 0.0 { LinkConfig::hostile(args.loss) } else { LinkConfig::clean(Duration::from_millis(10)) };
     let mut sim = Sim::secure(Setup::new(args.seed, link, body.clone()), SecureSetup::new(args.seed));
     sim.trace = Some(Vec::new());
 
@@ -182,7 +183,13 @@ fn checksum(mut sum: u32, data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn pcap_record(out: &mut Vec<u8>, at: Duration, from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Result<(), String> {
+fn pcap_record(
+    out: &mut Vec<u8>,
+    at: Duration,
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: &[u8],
+) -> Result<(), String> {
     let ((src, sport), (dst, dport)) = (loopback(from)?, loopback(to)?);
     let udp_len = u16::try_from(8 + payload.len()).map_err(|_| "datagram too long")?;
     let ip_len = udp_len.checked_add(20).ok_or("datagram too long")?;
