@@ -41,7 +41,12 @@ struct Inner {
 #[derive(Debug, Arbitrary)]
 enum Step {
     Raw(Vec<u8>),
-    Plain { seq: u32, ack: u32, flags: u8, payload: Vec<u8> },
+    Plain {
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: Vec<u8>,
+    },
     /// The real server's next datagram, unchanged.
     FromServer,
     /// The real server's last datagram, edited.
@@ -62,8 +67,18 @@ enum Step {
         ad_wrong: bool,
     },
     /// A sealed datagram under the session keys around this body.
-    Forged { crafted: bool, pn: Option<u64>, flags: u8, inner: Inner, token: bool, pad: u8, raw: Option<Vec<u8>> },
-    Wait { millis: u16 },
+    Forged {
+        crafted: bool,
+        pn: Option<u64>,
+        flags: u8,
+        inner: Inner,
+        token: bool,
+        pad: u8,
+        raw: Option<Vec<u8>>,
+    },
+    Wait {
+        millis: u16,
+    },
     RunTimers,
     Consume(u16),
 }
@@ -151,8 +166,13 @@ fuzz_target!(|input: Input| {
 
     let secure = SecureServerConfig::new(key.clone(), vec!["index".into()], clock);
     let page: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
-    let mut server =
-        SecureServer::new(secure, ServerConfig::default(), vec![Bytes::from(page)], None, Box::new(StdRng::seed_from_u64(5)));
+    let mut server = SecureServer::new(
+        secure,
+        ServerConfig::default(),
+        vec![Bytes::from(page)],
+        None,
+        Box::new(StdRng::seed_from_u64(5)),
+    );
     let cfg = SecureClientConfig { server: key.public(), key: None, page: "index".into(), clock };
     let rng = Box::new(StdRng::seed_from_u64(u64::from(input.seed)));
     let mut client = SecureClient::new(cfg, ClientConfig::default(), rng, start);
@@ -288,6 +308,13 @@ fuzz_target!(|input: Input| {
         }
     }
     if secure_wire::debug() {
-        eprintln!("DEBUG keys={} crafted={} received={} {:?} {:?}", client.key_log().is_some(), crafted.is_some(), client.stats().datagrams_received, client.secure_stats(), client.outcome());
+        eprintln!(
+            "DEBUG keys={} crafted={} received={} {:?} {:?}",
+            client.key_log().is_some(),
+            crafted.is_some(),
+            client.stats().datagrams_received,
+            client.secure_stats(),
+            client.outcome()
+        );
     }
 });

@@ -20,9 +20,9 @@ mod secure_wire;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use anon_proto::ServerConfig;
 use anon_proto::secure::{SecureServer, SecureServerConfig, StaticSecret, WallClock};
 use anon_proto::wire::{Flags, Header, Seq};
-use anon_proto::ServerConfig;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
@@ -37,7 +37,13 @@ const UNIX_MS: u64 = 1_800_000_000_000;
 enum Syn {
     /// A SYN with this ISN and a payload (after an "ANON" offer prefix when
     /// `offer`).
-    Header { isn: u32, ack: u32, flags: u8, offer: bool, payload: Vec<u8> },
+    Header {
+        isn: u32,
+        ack: u32,
+        flags: u8,
+        offer: bool,
+        payload: Vec<u8>,
+    },
     Raw(Vec<u8>),
 }
 
@@ -45,7 +51,14 @@ enum Syn {
 enum Payload {
     /// The fields a client sends (all of them unless `omit` has its top
     /// bit set: then its low bits name those left out), and more.
-    Hello { omit: u8, skew_s: i8, conn_id: u8, page: u8, syn: Syn, extra: Vec<(u8, Vec<u8>)> },
+    Hello {
+        omit: u8,
+        skew_s: i8,
+        conn_id: u8,
+        page: u8,
+        syn: Syn,
+        extra: Vec<(u8, Vec<u8>)>,
+    },
     Raw(Vec<u8>),
 }
 
@@ -60,11 +73,24 @@ enum TokenChoice {
 #[derive(Debug, Arbitrary)]
 enum Step {
     /// A valid outer layer around any Noise bytes.
-    Outer { noise: Vec<u8>, pad: u16, nonce: u8 },
+    Outer {
+        noise: Vec<u8>,
+        pad: u16,
+        nonce: u8,
+    },
     /// A valid first message (a fresh client key, or one of two fixed).
-    Initiate { client: u8, seed: u8, payload: Payload, pad: u16, peer: u8 },
+    Initiate {
+        client: u8,
+        seed: u8,
+        payload: Payload,
+        pad: u16,
+        peer: u8,
+    },
     /// One of our first messages again, from any address.
-    Again { attempt: u8, peer: u8 },
+    Again {
+        attempt: u8,
+        peer: u8,
+    },
     /// A sealed datagram of a session the server answered.
     Sealed {
         session: u8,
@@ -79,8 +105,13 @@ enum Step {
         pad: u8,
         peer: u8,
     },
-    Raw { peer: u8, bytes: Vec<u8> },
-    Wait { millis: u16 },
+    Raw {
+        peer: u8,
+        bytes: Vec<u8>,
+    },
+    Wait {
+        millis: u16,
+    },
     RunTimers,
 }
 
@@ -272,10 +303,10 @@ fuzz_target!(|input: Input| {
             let (s, body) = opened.expect("every server datagram is an answer or sealed for a session");
             let (inner, token) = secure_wire::parse_body(&body).expect("a well-formed body");
             Header::decode(inner).expect("an inner header");
-            if let Some(t) = token {
-                if s.tokens.len() < 64 {
-                    s.tokens.push(t);
-                }
+            if let Some(t) = token
+                && s.tokens.len() < 64
+            {
+                s.tokens.push(t);
             }
         }
         while server.poll_event().is_some() {}

@@ -36,21 +36,46 @@ const MAX_REPLAY: usize = 24;
 #[derive(Debug, Arbitrary)]
 enum Step {
     /// Arbitrary bytes.
-    Raw { peer: u8, bytes: Vec<u8> },
+    Raw {
+        peer: u8,
+        bytes: Vec<u8>,
+    },
     /// A plaintext header, so that plaintext on gets past decoding.
-    Plain { peer: u8, seq: u32, ack: u32, flags: u8, payload: Vec<u8> },
+    Plain {
+        peer: u8,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: Vec<u8>,
+    },
     /// The client's next datagram, unchanged, from its address or another.
-    Client { client: bool, peer: Option<u8> },
+    Client {
+        client: bool,
+        peer: Option<u8>,
+    },
     /// A client's last datagram (or first message), edited.
-    Mutated { client: bool, first: bool, peer: u8, edits: Vec<Edit> },
+    Mutated {
+        client: bool,
+        first: bool,
+        peer: u8,
+        edits: Vec<Edit>,
+    },
     /// One delivered before, again.
-    Replay { index: u8, peer: u8 },
+    Replay {
+        index: u8,
+        peer: u8,
+    },
     /// The server's datagrams so far go to both clients.
     ToClients,
     /// Both ways for a few rounds: every client datagram to the server,
     /// every server datagram to the clients, time moving on.
-    Converse { rounds: u8, millis: u8 },
-    Wait { millis: u16 },
+    Converse {
+        rounds: u8,
+        millis: u8,
+    },
+    Wait {
+        millis: u16,
+    },
     RunTimers,
 }
 
@@ -300,6 +325,12 @@ fuzz_target!(|input: Input| {
         }
     }
     if secure_wire::debug() {
-        eprintln!("DEBUG firsts={} sealed={} sent={} {:?}", books.firsts.len(), books.sealed, books.secure_sent, server.secure_stats());
+        eprintln!(
+            "DEBUG firsts={} sealed={} sent={} {:?}",
+            books.firsts.len(),
+            books.sealed,
+            books.secure_sent,
+            server.secure_stats()
+        );
     }
 });
