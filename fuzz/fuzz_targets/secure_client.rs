@@ -15,11 +15,10 @@ mod secure_wire;
 
 use std::time::{Duration, Instant};
 
-use anon_proto::secure::{SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, StaticSecret, WallClock};
+use anon_proto::secure::{SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, WallClock};
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_proto::{ClientConfig, ServerConfig};
 use arbitrary::Arbitrary;
-use base64::Engine as _;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
@@ -158,10 +157,8 @@ fn drain_client(
 fuzz_target!(|input: Input| {
     let start = Instant::now();
     let clock = WallClock { at: start, unix_ms: 1_800_000_000_000 };
-    let (server_private, server_public) = secure_wire::keypair([3; 32]);
-    let file = format!("{}\n", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(server_private));
-    let key = StaticSecret::from_file_text(&file).expect("a key file");
-    assert_eq!(key.public().0, server_public, "the same X25519 public key");
+    let (server_private, server_public) = secure_wire::keypair_cached(3);
+    let key = secure_wire::secret(3);
     let outer = Outer::new(&server_public);
 
     let secure = SecureServerConfig::new(key.clone(), vec!["index".into()], clock);
@@ -173,7 +170,8 @@ fuzz_target!(|input: Input| {
         None,
         Box::new(StdRng::seed_from_u64(5)),
     );
-    let cfg = SecureClientConfig { server: key.public(), key: None, page: "index".into(), clock };
+    let cfg =
+        SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(4)), page: "index".into(), clock };
     let rng = Box::new(StdRng::seed_from_u64(u64::from(input.seed)));
     let mut client = SecureClient::new(cfg, ClientConfig::default(), rng, start);
 

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anon_proto::ServerConfig;
-use anon_proto::secure::{SecureServer, SecureServerConfig, StaticSecret, WallClock};
+use anon_proto::secure::{SecureServer, SecureServerConfig, WallClock};
 use anon_proto::wire::{Flags, Header, Seq};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
@@ -185,10 +185,10 @@ fn hello(payload: &Payload, now_ms: u64) -> Vec<u8> {
 fuzz_target!(|input: Input| {
     let start = Instant::now();
     let clock = WallClock { at: start, unix_ms: UNIX_MS };
-    let key = StaticSecret::generate(&mut StdRng::seed_from_u64(11));
+    let key = secure_wire::secret(11);
     let server_public = key.public().0;
     let outer = Outer::new(&server_public);
-    let fixed = [secure_wire::keypair([1; 32]), secure_wire::keypair([2; 32])];
+    let fixed = [secure_wire::keypair_cached(1), secure_wire::keypair_cached(2)];
     let mut secure = SecureServerConfig::new(key, vec!["index".into(), "news".into()], clock);
     secure.max_pending = 4;
     secure.max_replay_entries = 32;
@@ -218,7 +218,7 @@ fuzz_target!(|input: Input| {
                 let private = match client % 3 {
                     0 | 1 => &fixed[usize::from(client % 3)].0,
                     _ => {
-                        fresh = secure_wire::keypair([seed ^ 0x3c; 32]).0;
+                        fresh = secure_wire::keypair_cached(seed ^ 0x3c).0;
                         &fresh
                     }
                 };

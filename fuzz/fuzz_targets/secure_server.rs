@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anon_proto::secure::{SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, StaticSecret, WallClock};
+use anon_proto::secure::{SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, WallClock};
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_proto::{ClientConfig, ServerConfig};
 use arbitrary::Arbitrary;
@@ -147,7 +147,7 @@ fn check_sent(books: &mut Books, plaintext: bool, has_inner: bool, d: &[u8]) {
 fuzz_target!(|input: Input| {
     let start = Instant::now();
     let clock = WallClock { at: start, unix_ms: 1_800_000_000_000 };
-    let key = StaticSecret::generate(&mut StdRng::seed_from_u64(7));
+    let key = secure_wire::secret(7);
     let mut secure = SecureServerConfig::new(key.clone(), vec!["index".into(), "news".into()], clock);
     secure.max_pending = MAX_PENDING;
     secure.max_replay_entries = MAX_REPLAY;
@@ -159,7 +159,7 @@ fuzz_target!(|input: Input| {
     let mut clients: Vec<Client> = (0..2u8)
         .map(|i| {
             let page = PAGES[usize::from(input.pages[usize::from(i)]) % PAGES.len()].to_owned();
-            let cfg = SecureClientConfig { server: key.public(), key: None, page, clock };
+            let cfg = SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(100 + i)), page, clock };
             let rng = Box::new(StdRng::seed_from_u64(u64::from(input.seed) * 2 + u64::from(i)));
             let conn = SecureClient::new(cfg, ClientConfig::default(), rng, start);
             Client { conn, addr: SocketAddr::from(([192, 0, 2, 1 + i], 6000)), last: None, last_first: None }

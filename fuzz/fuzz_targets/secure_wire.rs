@@ -363,3 +363,28 @@ pub fn debug() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("ANON_FUZZ_DEBUG").is_some())
 }
+
+/// Static key pairs by seed, made once per process: X25519 is the costly
+/// part of an input, and the fuzzer gains nothing from fresh static keys.
+pub fn keypair_cached(seed: u8) -> ([u8; 32], [u8; 32]) {
+    static PAIRS: std::sync::OnceLock<Vec<([u8; 32], [u8; 32])>> = std::sync::OnceLock::new();
+    PAIRS.get_or_init(|| (0..=255u8).map(|s| keypair([s; 32])).collect())[usize::from(seed)]
+}
+
+/// The core's static key of `keypair_cached(seed)`, made once per process.
+pub fn secret(seed: u8) -> anon_proto::secure::StaticSecret {
+    use base64::Engine as _;
+    static SECRETS: std::sync::OnceLock<Vec<anon_proto::secure::StaticSecret>> = std::sync::OnceLock::new();
+    SECRETS.get_or_init(|| {
+        (0..=255u8)
+            .map(|s| {
+                let (private, public) = keypair_cached(s);
+                let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(private);
+                let key = anon_proto::secure::StaticSecret::from_file_text(&text).expect("a key file");
+                assert_eq!(key.public().0, public, "the same X25519 public key");
+                key
+            })
+            .collect()
+    })[usize::from(seed)]
+    .clone()
+}
