@@ -68,7 +68,9 @@ udp_port_bound() {
 secure_checks() {
     local td=${CARGO_TARGET_DIR:-$ROOT/target} dec=$HERE/keylog-decrypt sec=$TMP/secure out
     echo "secure mode: building anon-secure-pcap and anon-keylog-decrypt (target dir $td)"
-    (cd "$ROOT" && cargo build --locked -q -p anon-tools --bin anon-secure-pcap) || fail "cargo build anon-secure-pcap"
+    # The test profile: after scripts/test.sh's cargo test, only the binary is left to link.
+    (cd "$ROOT" && cargo build --locked -q --profile test -p anon-tools --bin anon-secure-pcap) \
+        || fail "cargo build anon-secure-pcap"
     cargo fmt --manifest-path "$dec/Cargo.toml" -- --check || fail "anon-keylog-decrypt: cargo fmt --check"
     cargo clippy --locked -q --manifest-path "$dec/Cargo.toml" --target-dir "$td" --all-targets -- -D warnings \
         || fail "anon-keylog-decrypt: clippy"
