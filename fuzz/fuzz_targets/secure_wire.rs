@@ -8,8 +8,9 @@
 #![allow(dead_code)]
 
 use aes::Aes128;
-use aes::cipher::BlockEncrypt;
+use aes::cipher::BlockCipherEncrypt;
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::AeadInOut;
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
@@ -193,7 +194,7 @@ pub struct DirKeys {
 
 impl DirKeys {
     pub fn new(key: &[u8; 32], iv: &[u8; 12], hp: &[u8; 16]) -> DirKeys {
-        DirKeys { aead: Aes256Gcm::new(key.into()), iv: *iv, hp: Aes128::new(hp.into()) }
+        DirKeys { aead: aes_gcm::KeyInit::new(&(*key).into()), iv: *iv, hp: aes::cipher::KeyInit::new(&(*hp).into()) }
     }
 
     fn nonce(&self, pn: u64) -> [u8; 12] {
@@ -209,7 +210,7 @@ impl DirKeys {
         for (b, s) in block.iter_mut().zip(sample) {
             *b = *s;
         }
-        let mut block = block.into();
+        let mut block = aes::Block::from(block);
         self.hp.encrypt_block(&mut block);
         block.into()
     }
@@ -220,7 +221,7 @@ impl DirKeys {
         out.extend_from_slice(&pn.to_be_bytes());
         let header_len = out.len();
         let mut ct = body.to_vec();
-        let Ok(tag) = self.aead.encrypt_in_place_detached(&self.nonce(pn).into(), &out, &mut ct) else {
+        let Ok(tag) = self.aead.encrypt_inout_detached(&self.nonce(pn).into(), &out, ct.as_mut_slice().into()) else {
             return out;
         };
         out.extend_from_slice(&ct);
@@ -247,7 +248,8 @@ impl DirKeys {
         }
         let pn = u64::from_be_bytes(ad.get(header_len - PN_LEN..)?.try_into().ok()?);
         let mut body = ct.to_vec();
-        self.aead.decrypt_in_place_detached(&self.nonce(pn).into(), &ad, &mut body, tag.into()).ok()?;
+        let tag: [u8; 16] = tag.try_into().ok()?;
+        self.aead.decrypt_inout_detached(&self.nonce(pn).into(), &ad, body.as_mut_slice().into(), &tag.into()).ok()?;
         Some((pn, body))
     }
 }

@@ -33,9 +33,9 @@ use std::fmt;
 use std::process::ExitCode;
 
 use aes::Aes128;
-use aes::cipher::{BlockEncrypt, KeyInit};
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes::cipher::{BlockCipherEncrypt, KeyInit};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::AeadInOut;
 
 const TOKEN_LEN: usize = 16;
 const PN_LEN: usize = 8;
@@ -62,7 +62,7 @@ impl fmt::Debug for DirKeys {
 
 impl DirKeys {
     fn new(key: &[u8; 32], iv: &[u8; 12], hp: &[u8; 16]) -> DirKeys {
-        DirKeys { aead: Aes256Gcm::new(key.into()), iv: *iv, hp: Aes128::new(hp.into()) }
+        DirKeys { aead: Aes256Gcm::new(&(*key).into()), iv: *iv, hp: Aes128::new(&(*hp).into()) }
     }
 
     /// The packet number and body of `datagram` (`header_len` bytes of
@@ -77,7 +77,7 @@ impl DirKeys {
         for (b, s) in block.iter_mut().zip(rest.get(..SAMPLE_LEN)?) {
             *b = *s;
         }
-        let mut block = block.into();
+        let mut block = aes::Block::from(block);
         self.hp.encrypt_block(&mut block);
         let mask: [u8; 16] = block.into();
         let mut ad = head.to_vec();
@@ -90,7 +90,8 @@ impl DirKeys {
             *b ^= p;
         }
         let mut body = ct.to_vec();
-        self.aead.decrypt_in_place_detached(Nonce::from_slice(&nonce), &ad, &mut body, Tag::from_slice(tag)).ok()?;
+        let tag: [u8; TAG_LEN] = tag.try_into().ok()?;
+        self.aead.decrypt_inout_detached(&nonce.into(), &ad, body.as_mut_slice().into(), &tag.into()).ok()?;
         Some((pn, body))
     }
 }
@@ -173,10 +174,10 @@ fn open_one(entries: &[Entry], hint: Option<(usize, Dir)>, d: &[u8]) -> Option<O
         let (pn, body) = keys.open(d, dir.header_len())?;
         Some(Opened { entry: i, dir, pn, inner: inner_of(&body)?.to_vec() })
     };
-    if let Some((i, dir)) = hint {
-        if let Some(o) = try_entry(i, dir) {
-            return Some(o);
-        }
+    if let Some((i, dir)) = hint
+        && let Some(o) = try_entry(i, dir)
+    {
+        return Some(o);
     }
     (0..entries.len()).find_map(|i| try_entry(i, Dir::C2s).or_else(|| try_entry(i, Dir::S2c)))
 }
@@ -504,12 +505,12 @@ mod tests {
             *b ^= p;
         }
         let mut ct = body.to_vec();
-        let tag = keys.aead.encrypt_in_place_detached(Nonce::from_slice(&nonce), &d, &mut ct).unwrap();
+        let tag = keys.aead.encrypt_inout_detached(&nonce.into(), &d, ct.as_mut_slice().into()).unwrap();
         d.extend_from_slice(&ct);
         d.extend_from_slice(&tag);
         let mut block = [0u8; 16];
         block.copy_from_slice(&d[h..h + 16]);
-        let mut block = block.into();
+        let mut block = aes::Block::from(block);
         keys.hp.encrypt_block(&mut block);
         let mask: [u8; 16] = block.into();
         for i in 0..8 {
