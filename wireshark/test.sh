@@ -12,7 +12,9 @@
 # simulated secure transfer (anon-secure-pcap) must show as opaque datagrams,
 # and after anon-keylog-decrypt (wireshark/keylog-decrypt, built here with
 # its unit tests and lints) with the client's key log, decode datagram by
-# datagram as the endpoints sent it, the page's bytes at their offsets.
+# datagram as the endpoints sent it, the page's bytes at their offsets; and
+# the same for a real secure transfer (anonserver --key, anonclient --bridge
+# with ANON_KEYLOG) captured on lo, whose GSO batches the tool splits.
 # ANON_DISSECTOR_SECURE_ONLY=1 runs only that part (no capture rights, no
 # anonserver/anonclient needed).
 # Needs: tshark (Debian/Ubuntu package "tshark", which pulls in
@@ -104,8 +106,8 @@ secure_checks() {
         -e anon.flags.str -e anon.seq -e anon.ack -e anon.len -e anon.mode -e anon.page_offset -e anon.ackinfo.window \
         -e anon.sack.count -e data.data >"$TMP/splain.tsv" 2>>"$TMP/decode.err"
     [[ $(wc -l <"$TMP/splain.tsv") -eq $frames ]] || fail "secure: the decrypted capture has $(wc -l <"$TMP/splain.tsv") frames, not $frames"
-    od -An -v -tx1 "$sec/page.bin" | tr -d ' \n' >"$TMP/page.hex"
-    awk -F'\t' -v size="$PAGE_SIZE" -v hexfile="$TMP/page.hex" '
+    od -An -v -tx1 "$sec/page.bin" | tr -d ' \n' >"$TMP/page.hex.sim"
+    awk -F'\t' -v size="$PAGE_SIZE" -v hexfile="$TMP/page.hex.sim" '
         BEGIN { getline page < hexfile }
         NR == FNR { truth[$1] = $0; next }
         {
@@ -144,6 +146,83 @@ secure_checks() {
         fi
     done
     ok "secure: no 'Lua Error', no 'Malformed' in the raw and decrypted captures"
+}
+
+# A real secure transfer (anonserver --key, anonclient --bridge with
+# ANON_KEYLOG) captured on lo as classic pcap: opaque, then decrypted with
+# the client's key log, GSO batches split, the data the page. Uses PORT.
+secure_live_checks() {
+    local live=$TMP/live td=${CARGO_TARGET_DIR:-$ROOT/target} line rc attempt cols
+    local L=(-X "lua_script:$LUA" -o "anon.udp_port:$PORT" -o anon.heuristic:FALSE)
+    mkdir -p "$live"
+    "$BIN/anonserver" keygen "$live/key.txt" >"$live/keygen.out" 2>&1 || fail "anonserver keygen"
+    for attempt in 1 2 3; do
+        rm -f "$live/keys.txt" "$live/cap.pcap"
+        timeout 120 tshark -i lo -F pcap -f "udp port $PORT" -w "$live/cap.pcap" -q 2>"$live/tshark.err" &
+        TSHARK_PID=$!
+        PIDS+=("$TSHARK_PID")
+        for _ in $(seq 200); do grep -q "Capturing on" "$live/tshark.err" && break; sleep 0.05; done
+        grep -q "Capturing on" "$live/tshark.err" || fail "tshark did not start capturing (secure)"
+        timeout 120 "$BIN/anonserver" --bind 127.0.0.1 -p "$PORT" -l "$live/server.log" --key "$live/key.txt" \
+            -w "file://$TMP/page.bin" >"$live/server.out" 2>&1 &
+        SERVER_PID=$!
+        PIDS+=("$SERVER_PID")
+        for _ in $(seq 200); do
+            grep -q 'anon://' "$live/server.out" && udp_port_bound "$PORT" && break
+            kill -0 "$SERVER_PID" 2>/dev/null || { cat "$live/server.out" >&2; fail "anonserver --key exited at start"; }
+            sleep 0.05
+        done
+        line=$(grep -o 'anon://[^ ]*' "$live/server.out" | head -1)
+        [[ -n $line ]] || fail "anonserver --key printed no bridge line"
+        rc=0
+        ANON_KEYLOG=$live/keys.txt timeout 60 "$BIN/anonclient" --bridge "$line" -l "$live/client.log" -f "$live/out.bin" -q \
+            >"$live/client.out" 2>&1 || rc=$?
+        [[ $rc -eq 0 ]] || { cat "$live/client.out" >&2; fail "anonclient --bridge exited with $rc"; }
+        cmp -s "$TMP/page.bin" "$live/out.bin" || fail "anonclient --bridge wrote a different page"
+        sleep 0.2
+        stop "$SERVER_PID" "anonserver --key"
+        stop "$TSHARK_PID" tshark
+        PIDS=()
+        [[ -s $live/keys.txt ]] || fail "the client wrote no key log (ANON_KEYLOG)"
+        "$td/debug/anon-keylog-decrypt" --keylog "$live/keys.txt" "$live/cap.pcap" "$live/plain.pcap" >"$live/dec.out" \
+            || fail "anon-keylog-decrypt failed on the live capture"
+        # The client's first message must be in the capture (tshark may start late).
+        cols=$(timeout 60 tshark -r "$live/plain.pcap" "${L[@]}" -c 1 -T fields -e udp.dstport -e anon.secure.len 2>/dev/null)
+        [[ $cols == "$PORT"$'\t'* && ${cols#*$'\t'} != "" ]] && break
+        [[ $attempt -lt 3 ]] || fail "secure capture does not start with the client's first message: '$cols'"
+        echo "note: secure capture $attempt misses the first message (tshark started late); capturing again"
+    done
+    ok "secure transfer of $PAGE_SIZE bytes with the real programs (bridge line, ANON_KEYLOG), page identical"
+    timeout 120 tshark -r "$live/cap.pcap" "${L[@]}" -T fields -e anon.secure.len -e anon.seq >"$live/raw.tsv" 2>>"$TMP/decode.err"
+    [[ $(awk -F'\t' '$1 == "" || $2 != ""' "$live/raw.tsv" | wc -l) -eq 0 ]] \
+        || fail "live secure capture: some datagrams not shown opaque"
+    ok "live secure capture: all $(wc -l <"$live/raw.tsv") captured datagrams opaque; $(head -1 "$live/dec.out")"
+    timeout 120 tshark -r "$live/plain.pcap" "${L[@]}" -T fields -E separator=/t -e frame.number -e anon.secure.len \
+        -e anon.mode -e udp.srcport -e anon.page_offset -e anon.len -e data.data >"$live/plain.tsv" 2>>"$TMP/decode.err"
+    awk -F'\t' -v size="$PAGE_SIZE" -v port="$PORT" -v hexfile="$TMP/page.hex" '
+        BEGIN { getline page < hexfile }
+        $2 != "" { opaque++; next }
+        $3 != "secure (decrypted)" { print "frame " $1 ": mode " $3; bad = 1 }
+        $4 == port && $6 > 0 {
+            if ($5 == "" || $5 + $6 > size) { print "frame " $1 ": page offset " $5; bad = 1; next }
+            gsub(":", "", $7)
+            if (substr(page, 2 * $5 + 1, 2 * $6) != $7) { print "frame " $1 ": data differs from the page at " $5; bad = 1 }
+            if (!($5 in seen)) { seen[$5] = 1; covered += $6 }
+        }
+        { n++ }
+        END {
+            if (covered != size) { print "data covers " covered " of " size " bytes"; bad = 1 }
+            if (opaque > 4) { print opaque " datagrams left opaque"; bad = 1 }
+            printf "%d datagrams decoded, %d left opaque (the handshake)\n", n, opaque
+            exit bad
+        }' "$live/plain.tsv" >"$live/check.txt" || fail "live secure, decrypted: $(head -5 "$live/check.txt")"
+    ok "live secure, decrypted: $(tail -1 "$live/check.txt"); the data is the page at its offsets, all of it"
+    local cap
+    for cap in cap plain; do
+        if timeout 120 tshark -r "$live/$cap.pcap" "${L[@]}" -V 2>&1 | grep -i -E "Lua Error|Malformed" | head -3 | grep .; then
+            fail "live secure: Lua error or malformed packet in $cap.pcap"
+        fi
+    done
 }
 
 if [[ -n $SECURE_ONLY ]]; then
@@ -460,5 +539,7 @@ fi
 ok "120 random datagrams decoded without a Lua error"
 
 secure_checks
+od -An -v -tx1 "$TMP/page.bin" | tr -d ' \n' >"$TMP/page.hex"
+secure_live_checks
 
 echo "PASS: anon dissector decodes real fast and baseline transfers, and secure mode opaque and decrypted ($(tshark --version 2>/dev/null | head -1))"
