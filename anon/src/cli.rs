@@ -159,7 +159,7 @@ pub struct ServerArgs {
     /// it may be given several times, each page with a name
     /// (NAME=URL; NAME is up to 64 of A-Z a-z 0-9 . _ -); a page without one
     /// is named after the last segment of its path, or its host when the
-    /// path is empty (https://example.org/a/b.html: b.html). The first page
+    /// path is empty (<https://example.org/a/b.html> is b.html). The first page
     /// is the default, and the one plaintext clients get. Every page is
     /// downloaded at start.
     #[arg(short, long = "web", value_name = "[NAME=]URL", value_parser = parse_page, required = true)]
