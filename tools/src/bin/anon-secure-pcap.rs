@@ -136,7 +136,7 @@ fn run(args: &Args) -> Result<String, String> {
     ))
 }
 
-/// The dissector's flags summary: "SYN, ACK", "FIN, ACK", "ACK", "<none>".
+/// The dissector's flags summary: `"SYN, ACK"`, `"FIN, ACK"`, `"ACK"`, `"<none>"`.
 fn summary(h: &Header) -> String {
     let names: Vec<&str> = [(Flags::SYN, "SYN"), (Flags::FIN, "FIN"), (Flags::ACK, "ACK")]
         .into_iter()
