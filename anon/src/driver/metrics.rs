@@ -233,36 +233,10 @@ const MAX_SCRAPES: usize = 4;
 /// secure layer's counters too.
 pub fn log_counters(s: &Snapshot, what: &str) {
     let (st, open) = (&s.stats, s.open);
-    if let Some(secure) = &s.secure {
-        let sec = &secure.stats;
-        tracing::info!(
-            open,
-            accepted = st.accepted,
-            completed = st.completed,
-            given_up = st.given_up,
-            malformed = st.malformed,
-            unexpected = st.unexpected,
-            cookies_sent = st.cookies_sent,
-            cookies_accepted = st.cookies_accepted,
-            bytes_sent = st.payload_bytes_sent,
-            retransmissions = st.retransmissions,
-            secure_handshakes = sec.handshakes,
-            secure_confirmed = sec.confirmed,
-            secure_rejected = sec.rejected,
-            secure_not_ours = sec.not_ours,
-            secure_forged = sec.forged,
-            secure_replayed = sec.replayed,
-            secure_bad_handshakes = sec.bad_handshakes,
-            secure_stale_handshakes = sec.stale_handshakes,
-            secure_replayed_handshakes = sec.replayed_handshakes,
-            secure_unlisted_clients = sec.unlisted_clients,
-            secure_refused = sec.refused,
-            secure_evicted = sec.evicted,
-            secure_migrations = sec.migrations,
-            "{what}"
-        );
-        return;
-    }
+    // The secure fields are `None` (and so left out of the line) without a
+    // key: a plaintext server's line is as it was.
+    let sec = s.secure.as_ref().map(|secure| &secure.stats);
+    let field = |f: fn(&SecureStats) -> u64| sec.map(f);
     tracing::info!(
         open,
         accepted = st.accepted,
@@ -274,6 +248,19 @@ pub fn log_counters(s: &Snapshot, what: &str) {
         cookies_accepted = st.cookies_accepted,
         bytes_sent = st.payload_bytes_sent,
         retransmissions = st.retransmissions,
+        secure_handshakes = field(|x| x.handshakes),
+        secure_confirmed = field(|x| x.confirmed),
+        secure_rejected = field(|x| x.rejected),
+        secure_not_ours = field(|x| x.not_ours),
+        secure_forged = field(|x| x.forged),
+        secure_replayed = field(|x| x.replayed),
+        secure_bad_handshakes = field(|x| x.bad_handshakes),
+        secure_stale_handshakes = field(|x| x.stale_handshakes),
+        secure_replayed_handshakes = field(|x| x.replayed_handshakes),
+        secure_unlisted_clients = field(|x| x.unlisted_clients),
+        secure_refused = field(|x| x.refused),
+        secure_evicted = field(|x| x.evicted),
+        secure_migrations = field(|x| x.migrations),
         "{what}"
     );
 }
