@@ -232,8 +232,18 @@ impl Server {
 
     /// A server for several pages; the first is the one plaintext clients
     /// get. An empty list serves one empty page.
-    pub fn with_pages(config: ServerConfig, pages: Vec<Bytes>, mut isn_rng: Box<dyn RngCore + Send>) -> Self {
-        let mut pages: Vec<Arc<Page>> = pages.into_iter().map(|p| Arc::new(Page::new(p))).collect();
+    pub fn with_pages(config: ServerConfig, pages: Vec<Bytes>, isn_rng: Box<dyn RngCore + Send>) -> Self {
+        Self::with_shared_pages(config, pages.into_iter().map(|p| Arc::new(Page::new(p))).collect(), isn_rng)
+    }
+
+    /// Like [`with_pages`](Self::with_pages), with pages already hashed:
+    /// servers side by side (secure and plaintext) share them, and each
+    /// page's SHA-256 is computed once.
+    pub fn with_shared_pages(
+        config: ServerConfig,
+        mut pages: Vec<Arc<Page>>,
+        mut isn_rng: Box<dyn RngCore + Send>,
+    ) -> Self {
         if pages.is_empty() {
             pages.push(Arc::new(Page::new(Bytes::new())));
         }

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use super::{SECURE_MAX_SEGMENT, WallClock, handshake::SessionKeys};
 use crate::Refusal;
 use crate::config::ServerConfig;
 use crate::endpoint::{Belongs, Server, ServerEvent, ServerStats, source_key};
+use crate::page::Page;
 use crate::wire::Header;
 
 /// Secure-mode settings of a server.
@@ -267,11 +269,12 @@ impl SecureServer {
         rng.fill_bytes(&mut seed);
         let inner_rng =
             Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
-        let inner = Server::with_pages(inner_config, pages.clone(), inner_rng);
+        let pages: Vec<Arc<Page>> = pages.into_iter().map(|p| Arc::new(Page::new(p))).collect();
+        let inner = Server::with_shared_pages(inner_config, pages.clone(), inner_rng);
         let plain = plain.map(|c| {
             rng.fill_bytes(&mut seed);
             let r = Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
-            Server::new(c, pages.first().cloned().unwrap_or_default(), r)
+            Server::with_shared_pages(c, pages.into_iter().take(1).collect(), r)
         });
         let mut token_key = zeroize::Zeroizing::new([0u8; 16]);
         rng.fill_bytes(&mut token_key[..]);
