@@ -114,11 +114,12 @@ impl SimEndpoint for SecureServer {
         SecureServer::stats(self)
     }
     fn sent_header(&self, datagram: &[u8]) -> Option<Header> {
-        // A plaintext datagram (plaintext on too) has no inner header.
-        self.last_inner_sent().or_else(|| plain_header(datagram))
+        // A plaintext datagram (plaintext on too) has no inner header; a
+        // refusal has none to show.
+        if self.last_sent_was_plain() { plain_header(datagram) } else { self.last_inner_sent() }
     }
-    fn received_header(&self, _: &[u8]) -> Option<Header> {
-        self.last_inner()
+    fn received_header(&self, datagram: &[u8]) -> Option<Header> {
+        if self.last_was_plain() { plain_header(datagram) } else { self.last_inner() }
     }
 }
 

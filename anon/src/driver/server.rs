@@ -118,17 +118,6 @@ impl Endpoint for Server {
     }
 }
 
-/// Datagrams the plaintext server beside a secure one has received (or
-/// sent): a change across a call says the datagram was plaintext, which the
-/// log then decodes itself.
-fn plain_received(server: &SecureServer) -> Option<u64> {
-    server.plain_stats().map(|s| s.datagrams_received)
-}
-
-fn plain_sent(server: &SecureServer) -> Option<u64> {
-    server.plain_stats().map(|s| s.datagrams_sent)
-}
-
 /// What the log shows of a datagram of a secure server: the inner header
 /// when there is one; a plaintext datagram as it is; otherwise nothing.
 fn secure_shown(inner: Option<anon_proto::wire::Header>, plain: bool) -> Shown {
@@ -141,16 +130,12 @@ fn secure_shown(inner: Option<anon_proto::wire::Header>, plain: bool) -> Shown {
 
 impl Endpoint for SecureServer {
     fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Logged {
-        let before = plain_received(self);
         let belongs = self.handle_kind(now, peer, datagram);
-        let plain = plain_received(self) != before;
-        Logged { belongs, shown: secure_shown(self.last_inner(), plain) }
+        Logged { belongs, shown: secure_shown(self.last_inner(), self.last_was_plain()) }
     }
     fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<(SocketAddr, usize, Option<Logged>)> {
-        let before = plain_sent(self);
         let t = SecureServer::poll_transmit_append(self, now, buf)?;
-        let plain = plain_sent(self) != before;
-        Some((t.peer, t.len, Some(Logged { belongs: t.belongs, shown: secure_shown(t.inner, plain) })))
+        Some((t.peer, t.len, Some(Logged { belongs: t.belongs, shown: secure_shown(t.inner, t.plain) })))
     }
     fn knows_kind(&self, _: SocketAddr) -> Belongs {
         // Every datagram came with its own (above); never asked.

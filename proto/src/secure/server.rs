@@ -112,8 +112,10 @@ pub struct Transmit {
     /// How it belongs (see [`Server::knows_kind`]).
     pub belongs: Belongs,
     /// The inner datagram's header, which the log shows; `None` for a
-    /// plaintext datagram (the log decodes it itself).
+    /// plaintext datagram and for a refusal (which has no inner datagram).
     pub inner: Option<Header>,
+    /// A plaintext datagram (plaintext on too): the log decodes it itself.
+    pub plain: bool,
 }
 
 /// Where one handshake attempt of a connection stands.
@@ -203,7 +205,8 @@ pub struct SecureServer {
     scratch: Vec<u8>,
     body: Vec<u8>,
     last_inner: Option<Header>,
-    last_inner_sent: Option<Header>,
+    last_plain: bool,
+    last_sent: Option<Transmit>,
 }
 
 impl std::fmt::Debug for SecureServer {
@@ -303,7 +306,8 @@ impl SecureServer {
             scratch: Vec::new(),
             body: Vec::new(),
             last_inner: None,
-            last_inner_sent: None,
+            last_plain: false,
+            last_sent: None,
         }
     }
 
@@ -312,11 +316,13 @@ impl SecureServer {
     /// then gives the inner header the log shows.
     pub fn handle_kind(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Belongs {
         self.last_inner = None;
+        self.last_plain = false;
         let belongs = if let Some(b) = self.handle_sealed(now, peer, datagram) {
             b
         } else if let Some(b) = self.handle_initiation(now, peer, datagram) {
             b
         } else if let Some(plain) = &mut self.plain {
+            self.last_plain = true;
             return plain.handle_kind(now, peer, datagram);
         } else {
             self.stats.not_ours += 1;
@@ -330,6 +336,12 @@ impl SecureServer {
     /// and authenticated.
     pub fn last_inner(&self) -> Option<Header> {
         self.last_inner
+    }
+
+    /// Whether the last datagram handled went to the plaintext server
+    /// (plaintext on too): the log decodes it itself.
+    pub fn last_was_plain(&self) -> bool {
+        self.last_plain
     }
 
     /// A datagram sealed for one of our connections; `None` when it names
@@ -652,20 +664,26 @@ impl SecureServer {
     /// when nothing is waiting.
     pub fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         let t = self.next_transmit(now, buf);
-        self.last_inner_sent = t.and_then(|t| t.inner);
+        self.last_sent = t;
         t
     }
 
     /// The inner header of the last datagram from
     /// [`poll_transmit_append`](Self::poll_transmit_append), if secure.
     pub fn last_inner_sent(&self) -> Option<Header> {
-        self.last_inner_sent
+        self.last_sent.and_then(|t| t.inner)
+    }
+
+    /// Whether the last datagram from
+    /// [`poll_transmit_append`](Self::poll_transmit_append) was plaintext.
+    pub fn last_sent_was_plain(&self) -> bool {
+        self.last_sent.is_some_and(|t| t.plain)
     }
 
     fn next_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some((peer, d)) = self.outbox.pop_front() {
             buf.extend_from_slice(&d);
-            return Some(Transmit { peer, len: d.len(), belongs: Belongs::None, inner: None });
+            return Some(Transmit { peer, len: d.len(), belongs: Belongs::None, inner: None, plain: false });
         }
         self.plain_turn = !self.plain_turn;
         if self.plain_turn {
@@ -681,7 +699,7 @@ impl SecureServer {
     fn poll_plain(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         let plain = self.plain.as_mut()?;
         let (peer, len) = plain.poll_transmit_append(now, buf)?;
-        Some(Transmit { peer, len, belongs: plain.knows_kind(peer), inner: None })
+        Some(Transmit { peer, len, belongs: plain.knows_kind(peer), inner: None, plain: true })
     }
 
     fn poll_secure(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
@@ -741,7 +759,7 @@ impl SecureServer {
         let len = self.answer_len(noise.len(), msg1_len);
         let start = buf.len();
         self.outer.seal(&mut *self.rng, &noise, len, &ad, buf);
-        Some(Transmit { peer, len: buf.len() - start, belongs: Belongs::Connection, inner: None })
+        Some(Transmit { peer, len: buf.len() - start, belongs: Belongs::Connection, inner: None, plain: false })
     }
 
     /// Seals the inner datagram at `buf[start + PN_LEN + 3..]` for the
@@ -770,7 +788,13 @@ impl SecureServer {
         let keys = session.keys.as_ref()?;
         keys.send.seal(buf, start, PN_LEN, session.next_pn);
         session.next_pn += 1;
-        Some(Transmit { peer: session.peer, len: buf.len() - start, belongs: Belongs::Connection, inner: None })
+        Some(Transmit {
+            peer: session.peer,
+            len: buf.len() - start,
+            belongs: Belongs::Connection,
+            inner: None,
+            plain: false,
+        })
     }
 
     /// The next event, real addresses in it.
