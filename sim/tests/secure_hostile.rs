@@ -278,6 +278,33 @@ fn an_unlisted_client_gets_silence() {
     answered(&mut server, start, client_addr(0), &msg, "listed");
 }
 
+/// The per-source limit counts sources by the configured prefixes, as the
+/// plaintext server does: with `source_prefix_v4` 24, two clients of one /24
+/// are one source; with 32 (the default), two.
+#[test]
+fn the_per_source_limit_counts_by_the_configured_prefix() {
+    let start = Instant::now();
+    let key = server_key(9);
+    for (prefix, second_answered) in [(24, false), (32, true)] {
+        let mut server = secure_server(&key, 9, start, false, |_, c| {
+            c.max_per_source = 1;
+            c.source_prefix_v4 = prefix;
+        });
+        let mut a = secure_client(key.public(), None, "index", clock(start), 900, start);
+        let msg = secure::first_datagram(&mut a, start);
+        answered(&mut server, start, prober(1), &msg, "first client");
+        let mut b = secure_client(key.public(), None, "index", clock(start), 901, start);
+        let msg = secure::first_datagram(&mut b, start);
+        let before = server.secure_stats();
+        if second_answered {
+            answered(&mut server, start, prober(2), &msg, "another /32");
+        } else {
+            silent(&mut server, start, prober(2), &msg, "the same /24");
+            assert_eq!(moved(before, server.secure_stats()), vec![("refused", 1)]);
+        }
+    }
+}
+
 /// A client that proved the key but asks for a page the server does not
 /// have gets a refusal: one datagram, no longer than its first message,
 /// no state kept; the client ends with the reason.

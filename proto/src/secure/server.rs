@@ -196,6 +196,8 @@ pub struct SecureServer {
     closed: VecDeque<(Instant, SocketAddr)>,
     next_virtual: u64,
     max_per_source: usize,
+    /// The prefixes that make one source (`--source-prefix-v4`/`-v6`).
+    source_prefixes: (u8, u8),
     max_connections: usize,
     replay: HandshakeReplay,
     /// Answers written without a connection (refusals).
@@ -257,6 +259,7 @@ impl SecureServer {
         mut rng: Box<dyn RngCore + Send>,
     ) -> Self {
         let max_per_source = config.max_per_source;
+        let source_prefixes = (config.source_prefix_v4, config.source_prefix_v6);
         let max_connections = config.max_connections;
         let inner_config = ServerConfig {
             // This layer bounds handshakes and sources by real address;
@@ -298,6 +301,7 @@ impl SecureServer {
             closed: VecDeque::new(),
             next_virtual: 1,
             max_per_source,
+            source_prefixes,
             max_connections,
             replay: HandshakeReplay { seen: HashSet::new(), order: VecDeque::new() },
             outbox: VecDeque::new(),
@@ -469,7 +473,7 @@ impl SecureServer {
         let virt = match self.by_client.get(&client).copied() {
             Some(virt) => virt,
             None => {
-                let source = source_key(peer.ip(), 32, 64);
+                let source = source_key(peer.ip(), self.source_prefixes.0, self.source_prefixes.1);
                 let from_source = self.per_source.get(&source).copied().unwrap_or(0);
                 if from_source >= self.max_per_source || self.virtuals.len() >= self.max_connections {
                     self.stats.refused += 1;
