@@ -294,6 +294,25 @@ impl Server {
     /// [`with_pages`](Self::with_pages); out of range means the first).
     /// The secure layer calls it with the page its client asked for.
     pub fn handle_for_page(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], page: usize) -> Belongs {
+        self.handle_opening(now, peer, datagram, |s| s.page(page))
+    }
+
+    /// Like [`handle_for_page`](Self::handle_for_page), for a page not
+    /// among those given at start (a proxy's fetched page): a new
+    /// connection holds it for as long as it lives.
+    pub fn handle_with_page(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], page: Arc<Page>) -> Belongs {
+        self.handle_opening(now, peer, datagram, |_| page)
+    }
+
+    /// A datagram; `page` gives the page a SYN that opens a connection
+    /// opens it for (called only then).
+    fn handle_opening(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &[u8],
+        page: impl FnOnce(&Self) -> Arc<Page>,
+    ) -> Belongs {
         self.stats.datagrams_received += 1;
         let Ok((header, payload)) = Header::decode(datagram) else {
             self.stats.malformed += 1;
@@ -316,7 +335,7 @@ impl Server {
         } else if header.flags == Flags::ACK {
             self.handle_cookie(now, peer, header)
         } else if bare_syn {
-            let page = self.page(page);
+            let page = page(self);
             self.handle_syn(now, peer, header, payload, page)
         } else {
             // Only a bare SYN opens a connection (RFC 9293 LISTEN state).

@@ -9,6 +9,7 @@
 
 mod network;
 mod peers;
+pub mod proxy;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -231,8 +232,13 @@ impl Sim<SecureServer, SecureClient> {
         let server = SecureServer::new(config, setup.server, pages, plain, server_rng);
         let clients = (0..setup.clients)
             .map(|i| {
-                let config =
-                    SecureClientConfig { server: secure.key.public(), key: None, page: secure.ask.clone(), clock };
+                let config = SecureClientConfig {
+                    server: secure.key.public(),
+                    key: None,
+                    page: secure.ask.clone(),
+                    url: None,
+                    clock,
+                };
                 let conn_rng = Box::new(StdRng::seed_from_u64(rng.next_u64()));
                 SimClient::new(client_addr(i), SecureClient::new(config, setup.client.clone(), conn_rng, start))
             })
@@ -242,7 +248,7 @@ impl Sim<SecureServer, SecureClient> {
 }
 
 /// Any real instant works as virtual time zero: only differences count.
-fn virtual_zero() -> Instant {
+pub(crate) fn virtual_zero() -> Instant {
     #[allow(clippy::disallowed_methods)]
     Instant::now()
 }

@@ -11,6 +11,7 @@ use rand::RngCore;
 use super::handshake::{self, Initiator, Outer, SessionKeys, field};
 use super::keys::{PublicKey, StaticSecret};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN};
+use super::proxy::PageMeta;
 use super::{SECURE_MAX_SEGMENT, WallClock};
 use crate::config::{ClientConfig, FastClient};
 use crate::conn::{ClientConn, ClientEvent, ClientStats, ConnectionError, Mode, Refusal};
@@ -27,6 +28,9 @@ pub struct SecureClientConfig {
     pub key: Option<StaticSecret>,
     /// The page asked for; empty for the server's default.
     pub page: String,
+    /// A URL for a proxy server to fetch and serve (docs/PROTOCOL.md §9),
+    /// asked for instead of `page`.
+    pub url: Option<String>,
     /// The wall clock, for the first message's timestamp.
     pub clock: WallClock,
 }
@@ -72,6 +76,11 @@ const MAX_ATTEMPTS: usize = 4;
 /// Shortest and longest first message: the length is drawn between them
 /// (and never below the natural length).
 const MSG1_MIN: usize = 360;
+/// Shortest first message asking for a URL: the answer, never longer than
+/// the first message, then has room for what the origin said (the final
+/// URL, the content type), as a QUIC Initial is padded to leave its answer
+/// room (RFC 9000 §14.1).
+const MSG1_MIN_URL: usize = 1200;
 const MSG1_SPREAD: usize = 400;
 /// Largest padding of a client datagram.
 const PAD_MAX: usize = 48;
@@ -97,6 +106,7 @@ pub struct SecureClient {
     stats: SecureClientStats,
     last_inner_received: Option<Header>,
     last_inner_sent: Option<Header>,
+    meta: Option<PageMeta>,
 }
 
 impl std::fmt::Debug for SecureClient {
@@ -142,6 +152,7 @@ impl SecureClient {
             stats: SecureClientStats::default(),
             last_inner_received: None,
             last_inner_sent: None,
+            meta: None,
         }
     }
 
@@ -210,7 +221,8 @@ impl SecureClient {
                     }
                 }
                 field::INNER => inner = Some(value.to_vec()),
-                field::ERROR => refusal = Some(Refusal::from_code(value.first().copied().unwrap_or(0))),
+                field::ERROR => refusal = Some(Refusal::decode(value)),
+                field::META => self.meta = PageMeta::decode(value),
                 _ => {}
             }
         }
@@ -261,7 +273,16 @@ impl SecureClient {
         let mut payload = Vec::with_capacity(syn.len() + 64);
         handshake::put_field(&mut payload, field::TIME, &self.secure.clock.unix_ms(now).to_be_bytes());
         handshake::put_field(&mut payload, field::CONN_ID, &self.conn_id);
-        handshake::put_field(&mut payload, field::PAGE, self.secure.page.as_bytes());
+        let min_len = match &self.secure.url {
+            Some(url) => {
+                handshake::put_field(&mut payload, field::URL, url.as_bytes());
+                MSG1_MIN_URL
+            }
+            None => {
+                handshake::put_field(&mut payload, field::PAGE, self.secure.page.as_bytes());
+                MSG1_MIN
+            }
+        };
         handshake::put_field(&mut payload, field::INNER, syn);
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
@@ -272,7 +293,7 @@ impl SecureClient {
             self.attempts.pop_front();
         }
         let natural = noise.len() + handshake::OUTER_OVERHEAD;
-        let len = natural.max(MSG1_MIN) + (self.rng.next_u32() as usize) % MSG1_SPREAD;
+        let len = natural.max(min_len) + (self.rng.next_u32() as usize) % MSG1_SPREAD;
         let nonce = self.outer.seal(&mut *self.rng, &noise, len, b"", buf);
         self.attempts.push_back((attempt, nonce));
         self.stats.initiations += 1;
@@ -336,6 +357,11 @@ impl SecureClient {
     /// The inner connection, for what this wrapper does not repeat.
     pub fn conn(&self) -> &ClientConn {
         &self.conn
+    }
+
+    /// What the origin said of a page asked for by URL (from the answer).
+    pub fn meta(&self) -> Option<&PageMeta> {
+        self.meta.as_ref()
     }
 
     /// See [`ClientConn::poll_timeout`].

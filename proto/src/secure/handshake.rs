@@ -119,8 +119,16 @@ pub mod field {
     pub const INNER: u8 = 4;
     /// Connection tokens for the client (16 bytes each).
     pub const TOKENS: u8 = 5;
-    /// The server refuses the request: a reason code (u8).
+    /// The server refuses the request: a reason code (u8), then for an
+    /// HTTP status refusal the status (u16); see [`crate::Refusal::encode`].
     pub const ERROR: u8 = 6;
+    /// The URL asked for (UTF-8, an absolute http or https URL, at most
+    /// [`MAX_URL_LEN`](crate::secure::proxy::MAX_URL_LEN) bytes): a proxy
+    /// server fetches it; it takes the place of PAGE.
+    pub const URL: u8 = 7;
+    /// What the origin said of a fetched page: see
+    /// [`PageMeta`](crate::secure::proxy::PageMeta).
+    pub const META: u8 = 8;
 }
 
 /// Appends one payload field.

@@ -14,18 +14,22 @@
 //!   offsets, AES-256-GCM, header protection, connection tokens, padding and
 //!   the replay window;
 //! - [`server`] and [`client`]: the two ends, each wrapping the plaintext
-//!   core's state machines.
+//!   core's state machines;
+//! - [`proxy`]: pages asked for by URL, which the server's driver fetches
+//!   (docs/PROTOCOL.md §9).
 
 pub mod client;
 pub mod handshake;
 pub mod keys;
 pub mod packet;
+pub mod proxy;
 pub mod server;
 
 use std::time::Instant;
 
 pub use client::{KeyLog, SecureClient, SecureClientConfig, SecureClientStats};
 pub use keys::{Bridge, KeyError, PublicKey, StaticSecret, parse_allow_list};
+pub use proxy::{FetchRequest, FetchedPage, PageMeta};
 pub use server::{SecureServer, SecureServerConfig, SecureStats, Transmit};
 
 /// Largest inner segment payload in secure mode: with the inner header

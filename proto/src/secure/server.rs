@@ -20,6 +20,7 @@ use rustc_hash::FxHashMap;
 use super::handshake::{self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERHEAD, Outer, Responder, field};
 use super::keys::{PublicKey, StaticSecret};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN, TokenKey};
+use super::proxy::{FetchRequest, FetchedPage, MAX_URL_LEN, PageMeta};
 use super::{SECURE_MAX_SEGMENT, WallClock, handshake::SessionKeys};
 use crate::Refusal;
 use crate::config::ServerConfig;
@@ -48,6 +49,17 @@ pub struct SecureServerConfig {
     pub max_replay_entries: usize,
     /// The wall clock, for the first message's timestamp.
     pub clock: WallClock,
+    /// Whether clients may ask for pages by URL (docs/PROTOCOL.md §9): the
+    /// driver then fetches them ([`SecureServer::poll_fetch`]); when false,
+    /// such a request is refused as not allowed.
+    pub fetch: bool,
+    /// Requests being fetched at once, at most; beyond, refused as busy.
+    pub max_fetching: usize,
+    /// Requests from one source being fetched at once, at most.
+    pub max_fetching_per_source: usize,
+    /// A request the driver has not answered after this long is refused
+    /// (timed out), so that its state is bounded whatever the driver does.
+    pub fetch_timeout: Duration,
 }
 
 impl SecureServerConfig {
@@ -61,6 +73,10 @@ impl SecureServerConfig {
             max_pending: 4096,
             max_replay_entries: 1 << 20,
             clock,
+            fetch: false,
+            max_fetching: 256,
+            max_fetching_per_source: 16,
+            fetch_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -100,6 +116,13 @@ pub struct SecureStats {
     pub replayed: u64,
     /// Connections whose client's address changed.
     pub migrations: u64,
+    /// Pages asked for by URL, handed to the driver.
+    pub fetch_requests: u64,
+    /// First messages sent again while their URL was being fetched (the
+    /// newest is answered).
+    pub fetch_repeats: u64,
+    /// Requests the driver did not answer within `fetch_timeout`.
+    pub fetch_timeouts: u64,
 }
 
 /// A datagram to send, and what the packet log needs of it.
@@ -156,9 +179,36 @@ struct Virtual {
     confirmed: Option<u64>,
     client: (SocketAddr, [u8; 8]),
     source: IpAddr,
+    /// What the origin said of a fetched page, for the answer.
+    meta: Option<Arc<PageMeta>>,
     /// Closed: kept (keys and all) until then, so that the inner TIME-WAIT
     /// can answer a FIN|ACK sent again.
     closed_until: Option<Instant>,
+}
+
+/// An authenticated first message, on its way to becoming a connection.
+struct Opening {
+    peer: SocketAddr,
+    conn_id: [u8; 8],
+    responder: Box<Responder>,
+    /// The inner SYN.
+    inner: Vec<u8>,
+    msg1_len: usize,
+    msg1_nonce: [u8; 24],
+}
+
+/// The page a new connection serves.
+enum PageChoice {
+    /// One given at start, by index.
+    Index(usize),
+    /// A fetched one.
+    Shared(Arc<Page>),
+}
+
+/// A request whose URL the driver is fetching.
+struct Fetching {
+    opening: Opening,
+    source: IpAddr,
 }
 
 /// Attempts of one connection kept at most.
@@ -200,6 +250,16 @@ pub struct SecureServer {
     source_prefixes: (u8, u8),
     max_connections: usize,
     replay: HandshakeReplay,
+    /// Requests being fetched, by request ID (a counter); by client, for
+    /// first messages sent again meanwhile; by source; their deadlines,
+    /// oldest first (answered ones skipped); and those the driver has not
+    /// taken yet.
+    fetching: FxHashMap<u64, Fetching>,
+    fetching_by_client: HashMap<(SocketAddr, [u8; 8]), u64>,
+    fetching_per_source: HashMap<IpAddr, usize>,
+    fetch_deadlines: VecDeque<(Instant, u64)>,
+    fetch_requests: VecDeque<FetchRequest>,
+    next_fetch: u64,
     /// Answers written without a connection (refusals).
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<ServerEvent>,
@@ -304,6 +364,12 @@ impl SecureServer {
             source_prefixes,
             max_connections,
             replay: HandshakeReplay { seen: HashSet::new(), order: VecDeque::new() },
+            fetching: FxHashMap::default(),
+            fetching_by_client: HashMap::new(),
+            fetching_per_source: HashMap::new(),
+            fetch_deadlines: VecDeque::new(),
+            fetch_requests: VecDeque::new(),
+            next_fetch: 1,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: SecureStats::default(),
@@ -426,6 +492,9 @@ impl SecureServer {
                 field::TIME => hello.time = value.try_into().ok().map(u64::from_be_bytes),
                 field::CONN_ID => hello.conn_id = value.try_into().ok(),
                 field::PAGE => hello.page = std::str::from_utf8(value).ok().map(str::to_owned),
+                field::URL if value.len() <= MAX_URL_LEN => {
+                    hello.url = std::str::from_utf8(value).ok().map(str::to_owned);
+                }
                 field::INNER => hello.inner = Some(value.to_vec()),
                 _ => {}
             }
@@ -463,12 +532,140 @@ impl SecureServer {
         // An authenticated first message from a client we serve: the log
         // shows its inner SYN (a refused request's included).
         self.last_inner = Header::decode(&inner).ok().map(|(h, _)| h);
+        let opening =
+            Opening { peer, conn_id, responder: Box::new(init.responder), inner, msg1_len: datagram.len(), msg1_nonce };
+        if self.by_client.contains_key(&(peer, conn_id)) {
+            // Another attempt of a connection we have (its answer was lost):
+            // its page is chosen already.
+            return self.open(now, opening, PageChoice::Index(0), None);
+        }
+        if let Some(url) = hello.url {
+            return Some(self.request_fetch(now, opening, url));
+        }
         let name = hello.page.unwrap_or_default();
         let page = if name.is_empty() { Some(0) } else { self.config.page_names.iter().position(|n| *n == name) };
         let Some(page) = page else {
-            self.refuse(peer, init.responder, Refusal::NotFound, datagram.len(), msg1_nonce);
+            self.refuse(opening, Refusal::NotFound);
             return Some(Belongs::None);
         };
+        self.open(now, opening, PageChoice::Index(page), None)
+    }
+
+    /// Whether a new connection from `peer` would pass the per-source and
+    /// total limits.
+    fn has_room(&self, peer: SocketAddr) -> bool {
+        let source = source_key(peer.ip(), self.source_prefixes.0, self.source_prefixes.1);
+        let from_source = self.per_source.get(&source).copied().unwrap_or(0);
+        from_source < self.max_per_source && self.virtuals.len() < self.max_connections
+    }
+
+    /// A first message that asked for a URL: handed to the driver, and
+    /// answered when it has fetched the page (or given up).
+    fn request_fetch(&mut self, now: Instant, opening: Opening, url: String) -> Belongs {
+        if !self.config.fetch {
+            self.refuse(opening, Refusal::NotAllowed);
+            return Belongs::None;
+        }
+        let client = (opening.peer, opening.conn_id);
+        if let Some(f) = self.fetching_by_client.get(&client).and_then(|id| self.fetching.get_mut(id)) {
+            // The client sent its first message again while we fetch: the
+            // newest attempt is answered (the client keeps its latest few).
+            f.opening = opening;
+            self.stats.fetch_repeats += 1;
+            return Belongs::Repeat;
+        }
+        if !self.has_room(opening.peer) {
+            self.stats.refused += 1;
+            return Belongs::None;
+        }
+        let source = source_key(opening.peer.ip(), self.source_prefixes.0, self.source_prefixes.1);
+        let from_source = self.fetching_per_source.get(&source).copied().unwrap_or(0);
+        if self.fetching.len() >= self.config.max_fetching || from_source >= self.config.max_fetching_per_source {
+            self.refuse(opening, Refusal::Busy);
+            return Belongs::None;
+        }
+        let id = self.next_fetch;
+        self.next_fetch += 1;
+        *self.fetching_per_source.entry(source).or_default() += 1;
+        self.fetching_by_client.insert(client, id);
+        self.fetching.insert(id, Fetching { opening, source });
+        self.fetch_deadlines.push_back((crate::time::after(now, self.config.fetch_timeout), id));
+        // Answered requests leave stale deadlines behind.
+        if self.fetch_deadlines.len() > 2 * self.fetching.len() + 64 {
+            let fetching = &self.fetching;
+            self.fetch_deadlines.retain(|(_, id)| fetching.contains_key(id));
+        }
+        self.fetch_requests.push_back(FetchRequest { id, url });
+        self.stats.fetch_requests += 1;
+        Belongs::Connection
+    }
+
+    /// The next URL to fetch, for the driver; answer each with
+    /// [`fetch_done`](Self::fetch_done).
+    pub fn poll_fetch(&mut self) -> Option<FetchRequest> {
+        self.fetch_requests.pop_front()
+    }
+
+    /// Requests being fetched (or waiting to be taken).
+    pub fn fetching_count(&self) -> usize {
+        self.fetching.len()
+    }
+
+    fn take_fetching(&mut self, id: u64) -> Option<Fetching> {
+        let f = self.fetching.remove(&id)?;
+        let client = (f.opening.peer, f.opening.conn_id);
+        if self.fetching_by_client.get(&client) == Some(&id) {
+            self.fetching_by_client.remove(&client);
+        }
+        if let std::collections::hash_map::Entry::Occupied(mut n) = self.fetching_per_source.entry(f.source) {
+            *n.get_mut() = n.get().saturating_sub(1);
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+        Some(f)
+    }
+
+    /// The driver's answer to request `id`: the page, which the client's
+    /// connection then serves, or why not, which the client is told. An
+    /// unknown or already answered `id` (timed out) is ignored.
+    pub fn fetch_done(&mut self, now: Instant, id: u64, result: Result<FetchedPage, Refusal>) {
+        let Some(f) = self.take_fetching(id) else { return };
+        match result {
+            Err(why) => self.refuse(f.opening, why),
+            Ok(fetched) if self.has_room(f.opening.peer) => {
+                let meta = Some(Arc::new(fetched.meta));
+                let _ = self.open(now, f.opening, PageChoice::Shared(fetched.page), meta);
+            }
+            Ok(_) => self.stats.refused += 1,
+        }
+        self.pump_events(now);
+    }
+
+    /// Refuses requests the driver has not answered in time.
+    fn expire_fetches(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.fetch_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.fetch_deadlines.pop_front();
+            if let Some(f) = self.take_fetching(id) {
+                self.stats.fetch_timeouts += 1;
+                self.refuse(f.opening, Refusal::Timeout);
+            }
+        }
+    }
+
+    /// Makes a connection of an authenticated first message (or adds an
+    /// attempt to the one it has), then hands the inner SYN in.
+    fn open(
+        &mut self,
+        now: Instant,
+        opening: Opening,
+        page: PageChoice,
+        meta: Option<Arc<PageMeta>>,
+    ) -> Option<Belongs> {
+        let Opening { peer, conn_id, responder, inner, msg1_len, msg1_nonce } = opening;
         let client = (peer, conn_id);
         let virt = match self.by_client.get(&client).copied() {
             Some(virt) => virt,
@@ -490,7 +687,7 @@ impl SecureServer {
                 self.next_virtual += 1;
                 self.virtuals.insert(
                     virt,
-                    Virtual { attempts: Vec::new(), confirmed: None, client, source, closed_until: None },
+                    Virtual { attempts: Vec::new(), confirmed: None, client, source, meta, closed_until: None },
                 );
                 *self.per_source.entry(source).or_default() += 1;
                 self.by_client.insert(client, virt);
@@ -516,12 +713,12 @@ impl SecureServer {
             Session {
                 virt,
                 peer,
-                phase: Phase::Pending(Box::new(init.responder)),
+                phase: Phase::Pending(responder),
                 keys: None,
                 next_pn: 0,
                 replay: ReplayWindow::default(),
                 tokens_issued: 0,
-                msg1_len: datagram.len(),
+                msg1_len,
                 msg1_nonce,
                 pad: 0,
                 pad_left: 0,
@@ -530,19 +727,24 @@ impl SecureServer {
         self.stats.handshakes += 1;
         // The inner SYN (a first one, or the same SYN again for an attempt
         // after a lost answer: then the inner server repeats its SYN|ACK).
-        Some(self.inner.handle_for_page(now, virt, &inner, page))
+        Some(match page {
+            PageChoice::Index(i) => self.inner.handle_for_page(now, virt, &inner, i),
+            PageChoice::Shared(p) => self.inner.handle_with_page(now, virt, &inner, p),
+        })
     }
 
     /// Answers a handshake with a refusal: the client is authenticated,
     /// so it learns why; the answer is no longer than the first message.
-    fn refuse(&mut self, peer: SocketAddr, responder: Responder, why: Refusal, msg1_len: usize, ad: [u8; 24]) {
+    fn refuse(&mut self, opening: Opening, why: Refusal) {
         let mut payload = Vec::new();
-        handshake::put_field(&mut payload, field::ERROR, &[why.code()]);
-        let Some((noise, _keys)) = responder.answer(&payload) else { return };
+        let mut value = Vec::with_capacity(3);
+        why.encode(&mut value);
+        handshake::put_field(&mut payload, field::ERROR, &value);
+        let Some((noise, _keys)) = opening.responder.answer(&payload) else { return };
         let mut d = Vec::new();
-        let len = self.answer_len(noise.len(), msg1_len);
-        self.outer.seal(&mut *self.rng, &noise, len, &ad, &mut d);
-        self.outbox.push_back((peer, d));
+        let len = self.answer_len(noise.len(), opening.msg1_len);
+        self.outer.seal(&mut *self.rng, &noise, len, &opening.msg1_nonce, &mut d);
+        self.outbox.push_back((opening.peer, d));
         self.stats.rejected += 1;
     }
 
@@ -645,13 +847,15 @@ impl SecureServer {
             p.handle_timeout(now);
         }
         self.expire_closed(now);
+        self.expire_fetches(now);
         self.pump_events(now);
     }
 
     /// The earliest deadline for [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let closed = self.closed.front().map(|&(t, _)| t);
-        [self.inner.poll_timeout(), self.plain.as_ref().and_then(Server::poll_timeout), closed]
+        let fetch = self.fetch_deadlines.front().map(|&(t, _)| t);
+        [self.inner.poll_timeout(), self.plain.as_ref().and_then(Server::poll_timeout), closed, fetch]
             .into_iter()
             .flatten()
             .min()
@@ -756,6 +960,15 @@ impl SecureServer {
         session.tokens_issued = WELCOME_TOKENS;
         handshake::put_field(&mut payload, field::TOKENS, &tokens);
         handshake::put_field(&mut payload, field::INNER, inner);
+        if let Some(meta) = self.virtuals.get(&session.virt).and_then(|v| v.meta.as_deref()) {
+            // In what the first message leaves: never longer than it.
+            let room = session.msg1_len.saturating_sub(OUTER_OVERHEAD + NOISE_MSG2_OVERHEAD + payload.len() + 3);
+            let mut value = Vec::new();
+            meta.encode(room, &mut value);
+            if value.len() <= room {
+                handshake::put_field(&mut payload, field::META, &value);
+            }
+        }
         let (noise, mut keys) = responder.answer(&payload)?;
         keys.material = None;
         session.keys = Some(keys);
@@ -862,6 +1075,7 @@ struct Hello {
     time: Option<u64>,
     conn_id: Option<[u8; 8]>,
     page: Option<String>,
+    url: Option<String>,
     inner: Option<Vec<u8>>,
 }
 

@@ -1,0 +1,164 @@
+//! A proxy server under simulation: the secure server and a stand-in for
+//! its driver's fetcher. A URL the server hands out is answered after a
+//! virtual delay from a table of origin pages, as the real driver answers
+//! from its cache or the origin; a URL the driver never answers tests the
+//! core's own deadline.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anon_proto::page::Page;
+use anon_proto::secure::{FetchedPage, PageMeta, SecureServer};
+use anon_proto::wire::Header;
+use anon_proto::{Refusal, ServerStats};
+use bytes::Bytes;
+
+use crate::SimEndpoint;
+
+/// What the simulated origin does for one URL.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Serves this page, with this metadata.
+    Page(Arc<Page>, PageMeta),
+    /// The driver refuses the request so.
+    Refuse(Refusal),
+    /// Never answers (a hung driver).
+    Hang,
+}
+
+/// A [`SecureServer`] with fetching on and a simulated fetcher.
+pub struct ProxySim {
+    /// The server.
+    pub server: SecureServer,
+    /// URL to origin behaviour; anything else is refused as not allowed.
+    pub origins: HashMap<String, Origin>,
+    /// How long a fetch takes (virtual time).
+    pub delay: Duration,
+    /// Fetches in progress: when each completes, its request ID and URL.
+    due: VecDeque<(Instant, u64, String)>,
+    /// Every URL handed out, in order (what the origin would have seen).
+    pub requested: Vec<String>,
+}
+
+impl std::fmt::Debug for ProxySim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxySim")
+            .field("server", &self.server)
+            .field("requested", &self.requested)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxySim {
+    /// Wraps `server` (built with `SecureServerConfig::fetch` on).
+    pub fn new(server: SecureServer, delay: Duration) -> ProxySim {
+        ProxySim { server, origins: HashMap::new(), delay, due: VecDeque::new(), requested: Vec::new() }
+    }
+
+    /// Serves `body` at `url` with status 200.
+    pub fn add_page(&mut self, url: &str, body: Vec<u8>, content_type: &str) {
+        let meta = PageMeta { status: 200, content_type: content_type.into(), final_url: url.into() };
+        self.origins.insert(url.into(), Origin::Page(Arc::new(Page::new(Bytes::from(body))), meta));
+    }
+
+    fn take_requests(&mut self, now: Instant) {
+        while let Some(r) = self.server.poll_fetch() {
+            self.requested.push(r.url.clone());
+            self.due.push_back((now + self.delay, r.id, r.url));
+        }
+    }
+
+    fn complete_due(&mut self, now: Instant) {
+        while let Some((at, id, url)) = self.due.front().cloned() {
+            if at > now {
+                break;
+            }
+            self.due.pop_front();
+            let result = match self.origins.get(&url) {
+                Some(Origin::Page(page, meta)) => Ok(FetchedPage { page: Arc::clone(page), meta: meta.clone() }),
+                Some(Origin::Refuse(why)) => Err(*why),
+                Some(Origin::Hang) => continue,
+                None => Err(Refusal::NotAllowed),
+            };
+            self.server.fetch_done(now, id, result);
+        }
+        self.take_requests(now);
+    }
+}
+
+impl SimEndpoint for ProxySim {
+    fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.server.handle_kind(now, from, datagram);
+        self.take_requests(now);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.server.handle_timeout(now);
+        self.complete_due(now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<SocketAddr> {
+        SimEndpoint::poll_transmit(&mut self.server, now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        [self.server.poll_timeout(), self.due.iter().map(|d| d.0).min()].into_iter().flatten().min()
+    }
+    fn connection_count(&self) -> usize {
+        self.server.connection_count() + self.server.fetching_count()
+    }
+    fn drain_events(&mut self) {
+        self.server.drain_events();
+    }
+    fn stats(&self) -> ServerStats {
+        self.server.stats()
+    }
+    fn sent_header(&self, datagram: &[u8]) -> Option<Header> {
+        self.server.sent_header(datagram)
+    }
+    fn received_header(&self, datagram: &[u8]) -> Option<Header> {
+        self.server.received_header(datagram)
+    }
+}
+
+/// A proxy scenario: a secure server with fetching on (`tweak` adjusts its
+/// settings), and one client per URL in `urls`, each asking for it; every
+/// random choice is drawn from `seed`.
+pub fn secure_proxy(
+    seed: u64,
+    link: crate::LinkConfig,
+    urls: &[&str],
+    delay: Duration,
+    client: anon_proto::ClientConfig,
+    tweak: impl FnOnce(&mut anon_proto::secure::SecureServerConfig),
+) -> crate::Sim<ProxySim, anon_proto::secure::SecureClient> {
+    use anon_proto::secure::{SecureClient, SecureClientConfig, SecureServerConfig, StaticSecret, WallClock};
+    use rand::rngs::StdRng;
+    use rand::{RngCore, SeedableRng};
+
+    let start = crate::virtual_zero();
+    let clock = WallClock { at: start, unix_ms: crate::SIM_UNIX_MS };
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let key = StaticSecret::generate(&mut rng);
+    let mut config = SecureServerConfig::new(key.clone(), vec!["index".into()], clock);
+    config.fetch = true;
+    tweak(&mut config);
+    let server_rng = Box::new(StdRng::seed_from_u64(rng.next_u64()));
+    let pages = vec![Bytes::from_static(b"the default page")];
+    let server = SecureServer::new(config, anon_proto::ServerConfig::default(), pages, None, server_rng);
+    let clients = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let config = SecureClientConfig {
+                server: key.public(),
+                key: None,
+                page: String::new(),
+                url: Some((*url).into()),
+                clock,
+            };
+            let conn_rng = Box::new(StdRng::seed_from_u64(rng.next_u64()));
+            crate::SimClient::new(crate::client_addr(i), SecureClient::new(config, client.clone(), conn_rng, start))
+        })
+        .collect();
+    crate::Sim::assemble(start, ProxySim::new(server, delay), clients, link, seed)
+}

@@ -1,0 +1,144 @@
+//! Pages asked for by URL (docs/PROTOCOL.md §9) over the simulated network:
+//! the secure server hands the URL to its driver (here a simulated fetcher),
+//! serves what comes back, and tells the client why when nothing does.
+
+use std::time::Duration;
+
+use anon_proto::secure::{SecureServer, SecureServerConfig};
+use anon_proto::{ClientConfig, ConnectionError, Refusal};
+use anon_sim::proxy::{Origin, secure_proxy};
+use anon_sim::{LinkConfig, page, seeds};
+
+const URL: &str = "https://news.example.org/today.html";
+
+fn clean() -> LinkConfig {
+    LinkConfig::clean(Duration::from_millis(10))
+}
+
+fn client() -> ClientConfig {
+    ClientConfig { connect_timeout: Duration::from_secs(60), ..ClientConfig::default() }
+}
+
+#[test]
+fn a_url_is_fetched_served_byte_exact_and_described() {
+    for seed in seeds(6) {
+        let body = page(300_000, seed);
+        // Longer than the first retransmission timeout: the client sends
+        // its first message again meanwhile, and the newest is answered.
+        let delay = Duration::from_millis(2_500);
+        let mut sim = secure_proxy(seed, LinkConfig::hostile(0.05), &[URL, URL], delay, client(), |_| {});
+        sim.server.add_page(URL, body.clone(), "text/html; charset=utf-8");
+        let report = sim.run(Duration::from_secs(120), 2_000_000);
+        assert!(report.quiescent, "seed {seed}: {report:?}");
+        for c in &sim.clients {
+            assert_eq!(c.conn.outcome(), Some(&Ok(())), "seed {seed}");
+            assert!(c.data == body, "seed {seed}: page differs");
+            let meta = c.conn.meta().expect("the answer says what the origin said");
+            assert_eq!(
+                (meta.status, meta.content_type.as_str(), meta.final_url.as_str()),
+                (200, "text/html; charset=utf-8", URL)
+            );
+        }
+        let s = sim.server.server.secure_stats();
+        assert_eq!(s.fetch_requests, 2, "seed {seed}: {s:?}");
+        assert!(s.fetch_repeats >= 2, "seed {seed}: no first message was sent again while fetching: {s:?}");
+        assert_eq!(sim.server.server.fetching_count(), 0);
+        sim.server.server.handle_timeout(sim.now + Duration::from_secs(11));
+        assert_eq!(sim.server.server.session_count(), (0, 0), "seed {seed}: state left after the end");
+    }
+}
+
+#[test]
+fn each_refusal_reaches_the_client_and_no_page_does() {
+    let cases = [
+        (Origin::Refuse(Refusal::Status(404)), Refusal::Status(404)),
+        (Origin::Refuse(Refusal::Unreachable), Refusal::Unreachable),
+        (Origin::Refuse(Refusal::TooLarge), Refusal::TooLarge),
+        (Origin::Refuse(Refusal::NotAllowed), Refusal::NotAllowed),
+    ];
+    for (origin, want) in cases {
+        let mut sim = secure_proxy(1, clean(), &[URL], Duration::from_millis(50), client(), |_| {});
+        sim.server.origins.insert(URL.into(), origin);
+        sim.run(Duration::from_secs(30), 100_000);
+        assert_eq!(sim.clients[0].conn.outcome(), Some(&Err(ConnectionError::Rejected(want))));
+        assert!(sim.clients[0].data.is_empty());
+    }
+    // A server that fetches nothing refuses every URL, without asking its driver.
+    let mut sim = secure_proxy(2, clean(), &[URL], Duration::from_millis(50), client(), |c| c.fetch = false);
+    sim.server.add_page(URL, page(1000, 1), "text/plain");
+    sim.run(Duration::from_secs(30), 100_000);
+    assert_eq!(sim.clients[0].conn.outcome(), Some(&Err(ConnectionError::Rejected(Refusal::NotAllowed))));
+    assert!(sim.server.requested.is_empty());
+}
+
+#[test]
+fn a_driver_that_never_answers_costs_a_bounded_wait() {
+    let mut sim = secure_proxy(3, clean(), &[URL], Duration::from_millis(50), client(), |c| {
+        c.fetch_timeout = Duration::from_secs(5);
+    });
+    sim.server.origins.insert(URL.into(), Origin::Hang);
+    sim.run(Duration::from_secs(30), 100_000);
+    assert_eq!(sim.clients[0].conn.outcome(), Some(&Err(ConnectionError::Rejected(Refusal::Timeout))));
+    let s = sim.server.server.secure_stats();
+    assert_eq!((s.fetch_timeouts, sim.server.server.fetching_count()), (1, 0), "{s:?}");
+    // The refusal came at the server's deadline, not the client's.
+    assert!(sim.now - sim.start < Duration::from_secs(7), "{:?}", sim.now - sim.start);
+}
+
+/// A holder of the bridge line asks for thousands of URLs and never lets a
+/// fetch finish: the requests held stay within the limits, the rest are
+/// refused as busy, and an honest client from elsewhere still gets through.
+#[test]
+fn a_flood_of_url_requests_is_bounded_and_refused_as_busy() {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::time::Instant;
+
+    use anon_proto::secure::{SecureClient, SecureClientConfig, StaticSecret, WallClock};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[allow(clippy::disallowed_methods)]
+    let start = Instant::now();
+    let clock = WallClock { at: start, unix_ms: anon_sim::SIM_UNIX_MS };
+    let key = StaticSecret::generate(&mut StdRng::seed_from_u64(9));
+    let mut config = SecureServerConfig::new(key.clone(), vec!["index".into()], clock);
+    config.fetch = true;
+    config.max_fetching = 64;
+    config.max_fetching_per_source = 8;
+    let pages = vec![bytes::Bytes::from_static(b"x")];
+    let mut server =
+        SecureServer::new(config, anon_proto::ServerConfig::default(), pages, None, Box::new(StdRng::seed_from_u64(1)));
+    let ask = |seed: u64, url: String| {
+        let cfg = SecureClientConfig { server: key.public(), key: None, page: String::new(), url: Some(url), clock };
+        let mut c = SecureClient::new(cfg, ClientConfig::default(), Box::new(StdRng::seed_from_u64(seed)), start);
+        let mut m = Vec::new();
+        assert!(c.poll_transmit(start, &mut m));
+        m
+    };
+    let mut busy_answers = 0;
+    for i in 0..2_000u64 {
+        // 200 sources, 10 requests each, every URL different.
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 9, (i % 200 / 250) as u8, (i % 200) as u8 + 1));
+        let from = SocketAddr::new(ip, 1000 + (i / 200) as u16);
+        let m = ask(i, format!("https://x.example/{i}"));
+        server.handle_kind(start, from, &m);
+        assert!(server.fetching_count() <= 64);
+        let mut buf = Vec::new();
+        while let Some(t) = server.poll_transmit_append(start, &mut buf) {
+            assert!(t.len <= m.len(), "an answer longer than its first message");
+            busy_answers += 1;
+            buf.clear();
+        }
+    }
+    assert_eq!(server.fetching_count(), 64);
+    assert_eq!(busy_answers, 2_000 - 64, "every request beyond the limit is told it is busy");
+    let mut taken = 0;
+    while server.poll_fetch().is_some() {
+        taken += 1;
+    }
+    assert_eq!(taken, 64);
+    // The core's deadline frees them all, driver or not.
+    server.handle_timeout(start + Duration::from_secs(91));
+    assert_eq!(server.fetching_count(), 0);
+    assert_eq!(server.secure_stats().fetch_timeouts, 64);
+}
