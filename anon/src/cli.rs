@@ -21,6 +21,9 @@ use crate::driver;
 use crate::driver::client::{FetchFailed, Output};
 use crate::fetch::{FetchLimits, Source, fetch};
 use crate::packet_log::PacketLog;
+use crate::proxy::origin::OriginFetcher;
+use crate::proxy::policy::{FetchPolicy, UrlPattern};
+use crate::proxy::service::Proxy;
 
 /// Exit statuses of both programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,13 +38,16 @@ pub enum Exit {
     /// The socket could not be set up: port in use or not permitted,
     /// server name not resolvable.
     Network = 3,
-    /// The server could not download the page.
+    /// The page could not be downloaded: by anonserver at start, or, for
+    /// `anonclient --url`, by the proxy server from the origin. Nothing is
+    /// written.
     Download = 4,
     /// A local file could not be used: log or output not writable, key
     /// file or allow list unreadable or malformed, a key file in the way.
     LocalFile = 5,
     /// Secure mode: the server completed the handshake and refused the
-    /// request (no page of that name). Nothing is written.
+    /// request (no page of that name, a URL it does not fetch, busy).
+    /// Nothing is written.
     Refused = 6,
     /// Interrupted by SIGINT or SIGTERM before the page was complete (client).
     Interrupted = 130,
@@ -59,10 +65,13 @@ Exit status:
   1    the transfer failed: no answer, connection refused, or the server went silent
   2    bad command line
   3    the socket could not be set up (port in use or not permitted, unknown host)
-  4    the page could not be downloaded
+  4    the page could not be downloaded (anonserver, at start)
   5    a local file could not be used (log or output not writable, key file or
        allow list unreadable or malformed, keygen: the key file exists)
-  6    secure mode: the server refused the request (no page of that name)
+  4    anonclient --url: the server could not fetch the page (the origin was
+       unreachable or timed out, answered an HTTP error, or the page is too large)
+  6    secure mode: the server refused the request (no page of that name, a URL
+       the server does not fetch, the server busy)
   130  interrupted by SIGINT or SIGTERM before the page was complete (anonclient)";
 
 const SERVER_EXAMPLES: &str = "\
@@ -162,7 +171,13 @@ pub struct ServerArgs {
     /// path is empty (<https://example.org/a/b.html> is b.html). The first page
     /// is the default, and the one plaintext clients get. Every page is
     /// downloaded at start.
-    #[arg(short, long = "web", value_name = "[NAME=]URL", value_parser = parse_page, required = true)]
+    #[arg(
+        short,
+        long = "web",
+        value_name = "[NAME=]URL",
+        value_parser = parse_page,
+        required_unless_present = "fetch_allow"
+    )]
     pub web: Vec<PageArg>,
     /// Address to listen on (default: every IPv6 and IPv4 address).
     #[arg(long, value_name = "IP")]
@@ -258,6 +273,36 @@ pub struct ServerArgs {
     /// bridge line names the --bind address.
     #[arg(long, value_name = "NAME", value_parser = parse_bridge_host, requires = "key")]
     pub bridge_host: Option<String>,
+    /// Secure mode, the proxy: a client may ask for any URL this pattern
+    /// matches (anonclient --url), which the server then fetches, caches
+    /// and serves. PATTERN is SCHEME://HOST[:PORT]/PATH: the scheme http,
+    /// https or *; the host exact, * or *.example.org (the domain and its
+    /// subdomains); the port * or a number (default: the scheme's); * in
+    /// the path matches anything. Repeatable. Every redirect must match a
+    /// pattern too. Without it, clients get only the -w pages: the server
+    /// is never an open proxy by default.
+    #[arg(long, value_name = "PATTERN", value_parser = parse_fetch_pattern, requires = "key")]
+    pub fetch_allow: Vec<UrlPattern>,
+    /// The proxy may fetch from loopback, private, link-local and this
+    /// host's own addresses (refused otherwise, on the address of every
+    /// connection, redirects included): for tests and private deployments.
+    #[arg(long, requires = "fetch_allow")]
+    pub fetch_private: bool,
+    /// The proxy's page cache, in MiB: pages whose Cache-Control allows it
+    /// are kept and shared by every client, and revalidated with the origin
+    /// (ETag, Last-Modified) once stale.
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    pub cache_size: u64,
+    /// The proxy refuses a page larger than this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1 << 12))]
+    pub fetch_max_size: u64,
+    /// The proxy's deadline for fetching one page, redirects included.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    pub fetch_timeout: Duration,
+}
+
+fn parse_fetch_pattern(s: &str) -> Result<UrlPattern, String> {
+    s.parse()
 }
 
 /// What `anonserver` can do besides serving.
@@ -408,9 +453,11 @@ pub struct ClientArgs {
     /// Where to write the page.
     #[arg(short, long = "file", value_name = "OUTFILE")]
     pub file: PathBuf,
-    /// Give up when the server has not answered the handshake after this long.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
-    pub connect_timeout: Duration,
+    /// Give up when the server has not answered the handshake after this
+    /// long (default 10; with --url 60, since a proxy server answers once it
+    /// has fetched the page).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub connect_timeout: Option<Duration>,
     /// Give up when the server has been silent this long during the transfer.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     pub timeout: Duration,
@@ -444,6 +491,27 @@ pub struct ClientArgs {
     /// without it, the server's first page.
     #[arg(long, value_name = "NAME", value_parser = parse_page_name, requires = "secure")]
     pub page: Option<String>,
+    /// Secure mode: a URL for the server to fetch and serve (a proxy
+    /// server, started with --fetch-allow). The request travels encrypted;
+    /// the server's operator sees it, a censor does not.
+    #[arg(long, value_name = "URL", value_parser = parse_url_arg, requires = "secure", conflicts_with = "page")]
+    pub url: Option<String>,
+    /// With --url: once the page is written, write what the origin said of
+    /// it to FILE, as `curl -D` does: the status line, Content-Type,
+    /// Content-Length, and the URL after redirects as Content-Location.
+    #[arg(long, value_name = "FILE", requires = "url")]
+    pub headers: Option<PathBuf>,
+}
+
+fn parse_url_arg(s: &str) -> Result<String, String> {
+    let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err("an absolute http:// or https:// URL".into());
+    }
+    if s.len() > anon_proto::secure::proxy::MAX_URL_LEN {
+        return Err(format!("at most {} bytes", anon_proto::secure::proxy::MAX_URL_LEN));
+    }
+    Ok(s.to_owned())
 }
 
 /// Logs diagnostics to stderr; `RUST_LOG` overrides the level.
@@ -560,8 +628,8 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     let (Some(port), Some(log_path)) = (args.port, args.log.clone()) else {
         return fail(ME, Exit::Usage, "--port and --log are required");
     };
-    if args.web.is_empty() {
-        return fail(ME, Exit::Usage, "--web is required");
+    if args.web.is_empty() && args.fetch_allow.is_empty() {
+        return fail(ME, Exit::Usage, "--web is required (or --fetch-allow, with --key)");
     }
     if args.web.len() > 1 && args.key.is_none() {
         return fail(
@@ -661,7 +729,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
             tracing::info!("serving {web} ({page_len} bytes) on udp {local}");
             rt.block_on(async {
                 let socket = driver::udp::BatchSocket::new(socket)?;
-                driver::server::run(socket, server, log, &mut signals, options).await
+                driver::server::run(socket, server, log, &mut signals, options, None).await
             })
         }
         Some(setup) => {
@@ -672,6 +740,26 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
                 args.web.iter().zip(&pages).map(|(p, b)| format!("{}={} ({} bytes)", p.name, p.url, b.len())).collect();
             let mut secure = SecureServerConfig::new(setup.key, names, wall_clock());
             secure.allow_clients = setup.allow;
+            let proxy = (!args.fetch_allow.is_empty()).then(|| {
+                let policy = FetchPolicy { patterns: args.fetch_allow.clone(), allow_private: args.fetch_private };
+                let limits = FetchLimits { max_bytes: args.fetch_max_size << 20, timeout: args.fetch_timeout };
+                let policy = std::sync::Arc::new(policy);
+                let fetcher = OriginFetcher::new(std::sync::Arc::clone(&policy), limits);
+                Proxy::new(policy, fetcher, args.cache_size << 20)
+            });
+            if proxy.is_some() {
+                secure.fetch = true;
+                // The core's own deadline, past the fetcher's: it frees a
+                // request whatever happens to the fetch.
+                secure.fetch_timeout = args.fetch_timeout + Duration::from_secs(15);
+                let private = if args.fetch_private { "; private addresses allowed" } else { "" };
+                let patterns: Vec<String> = args.fetch_allow.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    "proxy: fetching on demand what matches {}{private}; cache {} MiB",
+                    patterns.join(", "),
+                    args.cache_size
+                );
+            }
             let plain = args.plaintext.then(|| config.clone());
             let server = SecureServer::new(secure, config, pages, plain, Box::new(StdRng::from_os_rng()));
             // The one line a client needs: alone on standard output, for
@@ -682,7 +770,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
             tracing::info!("serving {} on udp {local} in secure mode ({plaintext})", listing.join(", "));
             rt.block_on(async {
                 let socket = driver::udp::BatchSocket::new(socket)?;
-                driver::server::run(socket, server, log, &mut signals, options).await
+                driver::server::run(socket, server, log, &mut signals, options, proxy).await
             })
         }
     };
@@ -690,6 +778,36 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
         Ok(_) => Exit::Ok.into(),
         Err(e) => fail(ME, Exit::Network, format_args!("socket error: {e}")),
     }
+}
+
+/// `--headers`: what the origin said of the page, in the shape of `curl -D`
+/// (an HTTP/1.1 header block), through a temporary file renamed into place.
+fn write_headers(path: &Path, meta: Option<&anon_proto::secure::PageMeta>, len: u64) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let status = meta.map_or(200, |m| m.status);
+    let reason = ureq::http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let _ = write!(text, "HTTP/1.1 {status} {reason}\r\n");
+    if let Some(m) = meta {
+        // What the origin sent travels encrypted but is still the origin's:
+        // no line breaks of its own reach the file.
+        let clean = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
+        if !m.content_type.is_empty() {
+            let _ = write!(text, "Content-Type: {}\r\n", clean(&m.content_type));
+        }
+        let _ = write!(text, "Content-Length: {len}\r\n");
+        if !m.final_url.is_empty() {
+            let _ = write!(text, "Content-Location: {}\r\n", clean(&m.final_url));
+        }
+    } else {
+        let _ = write!(text, "Content-Length: {len}\r\n");
+    }
+    text.push_str("\r\n");
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
@@ -776,7 +894,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
     let defaults = ClientConfig::default();
     let fast = defaults.fast.map(|f| FastClient { coalesce_acks: args.ack_policy == AckPolicy::Batch, ..f });
     let config = ClientConfig {
-        connect_timeout: args.connect_timeout,
+        connect_timeout: args.connect_timeout.unwrap_or(Duration::from_secs(if args.url.is_some() { 60 } else { 10 })),
         idle_timeout: args.timeout,
         fast: if args.no_fast { None } else { fast },
         ..defaults
@@ -801,12 +919,13 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         }
         Some(server_key) => {
             let page = args.page.clone().unwrap_or_default();
+            let url = args.url.clone();
             if let Some(key) = &client_key {
                 tracing::debug!("client key {}", key.public());
             }
             let clock = wall_clock();
             let connect = move |now| {
-                let secure = SecureClientConfig { server: server_key, key: client_key, page, url: None, clock };
+                let secure = SecureClientConfig { server: server_key, key: client_key, page, url, clock };
                 SecureClient::new(secure, config, Box::new(StdRng::from_os_rng()), now)
             };
             rt.block_on(driver::client::run(server, socket, connect, log, output, options, interrupt))
@@ -814,6 +933,11 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
     };
     match result {
         Ok(summary) => {
+            if let Some(path) = &args.headers {
+                if let Err(e) = write_headers(path, summary.meta.as_ref(), summary.bytes) {
+                    return fail(ME, Exit::LocalFile, format_args!("cannot write {}: {e}", path.display()));
+                }
+            }
             if !args.quiet {
                 let secs = summary.elapsed.as_secs_f64();
                 eprintln!(
@@ -827,12 +951,24 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
             Exit::Ok.into()
         }
         Err(FetchFailed::Connection(ConnectionError::Rejected(why))) => {
-            let page = args.page.as_deref().map_or_else(|| "the default page".to_owned(), |p| format!("page {p:?}"));
-            fail(
-                ME,
-                Exit::Refused,
-                format_args!("{server}: the server refused the request for {page}: {why}; nothing written"),
-            )
+            let page = match (&args.url, &args.page) {
+                (Some(url), _) => url.clone(),
+                (None, Some(p)) => format!("page {p:?}"),
+                (None, None) => "the default page".to_owned(),
+            };
+            if why.is_origin_failure() {
+                fail(
+                    ME,
+                    Exit::Download,
+                    format_args!("{server}: the server could not fetch {page}: {why}; nothing written"),
+                )
+            } else {
+                fail(
+                    ME,
+                    Exit::Refused,
+                    format_args!("{server}: the server refused the request for {page}: {why}; nothing written"),
+                )
+            }
         }
         Err(e @ FetchFailed::Connection(_)) => fail(ME, Exit::Transfer, format_args!("{server}: {e}")),
         Err(e @ FetchFailed::Output { .. }) => fail(ME, Exit::LocalFile, e),

@@ -16,9 +16,12 @@ mod secure_wire;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anon_proto::secure::{SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, WallClock};
+use anon_proto::secure::{
+    FetchedPage, PageMeta, SecureClient, SecureClientConfig, SecureServer, SecureServerConfig, WallClock,
+};
 use anon_proto::wire::{Flags, Header, Seq};
 use anon_proto::{ClientConfig, ServerConfig};
 use arbitrary::Arbitrary;
@@ -28,7 +31,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use secure_wire::{Edit, mutate};
 
-const PAGES: [&str; 4] = ["", "index", "news", "missing"];
+/// What a client asks for: a page name, or (after "url:") a URL, which
+/// the server hands to its stand-in driver below.
+const PAGES: [&str; 6] = ["", "index", "news", "missing", "url:https://a.example/x", "url:https://a.example/y"];
+const MAX_FETCHING: usize = 2;
 const MAX_CONNECTIONS: usize = 4;
 const MAX_PENDING: usize = 3;
 const MAX_REPLAY: usize = 24;
@@ -151,6 +157,9 @@ fuzz_target!(|input: Input| {
     let mut secure = SecureServerConfig::new(key.clone(), vec!["index".into(), "news".into()], clock);
     secure.max_pending = MAX_PENDING;
     secure.max_replay_entries = MAX_REPLAY;
+    secure.fetch = true;
+    secure.max_fetching = MAX_FETCHING;
+    secure.fetch_timeout = Duration::from_secs(5);
     let config = ServerConfig { max_connections: MAX_CONNECTIONS, max_per_source: 2, ..ServerConfig::default() };
     let pages = vec![Bytes::from(page(3000, 0)), Bytes::from(page(700, 1))];
     let plain = input.plaintext.then(|| ServerConfig { max_connections: 2, ..ServerConfig::default() });
@@ -159,7 +168,8 @@ fuzz_target!(|input: Input| {
     let mut clients: Vec<Client> = (0..2u8)
         .map(|i| {
             let page = PAGES[usize::from(input.pages[usize::from(i)]) % PAGES.len()].to_owned();
-            let cfg = SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(100 + i)), page, url: None, clock };
+            let url = page.strip_prefix("url:").map(str::to_owned);
+            let cfg = SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(100 + i)), page, url, clock };
             let rng = Box::new(StdRng::seed_from_u64(u64::from(input.seed) * 2 + u64::from(i)));
             let conn = SecureClient::new(cfg, ClientConfig::default(), rng, start);
             Client { conn, addr: SocketAddr::from(([192, 0, 2, 1 + i], 6000)), last: None, last_first: None }
@@ -283,6 +293,21 @@ fuzz_target!(|input: Input| {
                 }
             }
         }
+
+        // The driver: of the URLs asked for, one in three is never answered
+        // (the core's deadline frees it), the others get the page or a 404.
+        while let Some(r) = server.poll_fetch() {
+            match r.id % 3 {
+                0 => {}
+                1 => {
+                    let page = Arc::new(anon_proto::page::Page::new(Bytes::from(page(2000, 2))));
+                    let meta = PageMeta { status: 200, content_type: "text/html".into(), final_url: r.url };
+                    server.fetch_done(now, r.id, Ok(FetchedPage { page, meta }));
+                }
+                _ => server.fetch_done(now, r.id, Err(anon_proto::Refusal::Status(404))),
+            }
+        }
+        assert!(server.fetching_count() <= MAX_FETCHING);
 
         // What the server sends, bounded per step.
         let mut sent = 0;

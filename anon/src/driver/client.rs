@@ -48,6 +48,10 @@ pub trait Connection {
     fn key_log(&self) -> Option<&str> {
         None
     }
+    /// What the origin said of a page asked for by URL (secure mode).
+    fn meta(&self) -> Option<&anon_proto::secure::PageMeta> {
+        None
+    }
 }
 
 impl Connection for ClientConn {
@@ -123,6 +127,9 @@ impl Connection for SecureClient {
     fn key_log(&self) -> Option<&str> {
         SecureClient::key_log(self).map(|k| k.0.as_str())
     }
+    fn meta(&self) -> Option<&anon_proto::secure::PageMeta> {
+        SecureClient::meta(self)
+    }
 }
 
 /// How the client loop reports.
@@ -161,7 +168,7 @@ pub enum FetchFailed {
 }
 
 /// What a successful fetch did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FetchSummary {
     /// Page length in bytes.
     pub bytes: u64,
@@ -170,6 +177,8 @@ pub struct FetchSummary {
     pub elapsed: Duration,
     /// Packets the client sent again.
     pub retransmissions: u64,
+    /// What the origin said of a page asked for by URL.
+    pub meta: Option<anon_proto::secure::PageMeta>,
 }
 
 /// The temporary file the page streams into; dropped (and so deleted)
@@ -500,6 +509,7 @@ pub async fn run<C: Connection>(
         bytes: conn.conn().received(),
         elapsed: finished_at.unwrap_or_else(Instant::now) - start,
         retransmissions: stats.retransmissions,
+        meta: conn.meta().cloned(),
     })
 }
 

@@ -12,6 +12,7 @@ use super::metrics::{Reporter, SecureSnapshot, Shared, Snapshot};
 use super::udp::{BatchSocket, display_addr};
 use super::{MAX_DATAGRAM, StopSignals};
 use crate::packet_log::{Direction, PacketLog, Shown};
+use crate::proxy::service::{FetchResult, Fetches, Proxy};
 
 /// Datagrams taken from the socket, and sends, per wake-up before
 /// the other side gets its turn (as quinn's work limiter does): a flood of
@@ -78,6 +79,10 @@ pub trait Endpoint {
     fn stats(&self) -> ServerStats;
     /// The secure layer's counters and gauges, in secure mode.
     fn secure(&self) -> Option<SecureSnapshot> {
+        None
+    }
+    /// The requests for pages by URL, on a server that takes them.
+    fn fetches(&mut self) -> Option<&mut dyn Fetches> {
         None
     }
 }
@@ -168,6 +173,9 @@ impl Endpoint for SecureServer {
             None => SecureServer::stats(self),
         }
     }
+    fn fetches(&mut self) -> Option<&mut dyn Fetches> {
+        Some(self)
+    }
     fn secure(&self) -> Option<SecureSnapshot> {
         let (sessions, _) = self.session_count();
         Some(SecureSnapshot { stats: self.secure_stats(), sessions, replay_entries: self.replay_entries() })
@@ -218,14 +226,24 @@ fn add_stats(a: ServerStats, b: ServerStats) -> ServerStats {
     }
 }
 
+/// A finished fetch of the proxy, if there is one; never without.
+async fn next_fetch(proxy: &mut Option<Proxy>) -> FetchResult {
+    match proxy {
+        Some(p) => p.next_done().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves until a stop signal and the drain after it, then flushes the log
-/// and returns the endpoint's counters.
+/// and returns the endpoint's counters. With `proxy`, pages asked for by
+/// URL are fetched through it.
 pub async fn run<E: Endpoint>(
     mut socket: BatchSocket,
     mut server: E,
     mut log: PacketLog,
     signals: &mut StopSignals,
     options: Options,
+    mut proxy: Option<Proxy>,
 ) -> io::Result<ServerStats> {
     let mut reporter = Reporter::new(Instant::now(), options.stats_interval);
     let mut hangup = super::Hangup::register();
@@ -239,6 +257,9 @@ pub async fn run<E: Endpoint>(
     loop {
         let now = Instant::now();
         server.handle_timeout(now);
+        if let (Some(p), Some(f)) = (proxy.as_mut(), server.fetches()) {
+            p.take(now, f);
+        }
         tx.send(&socket, &mut server, &mut log, now).await;
         report_events(&mut server);
         log.flush_if_due(now);
@@ -350,6 +371,11 @@ pub async fn run<E: Endpoint>(
                             taken += 1;
                         }
                     }
+                }
+            }
+            done = next_fetch(&mut proxy) => {
+                if let (Some(p), Some(f)) = (proxy.as_mut(), server.fetches()) {
+                    p.finish(Instant::now(), done, f);
                 }
             }
             () = wait => {}

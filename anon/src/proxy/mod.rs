@@ -9,7 +9,11 @@
 //!   address checked where it is connected to; run it on a worker thread.
 //! - [`cache`]: a bounded LRU cache honouring Cache-Control (RFC 9111),
 //!   for the server's loop thread.
+//! - [`service`]: between the secure core's requests and the rest: the
+//!   cache first, then one fetch per URL on the blocking pool, however
+//!   many clients wait for it.
 
 pub mod cache;
 pub mod origin;
 pub mod policy;
+pub mod service;

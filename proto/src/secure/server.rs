@@ -543,7 +543,12 @@ impl SecureServer {
             return Some(self.request_fetch(now, opening, url));
         }
         let name = hello.page.unwrap_or_default();
-        let page = if name.is_empty() { Some(0) } else { self.config.page_names.iter().position(|n| *n == name) };
+        let page = match self.config.page_names.iter().position(|n| *n == name) {
+            // A proxy may serve no page of its own.
+            _ if self.config.page_names.is_empty() => None,
+            None if name.is_empty() => Some(0),
+            found => found,
+        };
         let Some(page) = page else {
             self.refuse(opening, Refusal::NotFound);
             return Some(Belongs::None);

@@ -1,0 +1,238 @@
+//! The proxy end to end (docs/PROTOCOL.md §9): real binaries on loopback, a
+//! secure server with --fetch-allow, and a local origin the test starts,
+//! which records every request it gets. Every wait is bounded.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anon_tools::process::{Proc, ServerProcess};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_anonserver");
+const CLIENT: &str = env!("CARGO_BIN_EXE_anonclient");
+const READY: Duration = Duration::from_secs(30);
+const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
+
+fn page(len: usize, salt: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+}
+
+/// One request the origin got: its path and its If-None-Match.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A local origin with a few behaviours, by path.
+struct TestOrigin {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    base: String,
+    seen: Seen,
+}
+
+impl TestOrigin {
+    fn start(fresh: Vec<u8>, revalidated: Vec<u8>) -> TestOrigin {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let seen: Seen = Arc::default();
+        let thread = {
+            let (server, seen) = (Arc::clone(&server), Arc::clone(&seen));
+            std::thread::spawn(move || {
+                for request in server.incoming_requests() {
+                    let inm = request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv("If-None-Match"))
+                        .map(|h| h.value.as_str().to_owned());
+                    let path = request.url().to_owned();
+                    seen.lock().unwrap().push((path.clone(), inm.clone()));
+                    let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
+                    let response = match path.as_str() {
+                        "/page.html" => tiny_http::Response::from_data(fresh.clone())
+                            .with_header(h("Content-Type", "text/html; charset=utf-8"))
+                            .with_header(h("Cache-Control", "max-age=600")),
+                        "/slow.html" => {
+                            std::thread::sleep(Duration::from_millis(800));
+                            tiny_http::Response::from_data(fresh.clone()).with_header(h("Cache-Control", "max-age=600"))
+                        }
+                        "/old" => tiny_http::Response::from_data(Vec::new())
+                            .with_status_code(302)
+                            .with_header(h("Location", "/page.html")),
+                        "/away" => tiny_http::Response::from_data(Vec::new())
+                            .with_status_code(302)
+                            .with_header(h("Location", "http://localhost:1/elsewhere")),
+                        "/etag.html" if inm.as_deref() == Some("\"v1\"") => tiny_http::Response::from_data(Vec::new())
+                            .with_status_code(304)
+                            .with_header(h("ETag", "\"v1\"")),
+                        "/etag.html" => tiny_http::Response::from_data(revalidated.clone())
+                            .with_header(h("Cache-Control", "no-cache"))
+                            .with_header(h("ETag", "\"v1\"")),
+                        "/big" => tiny_http::Response::from_data(vec![7u8; 3 << 20]),
+                        _ => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
+                    };
+                    let _ = request.respond(response);
+                }
+            })
+        };
+        TestOrigin { server, thread: Some(thread), base, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// How many requests for `path` the origin got, and the If-None-Match
+    /// of the last.
+    fn requests(&self, path: &str) -> (usize, Option<String>) {
+        let seen = self.seen.lock().unwrap();
+        let of: Vec<_> = seen.iter().filter(|(p, _)| p == path).collect();
+        (of.len(), of.last().and_then(|(_, inm)| inm.clone()))
+    }
+}
+
+impl Drop for TestOrigin {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A proxy server: its own page is a local file; `extra` adds flags.
+fn start_proxy(dir: &Path, extra: &[&str]) -> (ServerProcess, String) {
+    let key = dir.join("server.key");
+    let own = dir.join("own.html");
+    std::fs::write(&own, b"the server's own page").unwrap();
+    let mut args = vec!["--key", key.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let log = dir.join("server.log");
+    let server = ServerProcess::start(Path::new(SERVER), &log, own.to_str().unwrap(), &args, READY).unwrap();
+    let bridge = server
+        .proc
+        .stderr
+        .iter()
+        .find_map(|l| l.split("bridge line: ").nth(1))
+        .unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr))
+        .trim()
+        .to_owned();
+    (server, bridge)
+}
+
+/// Starts a client asking for `url`; returns it with its output path.
+fn ask(bridge: &str, dir: &Path, name: &str, url: &str, extra: &[&str]) -> (Proc, PathBuf) {
+    let out = dir.join(format!("{name}.out"));
+    let mut cmd = Command::new(CLIENT);
+    cmd.args(["--bridge", bridge, "--url", url, "-q", "-l"])
+        .arg(dir.join(format!("{name}.log")))
+        .arg("-f")
+        .arg(&out)
+        .args(extra);
+    (Proc::spawn(&mut cmd).unwrap(), out)
+}
+
+/// Runs a client for `url` to its end: exit code, output (if written),
+/// standard error.
+fn fetch(
+    bridge: &str,
+    dir: &Path,
+    name: &str,
+    url: &str,
+    extra: &[&str],
+) -> (Option<i32>, Option<Vec<u8>>, Vec<String>) {
+    let (mut c, out) = ask(bridge, dir, name, url, extra);
+    let status = c.wait(CLIENT_DEADLINE).unwrap();
+    (status.code(), std::fs::read(&out).ok(), c.stderr.clone())
+}
+
+#[test]
+fn pages_on_demand_cached_shared_revalidated_and_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fresh, revalidated) = (page(300_000, 1), page(50_000, 2));
+    let origin = TestOrigin::start(fresh.clone(), revalidated.clone());
+    let allow = format!("{}/*", origin.base);
+    let (mut server, bridge) =
+        start_proxy(dir.path(), &["--fetch-allow", &allow, "--fetch-private", "--fetch-max-size", "1"]);
+    let d = dir.path();
+
+    // A redirect is followed; --headers says where it ended and what it is.
+    let headers = d.join("old.headers");
+    let (code, out, err) = fetch(&bridge, d, "old", &origin.url("/old"), &["--headers", headers.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err:?}");
+    assert!(out.unwrap() == fresh, "the page differs");
+    let h = std::fs::read_to_string(&headers).unwrap();
+    assert!(h.starts_with("HTTP/1.1 200 OK\r\n"), "{h}");
+    assert!(h.contains("Content-Type: text/html; charset=utf-8\r\n"), "{h}");
+    assert!(h.contains(&format!("Content-Length: {}\r\n", fresh.len())), "{h}");
+    assert!(h.contains(&format!("Content-Location: {}\r\n", origin.url("/page.html"))), "{h}");
+
+    // Fresh in the cache: the second client costs the origin nothing.
+    for name in ["first", "second"] {
+        let (code, out, err) = fetch(&bridge, d, name, &origin.url("/page.html"), &[]);
+        assert_eq!(code, Some(0), "{name}: {err:?}");
+        assert!(out.unwrap() == fresh, "{name}: the page differs");
+    }
+    assert_eq!(origin.requests("/page.html").0, 2, "one through the redirect, one for the URL itself");
+
+    // Four clients at once for a page not yet cached: one origin fetch.
+    let clients: Vec<_> =
+        (0..4).map(|i| ask(&bridge, d, &format!("crowd{i}"), &origin.url("/slow.html"), &[])).collect();
+    for (mut c, out) in clients {
+        assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+        assert!(std::fs::read(&out).unwrap() == fresh);
+    }
+    assert_eq!(origin.requests("/slow.html").0, 1, "concurrent requests share one fetch");
+
+    // no-cache with an ETag: stored, revalidated on the next request (304),
+    // served from the cache.
+    for name in ["etag1", "etag2"] {
+        let (code, out, err) = fetch(&bridge, d, name, &origin.url("/etag.html"), &[]);
+        assert_eq!(code, Some(0), "{name}: {err:?}");
+        assert!(out.unwrap() == revalidated, "{name}");
+    }
+    assert_eq!(origin.requests("/etag.html"), (2, Some("\"v1\"".into())), "a conditional request the second time");
+
+    // Failures: a reason, a documented status, no file.
+    let cases = [
+        ("missing", origin.url("/missing"), 4, "HTTP 404"),
+        ("big", origin.url("/big"), 4, "larger"),
+        ("unlisted", "http://127.0.0.2:9/x".to_owned(), 6, "not allowed"),
+        ("redirected-away", origin.url("/away"), 6, "not allowed"),
+    ];
+    for (name, url, want, says) in cases {
+        let (code, out, err) = fetch(&bridge, d, name, &url, &[]);
+        assert_eq!(code, Some(want), "{name}: {err:?}");
+        assert!(out.is_none(), "{name}: a file was written");
+        assert_eq!(err.len(), 1, "{name}: one line: {err:?}");
+        assert!(err[0].contains(says), "{name}: {err:?}");
+    }
+    assert_eq!(origin.requests("/elsewhere").0, 0);
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+    let fetched = server.proc.stderr.iter().filter(|l| l.contains("fetched ")).count();
+    assert_eq!(fetched, 4, "{:?}", server.proc.stderr);
+}
+
+#[test]
+fn private_origins_are_refused_unless_allowed_and_plaintext_clients_cannot_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = TestOrigin::start(page(1000, 3), Vec::new());
+    let allow = format!("{}/*", origin.base);
+    // The pattern allows the origin, but it is on loopback.
+    let (mut server, bridge) = start_proxy(dir.path(), &["--fetch-allow", &allow]);
+    let (code, out, err) = fetch(&bridge, dir.path(), "private", &origin.url("/page.html"), &[]);
+    assert_eq!(code, Some(6), "{err:?}");
+    assert!(out.is_none() && err[0].contains("not allowed"), "{err:?}");
+    assert_eq!(origin.requests("/page.html").0, 0, "the origin was never asked");
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+
+    // --url needs secure mode; --fetch-allow needs --key.
+    let mut cmd = Command::new(CLIENT);
+    cmd.args(["-s", "127.0.0.1", "-p", "9", "-l", "/dev/null", "-f", "x", "--url", "http://a.b/"]);
+    assert_eq!(cmd.output().unwrap().status.code(), Some(2));
+    let mut cmd = Command::new(SERVER);
+    cmd.args(["-p", "9", "-l", "/dev/null", "--fetch-allow", "http://*/*"]);
+    assert_eq!(cmd.output().unwrap().status.code(), Some(2));
+}
