@@ -23,7 +23,7 @@ use crate::fetch::{FetchLimits, Source, fetch};
 use crate::packet_log::PacketLog;
 use crate::proxy::origin::OriginFetcher;
 use crate::proxy::policy::{FetchPolicy, UrlPattern};
-use crate::proxy::service::Proxy;
+use crate::proxy::service::{Proxy, ProxyLimits};
 
 /// Exit statuses of both programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +296,17 @@ pub struct ServerArgs {
     /// The proxy refuses a page larger than this many MiB.
     #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1 << 12))]
     pub fetch_max_size: u64,
+    /// The proxy's memory for pages, in MiB: the pages fetched that are
+    /// still in memory (cached, or served to a client) plus the largest
+    /// page each fetch under way may bring (--fetch-max-size). A fetch that
+    /// would pass it is refused (the client is told the server is busy);
+    /// cached pages are still served.
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub fetch_memory: u64,
+    /// The proxy fetches at most this many pages from origins at once;
+    /// more requests wait their turn.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub fetch_concurrency: u16,
     /// The proxy's deadline for fetching one page, redirects included.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     pub fetch_timeout: Duration,
@@ -508,8 +519,9 @@ fn parse_url_arg(s: &str) -> Result<String, String> {
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err("an absolute http:// or https:// URL".into());
     }
-    if s.len() > anon_proto::secure::proxy::MAX_URL_LEN {
-        return Err(format!("at most {} bytes", anon_proto::secure::proxy::MAX_URL_LEN));
+    let max = anon_proto::secure::proxy::MAX_REQUEST_URL_LEN;
+    if s.len() > max {
+        return Err(format!("at most {max} bytes (a longer URL does not fit the first datagram)"));
     }
     Ok(s.to_owned())
 }
@@ -745,7 +757,13 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
                 let limits = FetchLimits { max_bytes: args.fetch_max_size << 20, timeout: args.fetch_timeout };
                 let policy = std::sync::Arc::new(policy);
                 let fetcher = OriginFetcher::new(std::sync::Arc::clone(&policy), limits);
-                Proxy::new(policy, fetcher, args.cache_size << 20)
+                let limits = ProxyLimits {
+                    cache_bytes: args.cache_size << 20,
+                    memory_bytes: args.fetch_memory << 20,
+                    max_page: args.fetch_max_size << 20,
+                    concurrency: usize::from(args.fetch_concurrency),
+                };
+                Proxy::new(policy, fetcher, limits)
             });
             if proxy.is_some() {
                 secure.fetch = true;

@@ -142,3 +142,29 @@ fn a_flood_of_url_requests_is_bounded_and_refused_as_busy() {
     assert_eq!(server.fetching_count(), 0);
     assert_eq!(server.secure_stats().fetch_timeouts, 64);
 }
+
+/// A URL request's first message leaves its answer room (at least 1,200
+/// bytes) and never needs fragmenting (at most 1,232), up to the longest
+/// URL a client asks for.
+#[test]
+fn url_first_messages_are_between_1200_and_1232_bytes() {
+    use std::time::Instant;
+
+    use anon_proto::secure::proxy::MAX_REQUEST_URL_LEN;
+    use anon_proto::secure::{SecureClient, SecureClientConfig, StaticSecret, WallClock};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[allow(clippy::disallowed_methods)]
+    let start = Instant::now();
+    let clock = WallClock { at: start, unix_ms: anon_sim::SIM_UNIX_MS };
+    let server = StaticSecret::generate(&mut StdRng::seed_from_u64(5)).public();
+    let longest = format!("https://a.example/{}", "x".repeat(MAX_REQUEST_URL_LEN - 18));
+    for (seed, url) in (0..40).map(|s| (s, if s % 2 == 0 { longest.clone() } else { URL.to_owned() })) {
+        let cfg = SecureClientConfig { server, key: None, page: String::new(), url: Some(url), clock };
+        let mut c = SecureClient::new(cfg, ClientConfig::default(), Box::new(StdRng::seed_from_u64(seed)), start);
+        let mut m = Vec::new();
+        assert!(c.poll_transmit(start, &mut m));
+        assert!((1200..=1232).contains(&m.len()), "seed {seed}: {} bytes", m.len());
+    }
+}

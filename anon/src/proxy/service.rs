@@ -5,11 +5,12 @@
 //! It runs on the loop's thread, so the cache needs no lock; only the
 //! fetches run elsewhere.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use anon_proto::Refusal;
+use anon_proto::page::Page;
 use anon_proto::secure::{FetchRequest, FetchedPage, PageMeta};
 use tokio::sync::mpsc;
 
@@ -46,8 +47,26 @@ pub struct ProxyStats {
     pub origin_requests: u64,
     /// Conditional requests the origin answered 304 Not Modified.
     pub revalidated: u64,
-    /// Requests refused (policy, origin failure).
+    /// Requests refused (policy, origin failure, memory).
     pub refused: u64,
+    /// Requests refused because the pages in memory were at their budget.
+    pub over_budget: u64,
+}
+
+/// Bounds on what fetching may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyLimits {
+    /// Bytes the cache keeps.
+    pub cache_bytes: u64,
+    /// Bytes of fetched pages in memory at once, cached or not (a page no
+    /// longer cached lives on while a connection serves it), counting each
+    /// fetch under way at its largest size. A fetch that would pass it is
+    /// refused as busy; cached pages are still served.
+    pub memory_bytes: u64,
+    /// Largest page (the fetcher's limit), for the count above.
+    pub max_page: u64,
+    /// Origin fetches under way at once; more wait their turn.
+    pub concurrency: usize,
 }
 
 /// A finished fetch, from the worker.
@@ -72,6 +91,13 @@ pub struct Proxy {
     /// By cache key: the requests waiting for its fetch, and the stale
     /// entry a conditional request revalidates.
     in_flight: HashMap<String, (Vec<u64>, Option<Arc<Entry>>)>,
+    /// Fetches waiting for a turn (their keys are in `in_flight`).
+    queued: VecDeque<(String, Option<Arc<Entry>>)>,
+    running: usize,
+    /// Every fetched page, while anything (the cache, a connection) holds
+    /// it: the memory budget counts them.
+    live: Vec<(Weak<Page>, u64)>,
+    limits: ProxyLimits,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     stats: ProxyStats,
@@ -112,15 +138,18 @@ fn served(entry: &Entry) -> FetchedPage {
 }
 
 impl Proxy {
-    /// A proxy under `policy`, fetching with `fetcher`, caching up to
-    /// `cache_bytes` of pages.
-    pub fn new(policy: Arc<FetchPolicy>, fetcher: OriginFetcher, cache_bytes: u64) -> Proxy {
+    /// A proxy under `policy`, fetching with `fetcher`, within `limits`.
+    pub fn new(policy: Arc<FetchPolicy>, fetcher: OriginFetcher, limits: ProxyLimits) -> Proxy {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Proxy {
             policy,
             fetcher: Arc::new(fetcher),
-            cache: Cache::new(cache_bytes),
+            cache: Cache::new(limits.cache_bytes),
             in_flight: HashMap::new(),
+            queued: VecDeque::new(),
+            running: 0,
+            live: Vec::new(),
+            limits,
             done_tx,
             done_rx,
             stats: ProxyStats::default(),
@@ -162,8 +191,34 @@ impl Proxy {
                 Lookup::Stale(entry) => Some(entry),
                 Lookup::Miss => None,
             };
-            self.start(now, key, stale.clone());
-            self.in_flight.insert(parsed.to_key(), (vec![id], stale));
+            if self.held_bytes() > self.limits.memory_bytes.saturating_sub(self.limits.max_page) {
+                tracing::warn!("refused {key}: the pages in memory are at the budget (--fetch-memory)");
+                self.stats.over_budget += 1;
+                self.stats.refused += 1;
+                endpoint.fetch_done(now, id, Err(Refusal::Busy));
+                continue;
+            }
+            self.in_flight.insert(key.clone(), (vec![id], stale.clone()));
+            self.queued.push_back((key, stale));
+            self.start_queued(now);
+        }
+    }
+
+    /// Bytes of fetched pages still in memory plus, for each fetch under
+    /// way or waiting, the largest page it may bring. Forgets pages nothing
+    /// holds any more.
+    fn held_bytes(&mut self) -> u64 {
+        self.live.retain(|(page, _)| page.strong_count() > 0);
+        let live: u64 = self.live.iter().map(|&(_, n)| n).sum();
+        let coming = (self.running + self.queued.len()) as u64;
+        live.saturating_add(coming.saturating_mul(self.limits.max_page))
+    }
+
+    fn start_queued(&mut self, now: Instant) {
+        while self.running < self.limits.concurrency.max(1) {
+            let Some((key, stale)) = self.queued.pop_front() else { break };
+            self.running += 1;
+            self.start(now, key, stale);
         }
     }
 
@@ -195,10 +250,13 @@ impl Proxy {
 
     /// Stores a finished fetch and answers everyone who waited for it.
     pub fn finish(&mut self, now: Instant, FetchResult(done): FetchResult, endpoint: &mut dyn Fetches) {
+        self.running = self.running.saturating_sub(1);
+        self.start_queued(now);
         let Some((waiting, stale)) = self.in_flight.remove(&done.key) else { return };
         let took = now.saturating_duration_since(done.started);
         let result = match done.outcome {
             Ok(Fetched::Full(entry)) => {
+                self.live.push((Arc::downgrade(&entry.page), entry.page.len()));
                 let stored = self.cache.insert(done.key.clone(), Arc::clone(&entry), now);
                 tracing::info!(
                     "fetched {} ({} bytes, HTTP {}) in {:.0?} for {} client(s){}",
@@ -242,5 +300,118 @@ pub struct FetchResult(Done);
 impl std::fmt::Debug for FetchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FetchResult").field("url", &self.0.url).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fetch::FetchLimits;
+    use crate::proxy::policy::UrlPattern;
+
+    /// The core's side, recorded.
+    #[derive(Default)]
+    struct Core {
+        asks: VecDeque<FetchRequest>,
+        answers: Vec<(u64, Result<FetchedPage, Refusal>)>,
+    }
+
+    impl Fetches for Core {
+        fn poll_fetch(&mut self) -> Option<FetchRequest> {
+            self.asks.pop_front()
+        }
+        fn fetch_done(&mut self, _: Instant, id: u64, result: Result<FetchedPage, Refusal>) {
+            self.answers.push((id, result));
+        }
+    }
+
+    /// An origin on 127.0.0.1 serving `len` bytes at any path (slowly, so
+    /// that requests overlap); returns its base URL and its request count.
+    fn origin(len: usize) -> (String, Arc<Mutex<usize>>) {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let count = Arc::new(Mutex::new(0));
+        let seen = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for request in server.incoming_requests() {
+                *seen.lock().unwrap() += 1;
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = request.respond(tiny_http::Response::from_data(vec![1u8; len]));
+            }
+        });
+        (base, count)
+    }
+
+    fn proxy(base: &str, limits: ProxyLimits) -> Proxy {
+        let pattern: UrlPattern = format!("{base}/*").parse().unwrap();
+        let policy = Arc::new(FetchPolicy { patterns: vec![pattern], allow_private: true });
+        let fetcher = OriginFetcher::new(
+            Arc::clone(&policy),
+            FetchLimits { max_bytes: limits.max_page, timeout: Duration::from_secs(10) },
+        );
+        Proxy::new(policy, fetcher, limits)
+    }
+
+    /// Runs the proxy until `core` has `n` answers (10 s at most).
+    async fn answers(p: &mut Proxy, core: &mut Core, n: usize) {
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        p.take(Instant::now(), core);
+        while core.answers.len() < n {
+            tokio::select! {
+                done = p.next_done() => p.finish(Instant::now(), done, core),
+                () = &mut deadline => panic!("only {} of {n} answers", core.answers.len()),
+            }
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    const LIMITS: ProxyLimits =
+        ProxyLimits { cache_bytes: 1 << 20, memory_bytes: 64 << 20, max_page: 1 << 20, concurrency: 4 };
+
+    #[test]
+    fn concurrent_requests_for_one_url_share_one_fetch_and_refusals_cost_nothing() {
+        let (base, count) = origin(5000);
+        let mut p = proxy(&base, LIMITS);
+        let mut core = Core::default();
+        for id in 1..=3 {
+            core.asks.push_back(FetchRequest { id, url: format!("{base}/a") });
+        }
+        core.asks.push_back(FetchRequest { id: 4, url: "http://elsewhere.example/".into() });
+        rt().block_on(answers(&mut p, &mut core, 4));
+        assert_eq!(*count.lock().unwrap(), 1, "one origin request for three clients");
+        let pages: Vec<_> = core.answers.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+        assert_eq!(pages.len(), 3);
+        assert!(pages.iter().all(|f| Arc::ptr_eq(&f.page, &pages[0].page) && f.page.len() == 5000));
+        assert!(core.answers.iter().any(|(id, r)| *id == 4 && *r.as_ref().unwrap_err() == Refusal::NotAllowed));
+        assert_eq!((p.stats().joined, p.stats().origin_requests), (2, 1));
+    }
+
+    #[test]
+    fn fetches_beyond_the_memory_budget_are_refused_as_busy_until_pages_are_let_go() {
+        let (base, _) = origin(1000);
+        // Room for two pages of the largest size; one fetch at a time.
+        let limits = ProxyLimits { cache_bytes: 0, memory_bytes: 2 << 20, max_page: 1 << 20, concurrency: 1 };
+        let mut p = proxy(&base, limits);
+        let mut core = Core::default();
+        for id in 1..=3 {
+            core.asks.push_back(FetchRequest { id, url: format!("{base}/{id}") });
+        }
+        rt().block_on(answers(&mut p, &mut core, 3));
+        let busy: Vec<u64> = core.answers.iter().filter(|(_, r)| r.is_err()).map(|(id, _)| *id).collect();
+        assert_eq!(busy, [3], "{:?}", core.answers.iter().map(|(id, r)| (id, r.is_ok())).collect::<Vec<_>>());
+        assert_eq!(p.stats().over_budget, 1);
+        // The pages are still being served: the budget counts them.
+        core.asks.push_back(FetchRequest { id: 4, url: format!("{base}/4") });
+        rt().block_on(answers(&mut p, &mut core, 4));
+        assert!(core.answers[3].1.is_ok(), "1000-byte pages leave room");
+        core.answers.clear();
+        assert_eq!(p.held_bytes(), 0, "nothing holds the pages any more");
     }
 }

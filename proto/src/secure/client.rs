@@ -79,8 +79,12 @@ const MSG1_MIN: usize = 360;
 /// Shortest first message asking for a URL: the answer, never longer than
 /// the first message, then has room for what the origin said (the final
 /// URL, the content type), as a QUIC Initial is padded to leave its answer
-/// room (RFC 9000 §14.1).
+/// room (RFC 9000 §14.1). At most [`MSG1_MAX`]: the IPv6 minimum MTU with
+/// IPv6 and UDP headers, as for data datagrams.
 const MSG1_MIN_URL: usize = 1200;
+/// Longest first message (unless its URL makes it longer: see
+/// [`MAX_REQUEST_URL_LEN`](super::proxy::MAX_REQUEST_URL_LEN)).
+pub const MSG1_MAX: usize = 1232;
 const MSG1_SPREAD: usize = 400;
 /// Largest padding of a client datagram.
 const PAD_MAX: usize = 48;
@@ -293,7 +297,8 @@ impl SecureClient {
             self.attempts.pop_front();
         }
         let natural = noise.len() + handshake::OUTER_OVERHEAD;
-        let len = natural.max(min_len) + (self.rng.next_u32() as usize) % MSG1_SPREAD;
+        let spread = if min_len == MSG1_MIN_URL { MSG1_MAX - MSG1_MIN_URL + 1 } else { MSG1_SPREAD };
+        let len = natural.max(min_len + (self.rng.next_u32() as usize) % spread);
         let nonce = self.outer.seal(&mut *self.rng, &noise, len, b"", buf);
         self.attempts.push_back((attempt, nonce));
         self.stats.initiations += 1;

@@ -8,9 +8,20 @@ use std::sync::Arc;
 
 use crate::page::Page;
 
-/// Longest URL a client may ask for (the length browsers and servers
-/// commonly accept).
+/// Longest URL a server takes (the length browsers and servers commonly
+/// accept); a longer one is refused as not allowed.
 pub const MAX_URL_LEN: usize = 2048;
+/// Longest URL that fits a first message of [`MSG1_MAX`](super::client::MSG1_MAX)
+/// bytes (outer layer, Noise, TIME, CONN_ID, the URL's field header and the
+/// inner SYN with its offer): the longest a client asks for, so that no
+/// handshake datagram needs fragmenting.
+pub const MAX_REQUEST_URL_LEN: usize = super::client::MSG1_MAX
+    - super::handshake::OUTER_OVERHEAD
+    - super::handshake::NOISE_MSG1_OVERHEAD
+    - (3 + 8)
+    - (3 + 8)
+    - 3
+    - (3 + crate::wire::HEADER_LEN + crate::wire::ext::Answer::ENCODED_LEN);
 /// Longest content type kept in [`PageMeta`].
 pub const MAX_CONTENT_TYPE_LEN: usize = 255;
 

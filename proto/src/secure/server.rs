@@ -492,9 +492,8 @@ impl SecureServer {
                 field::TIME => hello.time = value.try_into().ok().map(u64::from_be_bytes),
                 field::CONN_ID => hello.conn_id = value.try_into().ok(),
                 field::PAGE => hello.page = std::str::from_utf8(value).ok().map(str::to_owned),
-                field::URL if value.len() <= MAX_URL_LEN => {
-                    hello.url = std::str::from_utf8(value).ok().map(str::to_owned);
-                }
+                // Not UTF-8: empty, which no pattern allows.
+                field::URL => hello.url = Some(std::str::from_utf8(value).unwrap_or_default().to_owned()),
                 field::INNER => hello.inner = Some(value.to_vec()),
                 _ => {}
             }
@@ -567,7 +566,7 @@ impl SecureServer {
     /// A first message that asked for a URL: handed to the driver, and
     /// answered when it has fetched the page (or given up).
     fn request_fetch(&mut self, now: Instant, opening: Opening, url: String) -> Belongs {
-        if !self.config.fetch {
+        if !self.config.fetch || url.is_empty() || url.len() > MAX_URL_LEN {
             self.refuse(opening, Refusal::NotAllowed);
             return Belongs::None;
         }
