@@ -65,11 +65,11 @@ Exit status:
   1    the transfer failed: no answer, connection refused, or the server went silent
   2    bad command line
   3    the socket could not be set up (port in use or not permitted, unknown host)
-  4    the page could not be downloaded (anonserver, at start)
+  4    the page could not be downloaded: by anonserver at start, or for
+       anonclient --url by the server (the origin was unreachable or timed out,
+       answered an HTTP error, or the page is too large)
   5    a local file could not be used (log or output not writable, key file or
        allow list unreadable or malformed, keygen: the key file exists)
-  4    anonclient --url: the server could not fetch the page (the origin was
-       unreachable or timed out, answered an HTTP error, or the page is too large)
   6    secure mode: the server refused the request (no page of that name, a URL
        the server does not fetch, the server busy)
   130  interrupted by SIGINT or SIGTERM before the page was complete (anonclient)";
@@ -643,6 +643,9 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
     if args.web.is_empty() && args.fetch_allow.is_empty() {
         return fail(ME, Exit::Usage, "--web is required (or --fetch-allow, with --key)");
     }
+    if args.web.is_empty() && args.plaintext {
+        return fail(ME, Exit::Usage, "--plaintext needs a page (-w) for the plaintext clients");
+    }
     if args.web.len() > 1 && args.key.is_none() {
         return fail(
             ME,
@@ -785,13 +788,17 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
             let _ = writeln!(std::io::stdout(), "{bridge}");
             tracing::info!("bridge line: {bridge}");
             let plaintext = if args.plaintext { "plaintext modes too" } else { "plaintext clients get silence" };
-            tracing::info!("serving {} on udp {local} in secure mode ({plaintext})", listing.join(", "));
+            let listing = if listing.is_empty() { "no page of its own".to_owned() } else { listing.join(", ") };
+            tracing::info!("serving {listing} on udp {local} in secure mode ({plaintext})");
             rt.block_on(async {
                 let socket = driver::udp::BatchSocket::new(socket)?;
                 driver::server::run(socket, server, log, &mut signals, options, proxy).await
             })
         }
     };
+    // A fetch still on the blocking pool must not hold the exit up (the
+    // runtime's drop would wait for it, up to --fetch-timeout).
+    rt.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(_) => Exit::Ok.into(),
         Err(e) => fail(ME, Exit::Network, format_args!("socket error: {e}")),

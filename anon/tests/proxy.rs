@@ -54,9 +54,11 @@ impl TestOrigin {
                         "/page.html" => tiny_http::Response::from_data(fresh.clone())
                             .with_header(h("Content-Type", "text/html; charset=utf-8"))
                             .with_header(h("Cache-Control", "max-age=600")),
+                        // Not cacheable: clients that overlap share the fetch
+                        // itself, not a cached copy.
                         "/slow.html" => {
                             std::thread::sleep(Duration::from_millis(800));
-                            tiny_http::Response::from_data(fresh.clone()).with_header(h("Cache-Control", "max-age=600"))
+                            tiny_http::Response::from_data(fresh.clone()).with_header(h("Cache-Control", "no-store"))
                         }
                         "/old" => tiny_http::Response::from_data(Vec::new())
                             .with_status_code(302)
@@ -185,6 +187,9 @@ fn pages_on_demand_cached_shared_revalidated_and_refused_with_reasons() {
         assert!(std::fs::read(&out).unwrap() == fresh);
     }
     assert_eq!(origin.requests("/slow.html").0, 1, "concurrent requests share one fetch");
+    let (code, _, err) = fetch(&bridge, d, "crowd-later", &origin.url("/slow.html"), &[]);
+    assert_eq!(code, Some(0), "{err:?}");
+    assert_eq!(origin.requests("/slow.html").0, 2, "no-store: a later request fetches again");
 
     // no-cache with an ETag: stored, revalidated on the next request (304),
     // served from the cache.
@@ -209,10 +214,10 @@ fn pages_on_demand_cached_shared_revalidated_and_refused_with_reasons() {
         assert_eq!(err.len(), 1, "{name}: one line: {err:?}");
         assert!(err[0].contains(says), "{name}: {err:?}");
     }
-    assert_eq!(origin.requests("/elsewhere").0, 0);
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
-    let fetched = server.proc.stderr.iter().filter(|l| l.contains("fetched ")).count();
-    assert_eq!(fetched, 4, "{:?}", server.proc.stderr);
+    let fetched: Vec<&String> = server.proc.stderr.iter().filter(|l| l.contains("fetched ")).collect();
+    assert_eq!(fetched.len(), 5, "{:?}", server.proc.stderr);
+    assert!(fetched.iter().any(|l| l.contains("/slow.html") && l.contains("for 4 client(s)")), "{fetched:?}");
 }
 
 #[test]
@@ -227,6 +232,28 @@ fn private_origins_are_refused_unless_allowed_and_plaintext_clients_cannot_ask()
     assert!(out.is_none() && err[0].contains("not allowed"), "{err:?}");
     assert_eq!(origin.requests("/page.html").0, 0, "the origin was never asked");
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+
+    // A proxy without a page of its own: URLs only; a page name is refused.
+    let dir2 = tempfile::tempdir().unwrap();
+    let key = dir2.path().join("k");
+    let port = anon_tools::process::free_udp_port().unwrap();
+    let mut cmd = Command::new(SERVER);
+    cmd.args(["-p", &port.to_string(), "--bind", "127.0.0.1", "-l"])
+        .arg(dir2.path().join("s.log"))
+        .args(["--key", key.to_str().unwrap(), "--fetch-allow", &allow, "--fetch-private"])
+        .env("RUST_LOG", "info");
+    let mut server = Proc::spawn(&mut cmd).unwrap();
+    server.wait_for_line("serving", READY).unwrap();
+    let bridge = server.stderr.iter().find_map(|l| l.split("bridge line: ").nth(1)).unwrap().trim().to_owned();
+    let (code, out, err) = fetch(&bridge, dir2.path(), "only", &origin.url("/page.html"), &[]);
+    assert_eq!(code, Some(0), "{err:?}");
+    assert!(out.unwrap() == page(1000, 3));
+    let mut cmd = Command::new(CLIENT);
+    cmd.args(["--bridge", &bridge, "-q", "-l"]).arg(dir2.path().join("c.log")).arg("-f").arg(dir2.path().join("c.out"));
+    let mut c = Proc::spawn(&mut cmd).unwrap();
+    assert_eq!(c.wait(CLIENT_DEADLINE).unwrap().code(), Some(6), "no default page: {:?}", c.stderr);
+    server.signal("TERM").unwrap();
+    assert!(server.wait(Duration::from_secs(10)).unwrap().success());
 
     // --url needs secure mode; --fetch-allow needs --key.
     let mut cmd = Command::new(CLIENT);

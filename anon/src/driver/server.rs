@@ -258,6 +258,9 @@ pub async fn run<E: Endpoint>(
         let now = Instant::now();
         server.handle_timeout(now);
         if let (Some(p), Some(f)) = (proxy.as_mut(), server.fetches()) {
+            while let Some(done) = p.poll_done() {
+                p.finish(now, done, f);
+            }
             p.take(now, f);
         }
         tx.send(&socket, &mut server, &mut log, now).await;

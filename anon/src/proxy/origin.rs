@@ -254,7 +254,13 @@ impl OriginFetcher {
                 status: status.as_u16(),
                 final_url: current.to_key(),
                 content_type,
-                body: Bytes::from(body),
+                // Read by doubling: without this, the spare capacity would
+                // live as long as the page, uncounted by the budgets.
+                body: Bytes::from({
+                    let mut body = body;
+                    body.shrink_to_fit();
+                    body
+                }),
                 freshness,
                 validators,
             }));

@@ -188,8 +188,17 @@ fn normalize_path(path_and_query: &str) -> Result<String, String> {
             }
             s => {
                 let lower = s.to_ascii_lowercase();
-                if matches!(lower.as_str(), "%2e" | ".%2e" | "%2e." | "%2e%2e") {
-                    return Err("URL path has an encoded dot segment".into());
+                // Encoded dots, slashes and backslashes, and `;` parameters
+                // on a dot segment, are read by some origins as the path
+                // structure they hide (`/public/..%2fsecret`, `..;/`):
+                // refused, so that a path pattern means what it says.
+                if ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+                    || lower.starts_with("..;")
+                    || lower.starts_with(".;")
+                {
+                    return Err(
+                        "URL path has an encoded dot, slash or backslash, or a dot segment with parameters".into()
+                    );
                 }
                 out.push(s);
                 continue;
@@ -408,6 +417,7 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || (a == 192 && b == 168) // RFC 1918
         || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24 protocol assignments
         || (a == 192 && b == 0 && c == 2) // TEST-NET-1
+        || (a == 192 && b == 88 && c == 99) // 192.88.99.0/24 6to4 relay anycast
         || (a == 198 && (b == 18 || b == 19)) // 198.18.0.0/15 benchmarking
         || (a == 198 && b == 51 && c == 100) // TEST-NET-2
         || (a == 203 && b == 0 && c == 113) // TEST-NET-3
@@ -430,6 +440,10 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         [0x100, 0, 0, 0, ..] => true,
         // 2001:db8::/32 documentation.
         [0x2001, 0xdb8, ..] => true,
+        // 2001::/32 Teredo: tunnels to an IPv4 address it hides.
+        [0x2001, 0, ..] => true,
+        // 2002::/16 6to4 (RFC 3056): judged by the IPv4 address it embeds.
+        [0x2002, hi, lo, ..] => forbidden_v4(embedded(hi, lo)),
         [s0, ..] => {
             (s0 & 0xfe00) == 0xfc00 // fc00::/7 unique local
                 || (s0 & 0xffc0) == 0xfe80 // fe80::/10 link-local
@@ -599,6 +613,12 @@ mod tests {
         let Err(Denied::NotAllowed(why)) = policy.check_url("https://example.org@evil.com/") else { panic!() };
         assert!(why.contains("userinfo"), "{why}");
         assert!(FetchPolicy::default().check_url("https://example.org/").is_err());
+        // Encodings that hide path structure from a path pattern.
+        let public = FetchPolicy { patterns: vec![pat("https://h.example/public/*")], allow_private: false };
+        assert!(public.check_url("https://h.example/public/a%20b.html?u=https%3A%2F%2Fx%2F").is_ok());
+        for hidden in ["/public/..%2fsecret", "/public/%2e%2e%2fsecret", "/public/..;/secret", "/public/..%5csecret"] {
+            assert!(public.check_url(&format!("https://h.example{hidden}")).is_err(), "{hidden}");
+        }
     }
 
     #[test]
@@ -642,6 +662,10 @@ mod tests {
             "ff0e::1",
             "2001:db8::1",
             "3fff::1",
+            "2001::5ef5:79fd",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "192.88.99.1",
         ] {
             let addr: IpAddr = ip.parse().unwrap();
             assert!(forbidden_ip(addr), "{ip} should be forbidden");
@@ -661,6 +685,7 @@ mod tests {
             "64:ff9b::8.8.8.8",
             "2606:4700::1111",
             "2001:4860:4860::8888",
+            "2002:808:808::1",
         ] {
             let addr: IpAddr = ip.parse().unwrap();
             assert!(!forbidden_ip(addr), "{ip} should be allowed");

@@ -229,13 +229,26 @@ impl Proxy {
         let url = key.clone();
         tokio::task::spawn_blocking(move || {
             let validators = stale.as_ref().map(|e| e.validators.clone());
-            let outcome = fetcher.fetch(&url, validators.as_ref()).map(|r| match r {
-                // Hashed here, off the loop's thread.
-                OriginResponse::Full(page) => Fetched::Full(Arc::new(Entry::from_fetched(page, Instant::now()))),
-                OriginResponse::NotModified { freshness, validators } => Fetched::NotModified(freshness, validators),
-            });
+            // A panic must not wedge the URL: its waiters get an answer.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fetcher.fetch(&url, validators.as_ref()).map(|r| match r {
+                    // Hashed here, off the loop's thread.
+                    OriginResponse::Full(page) => Fetched::Full(Arc::new(Entry::from_fetched(page, Instant::now()))),
+                    OriginResponse::NotModified { freshness, validators } => {
+                        Fetched::NotModified(freshness, validators)
+                    }
+                })
+            }))
+            .unwrap_or_else(|_| Err(OriginError::Other("the fetch failed unexpectedly".into())));
             let _ = tx.send(Done { key, url, started: now, outcome });
         });
+    }
+
+    /// A fetch that has finished, if any, without waiting: the loop takes
+    /// these every turn, so that a flood of datagrams (which keeps the
+    /// socket ready) cannot hold completions back.
+    pub fn poll_done(&mut self) -> Option<FetchResult> {
+        self.done_rx.try_recv().ok().map(FetchResult)
     }
 
     /// Completes when a fetch has finished; hand it to
@@ -257,7 +270,11 @@ impl Proxy {
         let result = match done.outcome {
             Ok(Fetched::Full(entry)) => {
                 self.live.push((Arc::downgrade(&entry.page), entry.page.len()));
-                let stored = self.cache.insert(done.key.clone(), Arc::clone(&entry), now);
+                // A redirected page is not kept under the URL asked for: the
+                // redirect's own lifetime governs that URL (RFC 9111 §4),
+                // and the final page's may be far longer.
+                let stored =
+                    entry.final_url == done.key && self.cache.insert(done.key.clone(), Arc::clone(&entry), now);
                 tracing::info!(
                     "fetched {} ({} bytes, HTTP {}) in {:.0?} for {} client(s){}",
                     done.url,
@@ -271,6 +288,12 @@ impl Proxy {
             }
             Ok(Fetched::NotModified(freshness, validators)) => {
                 self.stats.revalidated += 1;
+                // Evicted meanwhile: the entry we revalidated goes back in.
+                if let Some(stale) =
+                    stale.as_ref().filter(|_| matches!(self.cache.lookup(&done.key, now), Lookup::Miss))
+                {
+                    self.cache.insert(done.key.clone(), Arc::clone(stale), now);
+                }
                 let refreshed = self.cache.refresh(&done.key, freshness, validators, now).or(stale);
                 match refreshed {
                     Some(entry) => {

@@ -74,18 +74,16 @@ const MAX_TOKENS: usize = 64;
 /// message still completes the handshake.
 const MAX_ATTEMPTS: usize = 4;
 /// Shortest and longest first message: the length is drawn between them
-/// (and never below the natural length).
-const MSG1_MIN: usize = 360;
-/// Shortest first message asking for a URL: the answer, never longer than
-/// the first message, then has room for what the origin said (the final
-/// URL, the content type), as a QUIC Initial is padded to leave its answer
-/// room (RFC 9000 §14.1). At most [`MSG1_MAX`]: the IPv6 minimum MTU with
-/// IPv6 and UDP headers, as for data datagrams.
-const MSG1_MIN_URL: usize = 1200;
-/// Longest first message (unless its URL makes it longer: see
+/// (and never below the natural length). One band for every request, a
+/// page by name or a URL, so that the length does not tell them apart; at
+/// least 1,200 bytes, as a QUIC Initial is padded to leave its answer room
+/// (RFC 9000 §14.1), since the answer is never longer (and a proxy's
+/// carries what the origin said); at most 1,232, the IPv6 minimum MTU less
+/// the IPv6 and UDP headers, the bound of every secure datagram.
+const MSG1_MIN: usize = 1200;
+/// Longest first message (unless a URL makes it longer: see
 /// [`MAX_REQUEST_URL_LEN`](super::proxy::MAX_REQUEST_URL_LEN)).
 pub const MSG1_MAX: usize = 1232;
-const MSG1_SPREAD: usize = 400;
 /// Largest padding of a client datagram.
 const PAD_MAX: usize = 48;
 
@@ -238,6 +236,12 @@ impl SecureClient {
             self.stats.not_ours += 1;
             return;
         };
+        if self.secure.url.is_some() && self.meta.is_none() {
+            // A server that does not fetch URLs (an older one) answers with
+            // its own page: that is not the page asked for.
+            self.conn.abort(ConnectionError::Rejected(Refusal::NotAllowed));
+            return;
+        }
         self.key_log = Some(key_log(&mut keys));
         self.keys = Some(keys);
         self.last_inner_received = Header::decode(&inner).ok().map(|(h, _)| h);
@@ -277,16 +281,10 @@ impl SecureClient {
         let mut payload = Vec::with_capacity(syn.len() + 64);
         handshake::put_field(&mut payload, field::TIME, &self.secure.clock.unix_ms(now).to_be_bytes());
         handshake::put_field(&mut payload, field::CONN_ID, &self.conn_id);
-        let min_len = match &self.secure.url {
-            Some(url) => {
-                handshake::put_field(&mut payload, field::URL, url.as_bytes());
-                MSG1_MIN_URL
-            }
-            None => {
-                handshake::put_field(&mut payload, field::PAGE, self.secure.page.as_bytes());
-                MSG1_MIN
-            }
-        };
+        match &self.secure.url {
+            Some(url) => handshake::put_field(&mut payload, field::URL, url.as_bytes()),
+            None => handshake::put_field(&mut payload, field::PAGE, self.secure.page.as_bytes()),
+        }
         handshake::put_field(&mut payload, field::INNER, syn);
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
@@ -297,8 +295,7 @@ impl SecureClient {
             self.attempts.pop_front();
         }
         let natural = noise.len() + handshake::OUTER_OVERHEAD;
-        let spread = if min_len == MSG1_MIN_URL { MSG1_MAX - MSG1_MIN_URL + 1 } else { MSG1_SPREAD };
-        let len = natural.max(min_len + (self.rng.next_u32() as usize) % spread);
+        let len = natural.max(MSG1_MIN + (self.rng.next_u32() as usize) % (MSG1_MAX - MSG1_MIN + 1));
         let nonce = self.outer.seal(&mut *self.rng, &noise, len, b"", buf);
         self.attempts.push_back((attempt, nonce));
         self.stats.initiations += 1;

@@ -579,7 +579,9 @@ impl SecureServer {
             return Belongs::Repeat;
         }
         if !self.has_room(opening.peer) {
+            // Authenticated: it learns why rather than waiting in vain.
             self.stats.refused += 1;
+            self.refuse(opening, Refusal::Busy);
             return Belongs::None;
         }
         let source = source_key(opening.peer.ip(), self.source_prefixes.0, self.source_prefixes.1);
@@ -641,7 +643,10 @@ impl SecureServer {
                 let meta = Some(Arc::new(fetched.meta));
                 let _ = self.open(now, f.opening, PageChoice::Shared(fetched.page), meta);
             }
-            Ok(_) => self.stats.refused += 1,
+            Ok(_) => {
+                self.stats.refused += 1;
+                self.refuse(f.opening, Refusal::Busy);
+            }
         }
         self.pump_events(now);
     }
