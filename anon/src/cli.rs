@@ -950,7 +950,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
             }
             let clock = wall_clock();
             let connect = move |now| {
-                let secure = SecureClientConfig { server: server_key, key: client_key, page, url, clock };
+                let secure = SecureClientConfig { server: server_key, key: client_key, page, url, resume, clock };
                 SecureClient::new(secure, config, Box::new(StdRng::from_os_rng()), now)
             };
             rt.block_on(driver::client::run(server, socket, connect, log, output, options, interrupt))

@@ -171,7 +171,7 @@ fuzz_target!(|input: Input| {
         Box::new(StdRng::seed_from_u64(5)),
     );
     let cfg =
-        SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(4)), page: "index".into(), url: None, clock };
+        SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(4)), page: "index".into(), url: None, resume: None, clock };
     let rng = Box::new(StdRng::seed_from_u64(u64::from(input.seed)));
     let mut client = SecureClient::new(cfg, ClientConfig::default(), rng, start);
 

@@ -169,7 +169,7 @@ fuzz_target!(|input: Input| {
         .map(|i| {
             let page = PAGES[usize::from(input.pages[usize::from(i)]) % PAGES.len()].to_owned();
             let url = page.strip_prefix("url:").map(str::to_owned);
-            let cfg = SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(100 + i)), page, url, clock };
+            let cfg = SecureClientConfig { server: key.public(), key: Some(secure_wire::secret(100 + i)), page, url, resume: None, clock };
             let rng = Box::new(StdRng::seed_from_u64(u64::from(input.seed) * 2 + u64::from(i)));
             let conn = SecureClient::new(cfg, ClientConfig::default(), rng, start);
             Client { conn, addr: SocketAddr::from(([192, 0, 2, 1 + i], 6000)), last: None, last_first: None }

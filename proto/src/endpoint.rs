@@ -700,6 +700,11 @@ impl Server {
         page.map_or_else(|| Arc::new(Page::new(Bytes::new())), Arc::clone)
     }
 
+    /// Page `index` of those given at start (the first when out of range).
+    pub fn page_at(&self, index: usize) -> Arc<Page> {
+        self.page(index)
+    }
+
     /// Pages served, the first being the default.
     pub fn page_count(&self) -> usize {
         self.pages.len()

@@ -38,6 +38,14 @@ impl Page {
         self.sha256
     }
 
+    /// The page from `offset` on, for a resumed transfer: no copy, and the
+    /// digest is still the whole page's, which the client checks its
+    /// whole file against (docs/PROTOCOL.md §9.6).
+    pub fn resumed_from(&self, offset: u64) -> Page {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.bytes.len());
+        Page { bytes: self.bytes.slice(start..), sha256: self.sha256 }
+    }
+
     /// Bytes `start..end`, or nothing if out of range.
     pub fn slice(&self, start: u64, end: u64) -> &[u8] {
         match (usize::try_from(start), usize::try_from(end)) {

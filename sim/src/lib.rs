@@ -237,6 +237,7 @@ impl Sim<SecureServer, SecureClient> {
                     key: None,
                     page: secure.ask.clone(),
                     url: None,
+                    resume: None,
                     clock,
                 };
                 let conn_rng = Box::new(StdRng::seed_from_u64(rng.next_u64()));

@@ -40,6 +40,8 @@ pub struct ProxySim {
     due: VecDeque<(Instant, u64, String)>,
     /// Every URL handed out, in order (what the origin would have seen).
     pub requested: Vec<String>,
+    /// The server's public key, for clients a test adds.
+    pub server_key: anon_proto::secure::PublicKey,
 }
 
 impl std::fmt::Debug for ProxySim {
@@ -54,7 +56,8 @@ impl std::fmt::Debug for ProxySim {
 impl ProxySim {
     /// Wraps `server` (built with `SecureServerConfig::fetch` on).
     pub fn new(server: SecureServer, delay: Duration) -> ProxySim {
-        ProxySim { server, origins: HashMap::new(), delay, due: VecDeque::new(), requested: Vec::new() }
+        let server_key = server.public_key();
+        ProxySim { server, origins: HashMap::new(), delay, due: VecDeque::new(), requested: Vec::new(), server_key }
     }
 
     /// Serves `body` at `url` with status 200.
@@ -154,6 +157,7 @@ pub fn secure_proxy(
                 key: None,
                 page: String::new(),
                 url: Some((*url).into()),
+                resume: None,
                 clock,
             };
             let conn_rng = Box::new(StdRng::seed_from_u64(rng.next_u64()));

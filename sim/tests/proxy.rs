@@ -111,7 +111,14 @@ fn a_flood_of_url_requests_is_bounded_and_refused_as_busy() {
     let mut server =
         SecureServer::new(config, anon_proto::ServerConfig::default(), pages, None, Box::new(StdRng::seed_from_u64(1)));
     let ask = |seed: u64, url: String| {
-        let cfg = SecureClientConfig { server: key.public(), key: None, page: String::new(), url: Some(url), clock };
+        let cfg = SecureClientConfig {
+            server: key.public(),
+            key: None,
+            page: String::new(),
+            url: Some(url),
+            resume: None,
+            clock,
+        };
         let mut c = SecureClient::new(cfg, ClientConfig::default(), Box::new(StdRng::seed_from_u64(seed)), start);
         let mut m = Vec::new();
         assert!(c.poll_transmit(start, &mut m));
@@ -170,10 +177,50 @@ fn url_first_messages_are_between_1200_and_1232_bytes() {
     let server = StaticSecret::generate(&mut StdRng::seed_from_u64(5)).public();
     let longest = format!("https://a.example/{}", "x".repeat(MAX_REQUEST_URL_LEN - 18));
     for (seed, url) in (0..40).map(|s| (s, if s % 2 == 0 { longest.clone() } else { URL.to_owned() })) {
-        let cfg = SecureClientConfig { server, key: None, page: String::new(), url: Some(url), clock };
+        let cfg = SecureClientConfig { server, key: None, page: String::new(), url: Some(url), resume: None, clock };
         let mut c = SecureClient::new(cfg, ClientConfig::default(), Box::new(StdRng::seed_from_u64(seed)), start);
         let mut m = Vec::new();
         assert!(c.poll_transmit(start, &mut m));
         assert!((1200..=1232).contains(&m.len()), "seed {seed}: {} bytes", m.len());
+    }
+}
+
+/// `--continue`: a client that has the start of the page asks for the
+/// rest; the server sends only the rest when the digest is the page's, the
+/// whole page otherwise (docs/PROTOCOL.md §9.6).
+#[test]
+fn a_transfer_resumes_from_the_clients_prefix_of_the_same_page_only() {
+    use anon_proto::secure::{SecureClient, SecureClientConfig};
+    use anon_sim::SimClient;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    let body = page(300_000, 4);
+    let sha = anon_proto::page::Page::new(bytes::Bytes::from(body.clone())).sha256();
+    for (offset, digest, resumes) in [(100_000u64, sha, true), (100_000, [7u8; 32], false), (300_000, sha, false)] {
+        let mut sim = secure_proxy(5, LinkConfig::hostile(0.02), &[], Duration::from_millis(50), client(), |_| {});
+        sim.server.add_page(URL, body.clone(), "application/octet-stream");
+        let cfg = SecureClientConfig {
+            server: sim.server.server_key,
+            key: None,
+            page: String::new(),
+            url: Some(URL.into()),
+            resume: Some((offset, digest)),
+            clock: anon_proto::secure::WallClock { at: sim.start, unix_ms: anon_sim::SIM_UNIX_MS },
+        };
+        let conn = SecureClient::new(cfg, client(), Box::new(StdRng::seed_from_u64(1)), sim.start);
+        sim.clients.push(SimClient::new(anon_sim::client_addr(0), conn));
+        sim.run(Duration::from_secs(60), 1_000_000);
+        let c = &sim.clients[0];
+        assert_eq!(c.conn.outcome(), Some(&Ok(())), "offset {offset}");
+        let answer = c.conn.answer().expect("an answer");
+        assert_eq!(answer.page_sha256, sha, "the digest is the whole page's");
+        if resumes {
+            assert_eq!(c.conn.resumed_from(), Some(offset));
+            assert!(c.data == body[offset as usize..], "the rest of the page, and only that");
+        } else {
+            assert_eq!(c.conn.resumed_from(), None, "offset {offset}");
+            assert!(c.data == body, "offset {offset}: the whole page");
+        }
     }
 }

@@ -31,6 +31,9 @@ pub struct SecureClientConfig {
     /// A URL for a proxy server to fetch and serve (docs/PROTOCOL.md §9),
     /// asked for instead of `page`.
     pub url: Option<String>,
+    /// Resume: the client has the first `.0` bytes of the page whose
+    /// SHA-256 is `.1`, and asks for the rest (docs/PROTOCOL.md §9.6).
+    pub resume: Option<(u64, [u8; 32])>,
     /// The wall clock, for the first message's timestamp.
     pub clock: WallClock,
 }
@@ -109,6 +112,7 @@ pub struct SecureClient {
     last_inner_received: Option<Header>,
     last_inner_sent: Option<Header>,
     meta: Option<PageMeta>,
+    resumed: Option<u64>,
 }
 
 impl std::fmt::Debug for SecureClient {
@@ -155,6 +159,7 @@ impl SecureClient {
             last_inner_received: None,
             last_inner_sent: None,
             meta: None,
+            resumed: None,
         }
     }
 
@@ -225,6 +230,9 @@ impl SecureClient {
                 field::INNER => inner = Some(value.to_vec()),
                 field::ERROR => refusal = Some(Refusal::decode(value)),
                 field::META => self.meta = PageMeta::decode(value),
+                field::RESUME => {
+                    self.resumed = value.try_into().ok().map(u64::from_be_bytes);
+                }
                 _ => {}
             }
         }
@@ -284,6 +292,11 @@ impl SecureClient {
         match &self.secure.url {
             Some(url) => handshake::put_field(&mut payload, field::URL, url.as_bytes()),
             None => handshake::put_field(&mut payload, field::PAGE, self.secure.page.as_bytes()),
+        }
+        if let Some((offset, sha)) = self.secure.resume {
+            let mut value = offset.to_be_bytes().to_vec();
+            value.extend_from_slice(&sha);
+            handshake::put_field(&mut payload, field::RESUME, &value);
         }
         handshake::put_field(&mut payload, field::INNER, syn);
         let mut seed = [0u8; 32];
@@ -359,6 +372,13 @@ impl SecureClient {
     /// The inner connection, for what this wrapper does not repeat.
     pub fn conn(&self) -> &ClientConn {
         &self.conn
+    }
+
+    /// Where the transfer starts in the page, when the server resumed it:
+    /// the page bytes that arrive follow the client's first `offset`, and
+    /// the answer's digest is the whole page's.
+    pub fn resumed_from(&self) -> Option<u64> {
+        self.resumed
     }
 
     /// What the origin said of a page asked for by URL (from the answer).

@@ -129,6 +129,11 @@ pub mod field {
     /// What the origin said of a fetched page: see
     /// [`PageMeta`](crate::secure::proxy::PageMeta).
     pub const META: u8 = 8;
+    /// In a first message: the client has the first `offset` bytes of the
+    /// page whose SHA-256 follows (u64, then 32 bytes) and asks for the
+    /// rest. In an answer: the offset the transfer starts at (u64), when
+    /// the server resumes (§9.6).
+    pub const RESUME: u8 = 9;
 }
 
 /// Appends one payload field.

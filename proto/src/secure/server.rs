@@ -181,6 +181,8 @@ struct Virtual {
     source: IpAddr,
     /// What the origin said of a fetched page, for the answer.
     meta: Option<Arc<PageMeta>>,
+    /// Where a resumed transfer starts, for the answer.
+    resumed: Option<u64>,
     /// Closed: kept (keys and all) until then, so that the inner TIME-WAIT
     /// can answer a FIN|ACK sent again.
     closed_until: Option<Instant>,
@@ -195,6 +197,8 @@ struct Opening {
     inner: Vec<u8>,
     msg1_len: usize,
     msg1_nonce: [u8; 24],
+    /// The client has this prefix of the page with this digest.
+    resume: Option<(u64, [u8; 32])>,
 }
 
 /// The page a new connection serves.
@@ -495,6 +499,12 @@ impl SecureServer {
                 // Not UTF-8: empty, which no pattern allows.
                 field::URL => hello.url = Some(std::str::from_utf8(value).unwrap_or_default().to_owned()),
                 field::INNER => hello.inner = Some(value.to_vec()),
+                field::RESUME => {
+                    if let (Some(off), Some(sha)) = (value.get(..8), value.get(8..40)) {
+                        let off = u64::from_be_bytes(off.try_into().ok()?);
+                        hello.resume = sha.try_into().ok().map(|sha| (off, sha));
+                    }
+                }
                 _ => {}
             }
         }
@@ -531,8 +541,15 @@ impl SecureServer {
         // An authenticated first message from a client we serve: the log
         // shows its inner SYN (a refused request's included).
         self.last_inner = Header::decode(&inner).ok().map(|(h, _)| h);
-        let opening =
-            Opening { peer, conn_id, responder: Box::new(init.responder), inner, msg1_len: datagram.len(), msg1_nonce };
+        let opening = Opening {
+            peer,
+            conn_id,
+            responder: Box::new(init.responder),
+            inner,
+            msg1_len: datagram.len(),
+            msg1_nonce,
+            resume: hello.resume,
+        };
         if self.by_client.contains_key(&(peer, conn_id)) {
             // Another attempt of a connection we have (its answer was lost):
             // its page is chosen already.
@@ -606,6 +623,11 @@ impl SecureServer {
         Belongs::Connection
     }
 
+    /// The server's public key (the bridge line's).
+    pub fn public_key(&self) -> PublicKey {
+        self.config.key.public()
+    }
+
     /// The next URL to fetch, for the driver; answer each with
     /// [`fetch_done`](Self::fetch_done).
     pub fn poll_fetch(&mut self) -> Option<FetchRequest> {
@@ -674,8 +696,26 @@ impl SecureServer {
         page: PageChoice,
         meta: Option<Arc<PageMeta>>,
     ) -> Option<Belongs> {
-        let Opening { peer, conn_id, responder, inner, msg1_len, msg1_nonce } = opening;
+        let Opening { peer, conn_id, responder, inner, msg1_len, msg1_nonce, resume } = opening;
         let client = (peer, conn_id);
+        // A resumed transfer serves the rest of the page, if the client's
+        // prefix is of this very page (its digest), and says where it starts.
+        let mut resumed = None;
+        let page = match (page, resume) {
+            (page, Some((offset, sha))) if !self.by_client.contains_key(&client) => {
+                let whole = match page {
+                    PageChoice::Index(i) => self.inner.page_at(i),
+                    PageChoice::Shared(p) => p,
+                };
+                if whole.sha256() == sha && offset > 0 && offset < whole.len() {
+                    resumed = Some(offset);
+                    PageChoice::Shared(Arc::new(whole.resumed_from(offset)))
+                } else {
+                    PageChoice::Shared(whole)
+                }
+            }
+            (page, _) => page,
+        };
         let virt = match self.by_client.get(&client).copied() {
             Some(virt) => virt,
             None => {
@@ -696,7 +736,15 @@ impl SecureServer {
                 self.next_virtual += 1;
                 self.virtuals.insert(
                     virt,
-                    Virtual { attempts: Vec::new(), confirmed: None, client, source, meta, closed_until: None },
+                    Virtual {
+                        attempts: Vec::new(),
+                        confirmed: None,
+                        client,
+                        source,
+                        meta,
+                        resumed,
+                        closed_until: None,
+                    },
                 );
                 *self.per_source.entry(source).or_default() += 1;
                 self.by_client.insert(client, virt);
@@ -969,6 +1017,9 @@ impl SecureServer {
         session.tokens_issued = WELCOME_TOKENS;
         handshake::put_field(&mut payload, field::TOKENS, &tokens);
         handshake::put_field(&mut payload, field::INNER, inner);
+        if let Some(offset) = self.virtuals.get(&session.virt).and_then(|v| v.resumed) {
+            handshake::put_field(&mut payload, field::RESUME, &offset.to_be_bytes());
+        }
         if let Some(meta) = self.virtuals.get(&session.virt).and_then(|v| v.meta.as_deref()) {
             // In what the first message leaves: never longer than it.
             let room = session.msg1_len.saturating_sub(OUTER_OVERHEAD + NOISE_MSG2_OVERHEAD + payload.len() + 3);
@@ -1086,6 +1137,7 @@ struct Hello {
     page: Option<String>,
     url: Option<String>,
     inner: Option<Vec<u8>>,
+    resume: Option<(u64, [u8; 32])>,
 }
 
 /// The natural length of an answer carrying `inner_len` bytes of inner

@@ -56,7 +56,7 @@ pub fn secure_client(
     seed: u64,
     now: Instant,
 ) -> SecureClient {
-    let config = SecureClientConfig { server, key, page: page.into(), url: None, clock };
+    let config = SecureClientConfig { server, key, page: page.into(), url: None, resume: None, clock };
     SecureClient::new(config, ClientConfig::default(), Box::new(StdRng::seed_from_u64(seed)), now)
 }
 
