@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::driver;
-use crate::driver::client::{FetchFailed, Output};
+use crate::driver::client::{FetchFailed, Output, Partial};
 use crate::fetch::{FetchLimits, Source, fetch};
 use crate::packet_log::PacketLog;
 use crate::proxy::origin::OriginFetcher;
@@ -512,6 +512,14 @@ pub struct ClientArgs {
     /// Content-Length, and the URL after redirects as Content-Location.
     #[arg(long, value_name = "FILE", requires = "url")]
     pub headers: Option<PathBuf>,
+    /// Secure mode: resume an interrupted transfer, as `curl -C -` and
+    /// `wget -c` do. A transfer that stops unfinished keeps what it has in
+    /// `.OUTFILE.anon-partial` beside OUTFILE (with what identifies the
+    /// page); the next run with --continue asks for the rest if the page is
+    /// unchanged and starts over otherwise. OUTFILE still appears only once
+    /// the page is complete and verified.
+    #[arg(long = "continue", requires = "secure")]
+    pub resume: bool,
 }
 
 fn parse_url_arg(s: &str) -> Result<String, String> {
@@ -908,7 +916,24 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", args.log.display())),
     };
-    let output = match Output::create(&args.file) {
+    // --continue: the partial files of this very request (server and page).
+    let partial = match (&target.server_key, args.resume) {
+        (Some(key), true) => {
+            let what = match (&args.url, &args.page) {
+                (Some(url), _) => format!("url {url}"),
+                (None, Some(p)) => format!("page {p}"),
+                (None, None) => "page".to_owned(),
+            };
+            Some(Partial::new(&args.file, &format!("{key} {}:{} {what}", target.host, target.port)))
+        }
+        _ => None,
+    };
+    let resume = partial.as_ref().and_then(Partial::load);
+    if let Some(r) = &resume {
+        tracing::info!("resuming: {} of {} bytes already here", r.have, r.whole.len);
+    }
+    let resume = resume.map(|r| (r.have, r.whole.sha256));
+    let output = match Output::create_resumable(&args.file, partial) {
         Ok(o) => o,
         Err(e) => return fail(ME, Exit::LocalFile, e),
     };

@@ -263,3 +263,110 @@ fn private_origins_are_refused_unless_allowed_and_plaintext_clients_cannot_ask()
     cmd.args(["-p", "9", "-l", "/dev/null", "--fetch-allow", "http://*/*"]);
     assert_eq!(cmd.output().unwrap().status.code(), Some(2));
 }
+
+/// A UDP relay in front of the server that forwards the server's datagrams
+/// only while its budget lasts (negative: without limit), so a test can cut
+/// a transfer partway, then let the next one through.
+struct Relay {
+    port: u16,
+    budget: Arc<std::sync::atomic::AtomicI64>,
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(server_port: u16, budget: i64) -> Relay {
+        use std::sync::atomic::Ordering::Relaxed;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let server: std::net::SocketAddr = ([127, 0, 0, 1], server_port).into();
+        let budget = Arc::new(std::sync::atomic::AtomicI64::new(budget));
+        let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (budget, forwarded, stop) = (Arc::clone(&budget), Arc::clone(&forwarded), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut client = None;
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Relaxed) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                    if from != server {
+                        client = Some(from);
+                        let _ = socket.send_to(&buf[..n], server);
+                    } else if let Some(c) = client {
+                        let left = budget.load(Relaxed);
+                        if left != 0 {
+                            if left > 0 {
+                                budget.store(left - 1, Relaxed);
+                            }
+                            forwarded.fetch_add(1, Relaxed);
+                            let _ = socket.send_to(&buf[..n], c);
+                        }
+                    }
+                }
+            })
+        };
+        Relay { port, budget, forwarded, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `--continue`: a transfer cut partway keeps what it has beside OUTFILE
+/// (no OUTFILE); the next run asks for the rest only, and ends with the
+/// whole page verified and the partial files gone.
+#[test]
+fn an_interrupted_transfer_resumes_with_continue() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(8 << 20, 5);
+    let origin = TestOrigin::start(body.clone(), Vec::new());
+    let allow = format!("{}/*", origin.base);
+    // The cut connection is still open at the end (its client went away):
+    // a short grace.
+    let (mut server, bridge) = start_proxy(dir.path(), &["--fetch-allow", &allow, "--fetch-private", "--grace", "1"]);
+    let key = bridge.strip_prefix("anon://").unwrap().split('@').next().unwrap().to_owned();
+    // About a third of the page's datagrams (8 MiB in 1,160-byte segments).
+    let relay = Relay::start(server.port, 2_500);
+    let out = dir.path().join("big.out");
+    let run = |name: &str| {
+        let mut cmd = Command::new(CLIENT);
+        cmd.args(["--server-key", &key, "-s", "127.0.0.1", "-p", &relay.port.to_string()])
+            .args(["--url", &origin.url("/page.html"), "--continue", "--timeout", "1", "-l"])
+            .arg(dir.path().join(format!("{name}.log")))
+            .arg("-f")
+            .arg(&out);
+        let mut c = Proc::spawn(&mut cmd).unwrap();
+        let status = c.wait(CLIENT_DEADLINE).unwrap();
+        (status.code(), c.stderr.clone())
+    };
+    let (code, err) = run("cut");
+    assert_eq!(code, Some(1), "the server went silent: {err:?}");
+    assert!(!out.exists(), "no OUTFILE for an unfinished page");
+    let partial = dir.path().join(".big.out.anon-partial");
+    let kept = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(kept > 1 << 20 && kept < body.len() as u64, "kept {kept} bytes: {err:?}");
+    assert!(body.starts_with(&std::fs::read(&partial).unwrap()), "the partial file is the page's start");
+
+    relay.budget.store(-1, Relaxed);
+    relay.forwarded.store(0, Relaxed);
+    let (code, err) = run("rest");
+    assert_eq!(code, Some(0), "{err:?}");
+    assert!(std::fs::read(&out).unwrap() == body, "the whole page, verified");
+    assert!(err.iter().any(|l| l.contains(&format!("resuming: {kept} of {} bytes", body.len()))), "{err:?}");
+    let rest_datagrams = (body.len() as u64 - kept).div_ceil(1160);
+    let sent = relay.forwarded.load(Relaxed);
+    assert!(sent < rest_datagrams + 600, "{sent} datagrams for {rest_datagrams} of the rest: the whole page again?");
+    assert!(!partial.exists() && !dir.path().join(".big.out.anon-partial.meta").exists(), "partial files left");
+    drop(relay);
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+}

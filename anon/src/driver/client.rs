@@ -52,6 +52,10 @@ pub trait Connection {
     fn meta(&self) -> Option<&anon_proto::secure::PageMeta> {
         None
     }
+    /// Where the server resumed the transfer (secure mode, `--continue`).
+    fn resumed_from(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Connection for ClientConn {
@@ -130,6 +134,9 @@ impl Connection for SecureClient {
     fn meta(&self) -> Option<&anon_proto::secure::PageMeta> {
         SecureClient::meta(self)
     }
+    fn resumed_from(&self) -> Option<u64> {
+        SecureClient::resumed_from(self)
+    }
 }
 
 /// How the client loop reports.
@@ -195,10 +202,108 @@ pub struct Output {
     path: PathBuf,
     /// Page bytes not yet handed to the writer, sent in chunks.
     pending: Vec<u8>,
-    chunks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    chunks: Option<std::sync::mpsc::SyncSender<Chunk>>,
     writer: Option<std::thread::JoinHandle<io::Result<Written>>>,
     /// Set when the page will not be kept: the writer skips what is queued.
     abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `--continue`: where an unfinished page is kept, and once the page is
+    /// known (the answer), what identifies it.
+    partial: Option<Partial>,
+    whole: Option<Whole>,
+}
+
+/// What the writer gets: first where the page starts, then its bytes.
+#[derive(Debug)]
+enum Chunk {
+    /// The page starts with this many bytes of the partial file.
+    Begin(u64),
+    Data(Vec<u8>),
+}
+
+/// The whole page a transfer is for: its length and digest, from the
+/// server's answer (with the prefix a resumed transfer kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Whole {
+    /// The page's length.
+    pub len: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// `--continue`'s files beside OUTFILE: `.NAME.anon-partial` holds the
+/// first bytes of the page, `.NAME.anon-partial.meta` what they are of (the
+/// request, and the whole page's length and SHA-256). Written when a
+/// transfer stops unfinished, read by the next run, removed once the page
+/// is in place.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    data: PathBuf,
+    meta: PathBuf,
+    /// Names the server and the page asked for: a partial file of another
+    /// request is not resumed.
+    request: String,
+}
+
+/// What a partial file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Bytes of the page in the partial file.
+    pub have: u64,
+    /// The whole page.
+    pub whole: Whole,
+}
+
+impl Partial {
+    /// The partial files of OUTFILE `path`, for `request` (a single line).
+    pub fn new(path: &Path, request: &str) -> Partial {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Partial {
+            data: dir.join(format!(".{name}.anon-partial")),
+            meta: dir.join(format!(".{name}.anon-partial.meta")),
+            request: request.replace(['\n', '\r'], " "),
+        }
+    }
+
+    /// What a previous run left for this request: `None` when there is
+    /// nothing, it is of another request, or it does not add up.
+    pub fn load(&self) -> Option<Resume> {
+        let text = std::fs::read_to_string(&self.meta).ok()?;
+        let mut lines = text.lines();
+        if lines.next() != Some("anon-partial 1") || lines.next()? != format!("request {}", self.request) {
+            return None;
+        }
+        let len: u64 = lines.next()?.strip_prefix("length ")?.parse().ok()?;
+        let hex = lines.next()?.strip_prefix("sha256 ")?;
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        let have = std::fs::metadata(&self.data).ok()?.len();
+        (have > 0 && have < len).then_some(Resume { have, whole: Whole { len, sha256 } })
+    }
+
+    /// Keeps `file`'s first bytes as the partial page: synced, renamed
+    /// into place, then the meta file (so a meta file always describes
+    /// synced data).
+    fn keep(&self, temp: NamedTempFile, whole: Whole) -> io::Result<()> {
+        temp.as_file().sync_all()?;
+        let _ = std::fs::remove_file(&self.meta);
+        temp.persist(&self.data).map_err(|e| e.error)?;
+        let hex: String = whole.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        let text = format!("anon-partial 1\nrequest {}\nlength {}\nsha256 {hex}\n", self.request, whole.len);
+        let mut tmp = tempfile::NamedTempFile::new_in(self.meta.parent().unwrap_or(Path::new(".")))?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.meta).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Removes both files (the page is complete, or they were of another).
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.meta);
+        let _ = std::fs::remove_file(&self.data);
+    }
 }
 
 /// What the writer thread wrote.
@@ -221,6 +326,13 @@ impl Output {
     /// stays within one file system and is atomic. Fails at once, before any
     /// network traffic, if OUTFILE cannot be a file there.
     pub fn create(path: &Path) -> Result<Output, FetchFailed> {
+        Self::create_resumable(path, None)
+    }
+
+    /// Like [`create`](Self::create); with `partial` (`--continue`), a
+    /// transfer that stops unfinished keeps what it has there, and one that
+    /// the server resumes starts with what is there.
+    pub fn create_resumable(path: &Path, partial: Option<Partial>) -> Result<Output, FetchFailed> {
         let err = |source| FetchFailed::Output { path: path.to_path_buf(), source };
         let Some(name) = path.file_name() else {
             return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "not a file name")));
@@ -237,9 +349,10 @@ impl Output {
             .suffix(".part")
             .tempfile_in(dir)
             .map_err(err)?;
-        let (chunks, queue) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUED_CHUNKS);
+        let (chunks, queue) = std::sync::mpsc::sync_channel::<Chunk>(QUEUED_CHUNKS);
         let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = std::sync::Arc::clone(&abandoned);
+        let prefix_from = partial.as_ref().map(|p| p.data.clone());
         let writer = std::thread::Builder::new()
             .name("page-writer".into())
             .spawn(move || {
@@ -250,6 +363,28 @@ impl Output {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return Err(io::Error::other("abandoned"));
                     }
+                    let chunk = match chunk {
+                        Chunk::Data(c) => c,
+                        // A resumed page starts with the partial file's
+                        // bytes, hashed like the rest.
+                        Chunk::Begin(0) => continue,
+                        Chunk::Begin(have) => {
+                            let path = prefix_from.as_deref().ok_or_else(|| io::Error::other("no partial file"))?;
+                            let mut prefix = std::io::Read::take(std::fs::File::open(path)?, have);
+                            let mut buf = vec![0u8; CHUNK];
+                            loop {
+                                let n = std::io::Read::read(&mut prefix, &mut buf)?;
+                                let Some(part) = buf.get(..n).filter(|p| !p.is_empty()) else { break };
+                                sha256.update(part);
+                                len += n as u64;
+                                file.write_all(part)?;
+                            }
+                            if len != have {
+                                return Err(io::Error::other("the partial file is shorter than it was"));
+                            }
+                            continue;
+                        }
+                    };
                     sha256.update(&chunk);
                     len += chunk.len() as u64;
                     file.write_all(&chunk)?;
@@ -264,7 +399,20 @@ impl Output {
             chunks: Some(chunks),
             writer: Some(writer),
             abandoned,
+            partial,
+            whole: None,
         })
+    }
+
+    /// Once the server has answered: the page is `whole`, and the transfer
+    /// starts `from` bytes in, which the partial file holds (0: from the
+    /// start). Before any page byte.
+    fn begin(&mut self, from: u64, whole: Whole) -> Result<(), FetchFailed> {
+        self.whole = Some(whole);
+        match self.chunks.as_ref().map(|c| c.send(Chunk::Begin(from))) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.join().err().unwrap_or_else(|| self.failed(io::Error::other("the writer stopped")))),
+        }
     }
 
     fn write(&mut self, mut data: &[u8]) -> Result<(), FetchFailed> {
@@ -288,7 +436,7 @@ impl Output {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
-        match self.chunks.as_ref().map(|c| c.send(chunk)) {
+        match self.chunks.as_ref().map(|c| c.send(Chunk::Data(chunk))) {
             Some(Ok(())) => Ok(()),
             // The writer stopped: a write failed. Its error says why.
             _ => Err(self.join().err().unwrap_or_else(|| self.failed(io::Error::other("the writer stopped")))),
@@ -321,11 +469,15 @@ impl Output {
         self.hand_over()?;
         let written = self.join()?;
         *written_at = Some(Instant::now());
-        if let Some(answer) = answer {
-            if written.len != answer.page_len {
+        let whole = self.whole.or(answer.map(|a| Whole { len: a.page_len, sha256: a.page_sha256 }));
+        if let Some(whole) = whole {
+            // Nothing of a page that fails its check is kept for later.
+            if written.len != whole.len {
+                self.discard_partial();
                 return Err(FetchFailed::Integrity("length"));
             }
-            if written.sha256 != answer.page_sha256 {
+            if written.sha256 != whole.sha256 {
+                self.discard_partial();
                 return Err(FetchFailed::Integrity("SHA-256"));
             }
         }
@@ -334,7 +486,14 @@ impl Output {
         set_default_mode(written.temp.as_file()).map_err(err)?;
         written.temp.as_file().sync_all().map_err(err)?;
         written.temp.persist(&path).map_err(|e| err(e.error))?;
+        self.discard_partial();
         Ok(())
+    }
+
+    fn discard_partial(&mut self) {
+        if let Some(p) = self.partial.take() {
+            p.remove();
+        }
     }
 }
 
@@ -342,6 +501,24 @@ impl Drop for Output {
     /// Not finished: the writer ends and its temporary file is deleted
     /// before this returns, so an interrupted client leaves no `.part`.
     fn drop(&mut self) {
+        // `--continue`, once the page is known: what arrived is written out
+        // and kept for the next run.
+        if let (Some(partial), Some(whole)) = (self.partial.take(), self.whole) {
+            if self.hand_over().is_ok() {
+                if let Ok(written) = self.join() {
+                    match partial.keep(written.temp, whole) {
+                        Ok(()) => tracing::info!(
+                            "kept {} of {} bytes in {} (--continue resumes)",
+                            written.len,
+                            whole.len,
+                            partial.data.display()
+                        ),
+                        Err(e) => tracing::warn!("cannot keep the partial page: {e}"),
+                    }
+                    return;
+                }
+            }
+        }
         self.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(self.chunks.take());
         if let Some(writer) = self.writer.take() {
@@ -421,6 +598,13 @@ pub async fn run<C: Connection>(
         transmit(&mut conn, &mut socket, &mut log, server, now, &mut tx).await;
         let readable = conn.readable();
         if let Some(out) = output.as_mut() {
+            if out.whole.is_none() {
+                if let Some(answer) = conn.conn().answer() {
+                    let from = conn.resumed_from().unwrap_or(0);
+                    let whole = Whole { len: from.saturating_add(answer.page_len), sha256: answer.page_sha256 };
+                    out.begin(from, whole)?;
+                }
+            }
             out.write(readable)?;
         }
         let n = readable.len();
