@@ -773,6 +773,7 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
                     memory_bytes: args.fetch_memory << 20,
                     max_page: args.fetch_max_size << 20,
                     concurrency: usize::from(args.fetch_concurrency),
+                    per_source: 16,
                 };
                 Proxy::new(policy, fetcher, limits)
             });

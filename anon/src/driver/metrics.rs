@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub log: LogStats,
     /// The secure layer, in secure mode.
     pub secure: Option<SecureSnapshot>,
+    /// The proxy, with `--fetch-allow`.
+    pub proxy: Option<crate::proxy::service::ProxyStats>,
 }
 
 /// The secure layer's counters and the state it holds.
@@ -121,6 +123,9 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(secure) = &s.secure {
         render_secure(secure, &mut metric);
     }
+    if let Some(proxy) = &s.proxy {
+        render_proxy(proxy, &mut metric);
+    }
     out
 }
 
@@ -181,6 +186,36 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
         "counter",
         "Secure connections whose client's address changed (NAT rebinding).",
         &[("", st.migrations)],
+    );
+    metric(
+        "secure_fetch_requests_total",
+        "counter",
+        "Pages asked for by URL (docs/PROTOCOL.md §9), handed to the proxy; first messages sent again while waiting; requests the proxy did not answer in time.",
+        &[
+            ("{event=\"asked\"}", st.fetch_requests),
+            ("{event=\"repeated\"}", st.fetch_repeats),
+            ("{event=\"timed_out\"}", st.fetch_timeouts),
+        ],
+    );
+}
+
+fn render_proxy(p: &crate::proxy::service::ProxyStats, metric: &mut impl FnMut(&str, &str, &str, &[(&str, u64)])) {
+    metric(
+        "proxy_requests_total",
+        "counter",
+        "Requests for pages by URL, by how the proxy answered: from the cache, joined to a fetch under way, refused (policy, origin failure, memory budget).",
+        &[
+            ("{outcome=\"cache\"}", p.hits),
+            ("{outcome=\"joined\"}", p.joined),
+            ("{outcome=\"refused\"}", p.refused),
+            ("{outcome=\"over_budget\"}", p.over_budget),
+        ],
+    );
+    metric(
+        "proxy_origin_requests_total",
+        "counter",
+        "Requests the proxy sent to origins, and those answered 304 Not Modified.",
+        &[("{kind=\"all\"}", p.origin_requests), ("{kind=\"revalidated\"}", p.revalidated)],
     );
 }
 
@@ -248,6 +283,9 @@ pub fn log_counters(s: &Snapshot, what: &str) {
         cookies_accepted = st.cookies_accepted,
         bytes_sent = st.payload_bytes_sent,
         retransmissions = st.retransmissions,
+        proxy_cache_hits = s.proxy.map(|p| p.hits),
+        proxy_origin_requests = s.proxy.map(|p| p.origin_requests),
+        proxy_refused = s.proxy.map(|p| p.refused),
         secure_handshakes = field(|x| x.handshakes),
         secure_confirmed = field(|x| x.confirmed),
         secure_rejected = field(|x| x.rejected),
@@ -410,6 +448,7 @@ mod tests {
         secure.stats.unlisted_clients = 3;
         s.secure = Some(secure);
         s.log.opaque = 9;
+        s.proxy = Some(crate::proxy::service::ProxyStats { hits: 4, origin_requests: 2, ..Default::default() });
         let text = render(&s);
         for sample in [
             "anon_secure_sessions 2\n",
@@ -418,6 +457,8 @@ mod tests {
             "anon_secure_handshakes_ignored_total{reason=\"replayed\"} 1\n",
             "anon_secure_handshakes_ignored_total{reason=\"unlisted_client\"} 3\n",
             "anon_log_lines_dropped_total{reason=\"opaque\"} 9\n",
+            "anon_proxy_requests_total{outcome=\"cache\"} 4\n",
+            "anon_proxy_origin_requests_total{kind=\"all\"} 2\n",
         ] {
             assert!(text.contains(sample), "no {sample:?} in\n{text}");
         }

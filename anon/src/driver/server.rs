@@ -266,7 +266,8 @@ pub async fn run<E: Endpoint>(
         tx.send(&socket, &mut server, &mut log, now).await;
         report_events(&mut server);
         log.flush_if_due(now);
-        let snapshot = snapshot(&server, &log, draining.is_some());
+        let mut snapshot = snapshot(&server, &log, draining.is_some());
+        snapshot.proxy = proxy.as_ref().map(Proxy::stats);
         reporter.tick(now, &snapshot);
         if let Some(shared) = &options.metrics {
             *shared.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
@@ -388,7 +389,8 @@ pub async fn run<E: Endpoint>(
     // goes out.
     tx.send(&socket, &mut server, &mut log, Instant::now()).await;
     log.flush();
-    let snapshot = snapshot(&server, &log, draining.is_some());
+    let mut snapshot = snapshot(&server, &log, draining.is_some());
+    snapshot.proxy = proxy.as_ref().map(Proxy::stats);
     reporter.last_word(&snapshot);
     super::metrics::log_counters(&snapshot, "stopped");
     Ok(server.stats())
@@ -403,6 +405,8 @@ fn snapshot(server: &impl Endpoint, log: &PacketLog, draining: bool) -> Snapshot
         draining,
         log: log.stats(),
         secure: server.secure(),
+        // The loop adds the proxy's, which it holds.
+        proxy: None,
     }
 }
 

@@ -67,6 +67,10 @@ pub struct ProxyLimits {
     pub max_page: u64,
     /// Origin fetches under way at once; more wait their turn.
     pub concurrency: usize,
+    /// Origin fetches one source may have started and not finished (under
+    /// way or waiting); beyond, refused as busy. Cache hits and requests
+    /// that join a fetch under way do not count.
+    pub per_source: usize,
 }
 
 /// A finished fetch, from the worker.
@@ -93,6 +97,10 @@ pub struct Proxy {
     in_flight: HashMap<String, (Vec<u64>, Option<Arc<Entry>>)>,
     /// Fetches waiting for a turn (their keys are in `in_flight`).
     queued: VecDeque<(String, Option<Arc<Entry>>)>,
+    /// By cache key, the source that started its fetch; and per source,
+    /// how many it started that are not finished.
+    started_by: HashMap<String, std::net::IpAddr>,
+    per_source: HashMap<std::net::IpAddr, usize>,
     running: usize,
     /// Every fetched page, while anything (the cache, a connection) holds
     /// it: the memory budget counts them.
@@ -147,6 +155,8 @@ impl Proxy {
             cache: Cache::new(limits.cache_bytes),
             in_flight: HashMap::new(),
             queued: VecDeque::new(),
+            started_by: HashMap::new(),
+            per_source: HashMap::new(),
             running: 0,
             live: Vec::new(),
             limits,
@@ -165,7 +175,7 @@ impl Proxy {
     /// cache or by the policy, or joined to a fetch (started if needed).
     /// Needs the tokio runtime (the fetch runs on its blocking pool).
     pub fn take(&mut self, now: Instant, endpoint: &mut dyn Fetches) {
-        while let Some(FetchRequest { id, url }) = endpoint.poll_fetch() {
+        while let Some(FetchRequest { id, url, source }) = endpoint.poll_fetch() {
             let parsed = match self.policy.check_url(&url) {
                 Ok(p) => p,
                 Err(why) => {
@@ -191,6 +201,12 @@ impl Proxy {
                 Lookup::Stale(entry) => Some(entry),
                 Lookup::Miss => None,
             };
+            if self.per_source.get(&source).copied().unwrap_or(0) >= self.limits.per_source {
+                tracing::info!("refused {key} for {source}: {} fetches of its own under way", self.limits.per_source);
+                self.stats.refused += 1;
+                endpoint.fetch_done(now, id, Err(Refusal::Busy));
+                continue;
+            }
             if self.held_bytes() > self.limits.memory_bytes.saturating_sub(self.limits.max_page) {
                 tracing::warn!("refused {key}: the pages in memory are at the budget (--fetch-memory)");
                 self.stats.over_budget += 1;
@@ -199,6 +215,8 @@ impl Proxy {
                 continue;
             }
             self.in_flight.insert(key.clone(), (vec![id], stale.clone()));
+            *self.per_source.entry(source).or_default() += 1;
+            self.started_by.insert(key.clone(), source);
             self.queued.push_back((key, stale));
             self.start_queued(now);
         }
@@ -266,6 +284,14 @@ impl Proxy {
         self.running = self.running.saturating_sub(1);
         self.start_queued(now);
         let Some((waiting, stale)) = self.in_flight.remove(&done.key) else { return };
+        if let Some(source) = self.started_by.remove(&done.key) {
+            if let std::collections::hash_map::Entry::Occupied(mut n) = self.per_source.entry(source) {
+                *n.get_mut() = n.get().saturating_sub(1);
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
         let took = now.saturating_duration_since(done.started);
         let result = match done.outcome {
             Ok(Fetched::Full(entry)) => {
@@ -396,7 +422,8 @@ mod tests {
     }
 
     const LIMITS: ProxyLimits =
-        ProxyLimits { cache_bytes: 1 << 20, memory_bytes: 64 << 20, max_page: 1 << 20, concurrency: 4 };
+        ProxyLimits { cache_bytes: 1 << 20, memory_bytes: 64 << 20, max_page: 1 << 20, concurrency: 4, per_source: 16 };
+    const HERE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn concurrent_requests_for_one_url_share_one_fetch_and_refusals_cost_nothing() {
@@ -404,9 +431,9 @@ mod tests {
         let mut p = proxy(&base, LIMITS);
         let mut core = Core::default();
         for id in 1..=3 {
-            core.asks.push_back(FetchRequest { id, url: format!("{base}/a") });
+            core.asks.push_back(FetchRequest { id, url: format!("{base}/a"), source: HERE });
         }
-        core.asks.push_back(FetchRequest { id: 4, url: "http://elsewhere.example/".into() });
+        core.asks.push_back(FetchRequest { id: 4, url: "http://elsewhere.example/".into(), source: HERE });
         rt().block_on(answers(&mut p, &mut core, 4));
         assert_eq!(*count.lock().unwrap(), 1, "one origin request for three clients");
         let pages: Vec<_> = core.answers.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
@@ -420,18 +447,19 @@ mod tests {
     fn fetches_beyond_the_memory_budget_are_refused_as_busy_until_pages_are_let_go() {
         let (base, _) = origin(1000);
         // Room for two pages of the largest size; one fetch at a time.
-        let limits = ProxyLimits { cache_bytes: 0, memory_bytes: 2 << 20, max_page: 1 << 20, concurrency: 1 };
+        let limits =
+            ProxyLimits { cache_bytes: 0, memory_bytes: 2 << 20, max_page: 1 << 20, concurrency: 1, per_source: 16 };
         let mut p = proxy(&base, limits);
         let mut core = Core::default();
         for id in 1..=3 {
-            core.asks.push_back(FetchRequest { id, url: format!("{base}/{id}") });
+            core.asks.push_back(FetchRequest { id, url: format!("{base}/{id}"), source: HERE });
         }
         rt().block_on(answers(&mut p, &mut core, 3));
         let busy: Vec<u64> = core.answers.iter().filter(|(_, r)| r.is_err()).map(|(id, _)| *id).collect();
         assert_eq!(busy, [3], "{:?}", core.answers.iter().map(|(id, r)| (id, r.is_ok())).collect::<Vec<_>>());
         assert_eq!(p.stats().over_budget, 1);
         // The pages are still being served: the budget counts them.
-        core.asks.push_back(FetchRequest { id: 4, url: format!("{base}/4") });
+        core.asks.push_back(FetchRequest { id: 4, url: format!("{base}/4"), source: HERE });
         rt().block_on(answers(&mut p, &mut core, 4));
         assert!(core.answers[3].1.is_ok(), "1000-byte pages leave room");
         core.answers.clear();

@@ -34,6 +34,9 @@ pub struct FetchRequest {
     pub id: u64,
     /// The URL, as the client sent it (UTF-8, within [`MAX_URL_LEN`]).
     pub url: String,
+    /// The source the client counts against (its address, or the prefix
+    /// `--source-prefix-v4`/`-v6` make one source), for per-source limits.
+    pub source: std::net::IpAddr,
 }
 
 /// A fetched page, ready to serve.

@@ -55,7 +55,10 @@ pub struct SecureServerConfig {
     pub fetch: bool,
     /// Requests being fetched at once, at most; beyond, refused as busy.
     pub max_fetching: usize,
-    /// Requests from one source being fetched at once, at most.
+    /// Requests from one source held at once, at most (by default all of
+    /// them: many clients behind one address asking for a cached page are
+    /// answered on the driver's next turn; the driver bounds each source's
+    /// origin fetches, [`FetchRequest::source`]).
     pub max_fetching_per_source: usize,
     /// A request the driver has not answered after this long is refused
     /// (timed out), so that its state is bounded whatever the driver does.
@@ -75,7 +78,7 @@ impl SecureServerConfig {
             clock,
             fetch: false,
             max_fetching: 256,
-            max_fetching_per_source: 16,
+            max_fetching_per_source: 256,
             fetch_timeout: Duration::from_secs(90),
         }
     }
@@ -618,7 +621,7 @@ impl SecureServer {
             let fetching = &self.fetching;
             self.fetch_deadlines.retain(|(_, id)| fetching.contains_key(id));
         }
-        self.fetch_requests.push_back(FetchRequest { id, url });
+        self.fetch_requests.push_back(FetchRequest { id, url, source });
         self.stats.fetch_requests += 1;
         Belongs::Connection
     }

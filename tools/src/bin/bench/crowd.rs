@@ -6,6 +6,11 @@
 //! exit, with every file checked byte for byte. The processes are spawned
 //! one after another (a few milliseconds each here); how long that took is
 //! shown too, as it is part of both wall times.
+//!
+//! A third crowd asks a secure-mode proxy (`anonserver --fetch-allow`) for
+//! the same page by URL (`anonclient --url`), with nginx as the origin and
+//! the page already in the proxy's cache (one client fetched it before):
+//! the proxy's cached case against nginx serving the file itself.
 
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -13,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anon_tools::process::{Proc, client_command, reported_secs};
+use anon_tools::process::{Proc, ServerProcess, client_command, reported_secs};
 
 /// Options of `anon-bench crowd`.
 #[derive(Debug, Clone)]
@@ -94,7 +99,7 @@ impl Nginx {
              http {{\n  access_log off;\n  sendfile on;\n  keepalive_timeout 0;\n  default_type application/octet-stream;\n  \
              client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  fastcgi_temp_path {t}/fastcgi;\n  \
              uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  \
-             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    root {root};\n  }}\n}}\n",
+             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    root {root};\n    expires 1h;\n  }}\n}}\n",
             pid = d(&dir.join("nginx.pid")),
             err = d(&dir.join("nginx-error.log")),
             t = d(&temp),
@@ -169,14 +174,43 @@ pub fn run(o: &Options) -> io::Result<()> {
             return Err(e);
         }
     };
-    let result = runs(o, dir.path(), &page, server.port, nginx.port);
+    // The proxy: its own page is the same file; pages by URL come from nginx
+    // (`expires 1h` gives them a lifetime, so they stay cached).
+    let key = dir.path().join("proxy.key");
+    let allow = format!("http://127.0.0.1:{}/*", nginx.port);
+    let proxy = ServerProcess::start(
+        &o.bins.join("anonserver"),
+        &dir.path().join("proxy.log"),
+        &page_file.to_string_lossy(),
+        &["--key", &key.to_string_lossy(), "--fetch-allow", &allow, "--fetch-private"],
+        Duration::from_secs(60),
+    );
+    let result = proxy.and_then(|mut proxy| {
+        let bridge = proxy
+            .proc
+            .stderr
+            .iter()
+            .find_map(|l| l.split("bridge line: ").nth(1))
+            .map(|b| b.trim().to_owned())
+            .ok_or_else(|| io::Error::other("the proxy printed no bridge line"));
+        let result = bridge.and_then(|b| runs(o, dir.path(), &page, server.port, nginx.port, &b));
+        let stopped = proxy.stop(Duration::from_secs(10));
+        result.and(stopped.map(drop))
+    });
     let stopped = (server.stop(Duration::from_secs(10)), nginx.stop());
     result?;
     stopped.0?;
     stopped.1
 }
 
-fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16) -> io::Result<()> {
+/// `anonclient --bridge LINE --url URL` into `file`.
+fn proxy_command(bins: &Path, bridge: &str, url: &str, log: &Path, file: &Path) -> Command {
+    let mut cmd = Command::new(bins.join("anonclient"));
+    cmd.args(["--bridge", bridge, "--url", url, "-l"]).arg(log).arg("-f").arg(file);
+    cmd
+}
+
+fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, bridge: &str) -> io::Result<()> {
     println!(
         "{} clients at once, each fetching a {}-byte page ({}) once, on loopback; every file checked byte-exact",
         o.clients,
@@ -184,18 +218,30 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16) -
         anon::units::size(o.size as u64)
     );
     println!(
-        "{:<4} {:>12} {:>12} {:>10} {:>14}   {:<26} {:<26} {:<26}",
+        "{:<4} {:>12} {:>12} {:>10} {:>13} {:>12} {:>14}   {:<26} {:<26} {:<26}",
         "run",
         "anon wall s",
         "nginx wall s",
         "anon/nginx",
+        "proxy wall s",
+        "proxy/nginx",
         "spawns s a/n",
         "anon process min/med/max",
         "anon transfer min/med/max",
         "curl process min/med/max"
     );
     let out = dir.join("out");
+    let url = format!("http://127.0.0.1:{nginx_port}/page.html");
+    // The proxy's cache gets the page before the crowds come.
+    std::fs::create_dir_all(&out)?;
+    let warm = crowd(
+        vec![(proxy_command(&o.bins, bridge, &url, &out.join("warm.log"), &out.join("warm")), out.join("warm"))],
+        page,
+        o.timeout,
+    )?;
+    drop(warm);
     let mut ratios = Vec::new();
+    let mut proxy_ratios = Vec::new();
     for run in 0..o.runs {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out)?;
@@ -209,7 +255,13 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16) -
             })
             .collect();
         let anon = crowd(anon_cmds, page, o.timeout)?;
-        let url = format!("http://127.0.0.1:{nginx_port}/page.html");
+        let proxy_cmds = (0..o.clients)
+            .map(|i| {
+                let file = out.join(format!("proxy-{i}"));
+                (proxy_command(&o.bins, bridge, &url, &out.join(format!("proxy-{i}.log")), &file), file)
+            })
+            .collect();
+        let proxy = crowd(proxy_cmds, page, o.timeout)?;
         let max_time = o.timeout.as_secs().max(1).to_string();
         let curl_cmds = (0..o.clients)
             .map(|i| {
@@ -222,12 +274,16 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16) -
         let curl = crowd(curl_cmds, page, o.timeout)?;
         let ratio = anon.wall.as_secs_f64() / curl.wall.as_secs_f64().max(1e-9);
         ratios.push(ratio);
+        let proxy_ratio = proxy.wall.as_secs_f64() / curl.wall.as_secs_f64().max(1e-9);
+        proxy_ratios.push(proxy_ratio);
         println!(
-            "{:<4} {:>12.3} {:>12.3} {:>9.2}x {:>14}   {:<26} {:<26} {:<26}",
+            "{:<4} {:>12.3} {:>12.3} {:>9.2}x {:>13.3} {:>11.2}x {:>14}   {:<26} {:<26} {:<26}",
             run + 1,
             anon.wall.as_secs_f64(),
             curl.wall.as_secs_f64(),
             ratio,
+            proxy.wall.as_secs_f64(),
+            proxy_ratio,
             format!("{:.2}/{:.2}", anon.spawned.as_secs_f64(), curl.spawned.as_secs_f64()),
             spread(anon.process),
             spread(anon.reported),
@@ -236,8 +292,12 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16) -
         io::stdout().flush()?;
     }
     ratios.sort_by(f64::total_cmp);
+    proxy_ratios.sort_by(f64::total_cmp);
     if let Some(m) = ratios.get(ratios.len() / 2).filter(|_| ratios.len() > 1) {
         println!("median anon/nginx over {} runs: {m:.2}x", ratios.len());
+    }
+    if let Some(m) = proxy_ratios.get(proxy_ratios.len() / 2).filter(|_| proxy_ratios.len() > 1) {
+        println!("median proxy (cached, secure mode)/nginx over {} runs: {m:.2}x", proxy_ratios.len());
     }
     Ok(())
 }
