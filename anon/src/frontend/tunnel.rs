@@ -1,5 +1,5 @@
 //! One URL through the tunnel: the same connection and socket loop as
-//! `anonclient --url` ([`driver::client::run`] with a [`SecureClient`]),
+//! `anonclient --url` ([`driver::client::run`] with a [`anon_proto::secure::SecureClient`]),
 //! on the calling thread, into a file.
 
 use std::fs::File;
