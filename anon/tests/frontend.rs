@@ -200,6 +200,11 @@ fn front_end_serves_rewrites_proxies_and_refuses_with_reasons() {
     assert_eq!((status, body == red_png()), (200, true), "{head}");
     assert!(head.contains("Content-Type: image/png"), "{head}");
 
+    // HEAD: the headers alone.
+    let (status, head, body) = http(&front, &format!("HEAD {}", path_of(go(&front, &origin.url("/red.png")))), "");
+    assert_eq!((status, body.len()), (200, 0), "{head}");
+    assert!(head.contains(&format!("Content-Length: {}", red_png().len())), "{head}");
+
     // A browser using the front end as its HTTP proxy: the page unchanged.
     let (status, head, body) = http(&front, &format!("GET {}", origin.url("/one.html")), "");
     assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, ONE), "{head}");
@@ -252,7 +257,9 @@ fn chromium() -> Option<String> {
     if std::env::var_os("ANON_REQUIRE_CHROMIUM").is_some_and(|v| v == "1") {
         panic!("{bin} is not installed, and ANON_REQUIRE_CHROMIUM=1");
     }
-    eprintln!("frontend browser test skipped: {bin} is not installed (apt-get install chromium)");
+    // Past the test harness's capture, so that the skip shows.
+    let _ =
+        writeln!(std::io::stderr(), "frontend browser test skipped: {bin} is not installed (apt-get install chromium)");
     None
 }
 
@@ -344,7 +351,7 @@ fn a_real_browser_reads_pages_through_the_tunnel() {
     browse(&bin, profile.path(), &["--dump-dom"], &format!("{front}{href}"), &dom2);
     let dom2 = std::fs::read_to_string(&dom2).unwrap();
     assert!(dom2.contains("This is the second page."), "{dom2}");
-    eprintln!("the browser part took {:.1} s", started.elapsed().as_secs_f64());
+    let _ = writeln!(std::io::stderr(), "frontend: the browser part took {:.1} s", started.elapsed().as_secs_f64());
 
     // The origin saw the server only, never the browser.
     let seen = origin.seen();
