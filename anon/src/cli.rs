@@ -275,7 +275,7 @@ pub struct ServerArgs {
     pub bridge_host: Option<String>,
     /// Secure mode, the proxy: a client may ask for any URL this pattern
     /// matches (anonclient --url), which the server then fetches, caches
-    /// and serves. PATTERN is SCHEME://HOST[:PORT]/PATH: the scheme http,
+    /// and serves. PATTERN is `SCHEME://HOST[:PORT]/PATH`: the scheme http,
     /// https or *; the host exact, * or *.example.org (the domain and its
     /// subdomains); the port * or a number (default: the scheme's); * in
     /// the path matches anything. Repeatable. Every redirect must match a
@@ -458,12 +458,13 @@ pub struct ClientArgs {
     /// server.
     #[arg(short, long, value_parser = parse_port, required_unless_present = "bridge", conflicts_with = "bridge")]
     pub port: Option<u16>,
-    /// Packet log file, appended to: one line per datagram sent or received.
-    #[arg(short, long = "log", value_name = "LOGFILE")]
-    pub log: PathBuf,
+    /// Packet log file, appended to: one line per datagram sent or received
+    /// (optional with --serve: every fetch's datagrams).
+    #[arg(short, long = "log", value_name = "LOGFILE", required_unless_present = "serve")]
+    pub log: Option<PathBuf>,
     /// Where to write the page.
-    #[arg(short, long = "file", value_name = "OUTFILE")]
-    pub file: PathBuf,
+    #[arg(short, long = "file", value_name = "OUTFILE", required_unless_present = "serve")]
+    pub file: Option<PathBuf>,
     /// Give up when the server has not answered the handshake after this
     /// long (default 10; with --url 60, since a proxy server answers once it
     /// has fetched the page).
@@ -520,6 +521,22 @@ pub struct ClientArgs {
     /// the page is complete and verified.
     #[arg(long = "continue", requires = "secure")]
     pub resume: bool,
+    /// Secure mode: instead of fetching one page, serve a web front end on
+    /// ADDR:PORT (default 127.0.0.1:8080) and fetch through the tunnel
+    /// every page a browser opens there: http://127.0.0.1:8080/ has an
+    /// address field, links and images of the pages shown come back
+    /// through the tunnel too, and a browser set to use it as its HTTP
+    /// proxy gets http:// pages unchanged (not https: no CONNECT). Anyone
+    /// who can reach ADDR:PORT uses the tunnel: keep it on loopback.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:8080",
+        requires = "secure",
+        conflicts_with_all = ["file", "url", "page", "headers", "resume"]
+    )]
+    pub serve: Option<SocketAddr>,
 }
 
 fn parse_url_arg(s: &str) -> Result<String, String> {
@@ -879,12 +896,118 @@ fn target(args: &ClientArgs) -> Result<Target, String> {
     }
 }
 
+/// A secure connection's constructor, for [`driver::client::run`]: a page
+/// by name, or a URL (`--url`, and each of the front end's fetches).
+pub(crate) fn secure_connect(
+    server_key: PublicKey,
+    client_key: Option<StaticSecret>,
+    page: String,
+    url: Option<String>,
+    resume: Option<(u64, [u8; 32])>,
+    config: ClientConfig,
+) -> impl FnOnce(std::time::Instant) -> SecureClient {
+    let clock = wall_clock();
+    move |now| {
+        let secure = SecureClientConfig { server: server_key, key: client_key, page, url, resume, clock };
+        SecureClient::new(secure, config, Box::new(StdRng::from_os_rng()), now)
+    }
+}
+
+/// `--key`: the client's own key, read before anything is written.
+fn client_key(args: &ClientArgs) -> Result<Option<StaticSecret>, ExitCode> {
+    const ME: &str = "anonclient";
+    let Some(path) = &args.key else { return Ok(None) };
+    crate::keys::read_key(path).map(Some).map_err(|e| {
+        let hint = match &e {
+            crate::keys::KeyFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                " (`anonserver keygen FILE` makes one)"
+            }
+            _ => "",
+        };
+        fail(ME, Exit::LocalFile, format_args!("cannot use the key file: {e}{hint}"))
+    })
+}
+
+/// The connection's settings from the command line. A page asked for by
+/// URL waits for the server's fetch before the handshake completes.
+fn client_config(args: &ClientArgs, by_url: bool) -> ClientConfig {
+    let defaults = ClientConfig::default();
+    let fast = defaults.fast.map(|f| FastClient { coalesce_acks: args.ack_policy == AckPolicy::Batch, ..f });
+    ClientConfig {
+        connect_timeout: args.connect_timeout.unwrap_or(Duration::from_secs(if by_url { 60 } else { 10 })),
+        idle_timeout: args.timeout,
+        fast: if args.no_fast { None } else { fast },
+        ..defaults
+    }
+}
+
+/// `anonclient --serve`: the front end, until SIGINT or SIGTERM.
+fn serve_main(args: &ClientArgs, listen: SocketAddr, target: &Target) -> ExitCode {
+    const ME: &str = "anonclient";
+    let Some(server_key) = target.server_key else {
+        return fail(ME, Exit::Usage, "--serve needs secure mode (--bridge or --server-key)");
+    };
+    let (rt, mut signals) = match runtime_with_signals() {
+        Ok(r) => r,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
+    };
+    let server = match resolve(&target.host, target.port) {
+        Ok(a) => a,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", target.host)),
+    };
+    let client_key = match client_key(args) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let log = match &args.log {
+        Some(path) => match std::fs::OpenOptions::new().append(true).create(true).open(path) {
+            Ok(f) => Some(std::sync::Arc::new(std::sync::Mutex::new(f))),
+            Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let tunnel = crate::frontend::Tunnel {
+        server,
+        server_key,
+        client_key,
+        config: client_config(args, true),
+        log,
+        key_log: std::env::var_os("ANON_KEYLOG").filter(|v| !v.is_empty()).map(PathBuf::from),
+    };
+    let front = match crate::frontend::FrontEnd::start(listen, tunnel) {
+        Ok(f) => f,
+        Err(e) => return fail(ME, Exit::Network, format_args!("cannot listen on TCP {listen}: {e}")),
+    };
+    let shown = match front.addr {
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        SocketAddr::V4(a) => a.to_string(),
+    };
+    if front.addr.ip().is_loopback() {
+        eprintln!("{ME}: front end on http://{shown}/ (open it in a browser; it listens on loopback only)");
+    } else {
+        eprintln!(
+            "{ME}: front end on http://{shown}/ (open it in a browser). Warning: it listens beyond loopback, and \
+             anyone who can reach {shown} can use your tunnel"
+        );
+    }
+    rt.block_on(signals.recv());
+    drop(front);
+    Exit::Ok.into()
+}
+
 /// `anonclient`'s main.
 pub fn client_main(args: ClientArgs) -> ExitCode {
     const ME: &str = "anonclient";
     let target = match target(&args) {
         Ok(t) => t,
         Err(e) => return fail(ME, Exit::Usage, e),
+    };
+    if let Some(listen) = args.serve {
+        return serve_main(&args, listen, &target);
+    }
+    // clap requires both without --serve.
+    let (Some(log_path), Some(file)) = (args.log.clone(), args.file.clone()) else {
+        return fail(ME, Exit::Usage, "--log and --file are required (or --serve)");
     };
     // Signals first: from the moment a temporary file exists, SIGINT or
     // SIGTERM must remove it rather than kill the process.
@@ -897,25 +1020,14 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", target.host)),
     };
     // The client's own key, when it has one, before anything is written.
-    let client_key = match &args.key {
-        Some(path) => match crate::keys::read_key(path) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                let hint = match &e {
-                    crate::keys::KeyFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                        " (`anonserver keygen FILE` makes one)"
-                    }
-                    _ => "",
-                };
-                return fail(ME, Exit::LocalFile, format_args!("cannot use the key file: {e}{hint}"));
-            }
-        },
-        None => None,
+    let client_key = match client_key(&args) {
+        Ok(k) => k,
+        Err(code) => return code,
     };
     // Local files first: a transfer that could not be saved is not started.
-    let log = match PacketLog::open(&args.log) {
+    let log = match PacketLog::open(&log_path) {
         Ok(l) => l,
-        Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", args.log.display())),
+        Err(e) => return fail(ME, Exit::LocalFile, format_args!("cannot open log file {}: {e}", log_path.display())),
     };
     // --continue: the partial files of this very request (server and page).
     let partial = match (&target.server_key, args.resume) {
@@ -925,7 +1037,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
                 (None, Some(p)) => format!("page {p}"),
                 (None, None) => "page".to_owned(),
             };
-            Some(Partial::new(&args.file, &format!("{key} {}:{} {what}", target.host, target.port)))
+            Some(Partial::new(&file, &format!("{key} {}:{} {what}", target.host, target.port)))
         }
         _ => None,
     };
@@ -934,7 +1046,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         tracing::info!("resuming: {} of {} bytes already here", r.have, r.whole.len);
     }
     let resume = resume.map(|r| (r.have, r.whole.sha256));
-    let output = match Output::create_resumable(&args.file, partial) {
+    let output = match Output::create_resumable(&file, partial) {
         Ok(o) => o,
         Err(e) => return fail(ME, Exit::LocalFile, e),
     };
@@ -942,14 +1054,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(ME, Exit::Network, format_args!("cannot reach {server}: {e}")),
     };
-    let defaults = ClientConfig::default();
-    let fast = defaults.fast.map(|f| FastClient { coalesce_acks: args.ack_policy == AckPolicy::Batch, ..f });
-    let config = ClientConfig {
-        connect_timeout: args.connect_timeout.unwrap_or(Duration::from_secs(if args.url.is_some() { 60 } else { 10 })),
-        idle_timeout: args.timeout,
-        fast: if args.no_fast { None } else { fast },
-        ..defaults
-    };
+    let config = client_config(&args, args.url.is_some());
     let socket = {
         let _guard = rt.enter();
         match driver::udp::BatchSocket::new(socket) {
@@ -974,11 +1079,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
             if let Some(key) = &client_key {
                 tracing::debug!("client key {}", key.public());
             }
-            let clock = wall_clock();
-            let connect = move |now| {
-                let secure = SecureClientConfig { server: server_key, key: client_key, page, url, resume, clock };
-                SecureClient::new(secure, config, Box::new(StdRng::from_os_rng()), now)
-            };
+            let connect = secure_connect(server_key, client_key, page, url, resume, config);
             rt.block_on(driver::client::run(server, socket, connect, log, output, options, interrupt))
         }
     };
@@ -995,7 +1096,7 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
                     "{ME}: wrote {} bytes ({}) to {} in {secs:.3} s ({})",
                     summary.bytes,
                     crate::units::size(summary.bytes),
-                    args.file.display(),
+                    file.display(),
                     crate::units::rate(summary.bytes, summary.elapsed)
                 );
             }
@@ -1061,7 +1162,10 @@ mod tests {
             "test.txt",
         ])
         .unwrap();
-        assert_eq!((c.server.as_deref(), c.port, c.file.to_str()), (Some("192.168.2.1"), Some(6543), Some("test.txt")));
+        assert_eq!(
+            (c.server.as_deref(), c.port, c.file.as_deref().and_then(Path::to_str)),
+            (Some("192.168.2.1"), Some(6543), Some("test.txt"))
+        );
         assert!(c.bridge.is_none() && c.server_key.is_none());
     }
 
@@ -1206,6 +1310,36 @@ mod tests {
             let mut argv = vec!["anonclient", "-l", "l", "-f", "f"];
             argv.extend_from_slice(extra);
             assert!(ClientArgs::try_parse_from(argv).is_err(), "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn serve_command_lines() {
+        let bridge = format!("anon://{KEY}@127.0.0.1:4000");
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["anonclient"];
+            argv.extend_from_slice(extra);
+            ClientArgs::try_parse_from(argv)
+        };
+        let c = parse(&["--bridge", &bridge, "--serve"]).unwrap();
+        assert_eq!(c.serve, Some("127.0.0.1:8080".parse().unwrap()));
+        assert!(c.log.is_none() && c.file.is_none());
+        let c = parse(&["--bridge", &bridge, "--serve", "[::1]:9000", "-l", "log"]).unwrap();
+        assert_eq!((c.serve, c.log), (Some("[::1]:9000".parse().unwrap()), Some(PathBuf::from("log"))));
+        let c = parse(&["--server-key", KEY, "-s", "h", "-p", "5", "--serve", "-q"]).unwrap();
+        assert!(c.serve.is_some() && c.quiet);
+        let bad: [&[&str]; 5] = [
+            // Secure mode only.
+            &["-s", "h", "-p", "5", "--serve"],
+            // One page or the front end.
+            &["--bridge", &bridge, "--serve", "-f", "out"],
+            &["--bridge", &bridge, "--serve", "--url", "http://x/"],
+            &["--bridge", &bridge, "--serve", "not-an-address"],
+            // Without --serve, -l and -f are still required.
+            &["--bridge", &bridge, "-l", "log"],
+        ];
+        for argv in bad {
+            assert!(parse(argv).is_err(), "{argv:?}");
         }
     }
 

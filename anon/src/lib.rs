@@ -6,6 +6,7 @@
 //!   a client connection. They own the socket and the clock and move
 //!   datagrams between them and the core.
 //! - [`fetch`]: downloads the page the server serves (http, https, file).
+//! - [`frontend`]: `anonclient --serve`, a browser's way through the tunnel.
 //! - [`proxy`]: pages fetched on demand for secure-mode clients: policy, origin, cache.
 //! - [`packet_log`]: the `SEND`/`RECV` log file (PROTOCOL.md §4).
 //! - [`keys`]: secure mode's key files, allow lists and key log.
@@ -17,6 +18,7 @@
 pub mod cli;
 pub mod driver;
 pub mod fetch;
+pub mod frontend;
 pub mod keys;
 pub mod packet_log;
 pub mod proxy;
