@@ -133,6 +133,10 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
 enum Transport {
     AnonFast,
     AnonSecure,
+    /// Secure mode, the page asked for by URL from a proxy that has not
+    /// fetched it yet: its origin (`anon-ref http-serve`) runs beside the
+    /// server, on the server's side of the path.
+    AnonProxy,
     AnonBaseline,
     TcpCubic,
     TcpBbr,
@@ -141,9 +145,10 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 7] = [
+    const ALL: [Transport; 8] = [
         Transport::AnonFast,
         Transport::AnonSecure,
+        Transport::AnonProxy,
         Transport::AnonBaseline,
         Transport::TcpCubic,
         Transport::TcpBbr,
@@ -154,6 +159,7 @@ impl Transport {
         match self {
             Transport::AnonFast => "anon fast",
             Transport::AnonSecure => "anon secure",
+            Transport::AnonProxy => "anon proxy (uncached)",
             Transport::AnonBaseline => "anon baseline",
             Transport::TcpCubic => "TCP cubic (curl)",
             Transport::TcpBbr => "TCP bbr (curl)",
@@ -162,10 +168,10 @@ impl Transport {
         }
     }
     fn is_reference(self) -> bool {
-        !matches!(self, Transport::AnonFast | Transport::AnonSecure)
+        !matches!(self, Transport::AnonFast | Transport::AnonSecure | Transport::AnonProxy)
     }
     fn is_anon(self) -> bool {
-        matches!(self, Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline)
+        matches!(self, Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline | Transport::AnonProxy)
     }
 }
 
@@ -406,7 +412,31 @@ impl Runner<'_> {
         let cc = |t| if matches!(t, Transport::TcpCubic | Transport::QuicCubic) { "cubic" } else { "bbr" };
 
         let key = self.dir.join("server.key");
+        // The proxy's origin, beside the server.
+        let origin_port = self.next_port();
+        let mut origin = match t {
+            Transport::AnonProxy => {
+                let mut cmd = in_ns(ns_a, &bins.join("anon-ref"));
+                cmd.args(["http-serve", "--listen", &format!("127.0.0.1:{origin_port}"), "--cc", "bbr", "--file"])
+                    .arg(page);
+                let mut p = Proc::spawn(&mut cmd)?;
+                p.wait_for_line("ready", Duration::from_secs(120))?;
+                Some(p)
+            }
+            _ => None,
+        };
+        let origin_url = format!("http://127.0.0.1:{origin_port}/");
         let (mut server, ready) = match t {
+            Transport::AnonProxy => {
+                let mut cmd = in_ns(ns_a, &bins.join("anonserver"));
+                cmd.args(["-p", &port.to_string(), "--bind", host, "-l"])
+                    .arg(self.dir.join("server.log"))
+                    .arg("--key")
+                    .arg(&key)
+                    .args(["--fetch-allow", "http://127.0.0.1:*/*", "--fetch-private"])
+                    .env("RUST_LOG", "info");
+                (Proc::spawn(&mut cmd)?, "serving")
+            }
             Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline => {
                 let mut cmd = in_ns(ns_a, &bins.join("anonserver"));
                 cmd.args(["-p", &port.to_string(), "--bind", host, "-l"])
@@ -447,10 +477,13 @@ impl Runner<'_> {
                 }
                 v
             }
-            Transport::AnonSecure => {
+            Transport::AnonSecure | Transport::AnonProxy => {
                 let bridge = bridge_line(&key, host, port)?;
                 let mut v = vec![path(&bins.join("anonclient")), "--bridge".into(), bridge];
                 v.extend(["-l".into(), path(&self.dir.join("client.log")), "-f".into(), path(&out)]);
+                if t == Transport::AnonProxy {
+                    v.extend(["--url".into(), origin_url.clone()]);
+                }
                 v
             }
             Transport::TcpCubic | Transport::TcpBbr => vec![
@@ -480,6 +513,10 @@ impl Runner<'_> {
         let usage = proc_usage(server.pid());
         let _ = server.signal("TERM");
         let _ = server.wait(Duration::from_secs(15));
+        if let Some(o) = origin.as_mut() {
+            let _ = o.signal("TERM");
+            let _ = o.wait(Duration::from_secs(15));
+        }
         // After the server's stop: its last packets (FIN, the drain) count too.
         let link_stats = match (link, link_before) {
             (Some(l), Some(before)) => Some(l.counters()?.since(&before)),
@@ -491,7 +528,7 @@ impl Runner<'_> {
         let secs = match t {
             Transport::TcpCubic | Transport::TcpBbr => number_after(&run.stdout, "time_total "),
             Transport::QuicCubic | Transport::QuicBbr => number_after(&run.stderr, " in "),
-            Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline => {
+            Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline | Transport::AnonProxy => {
                 reported_secs(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>())
             }
         }
@@ -750,7 +787,15 @@ fn report(s: &Scenario, size: usize, rows: &[Row], mut csv: Option<&mut File>) -
             f.process.as_secs_f64() / best.process.as_secs_f64()
         );
     }
-    let secure = rows.iter().find(|r| r.transport == Transport::AnonSecure);
+    let secure = rows.iter().find(|r| r.transport == Transport::AnonSecure && r.size == size);
+    let proxy = rows.iter().find(|r| r.transport == Transport::AnonProxy && r.size == size);
+    if let (Some(sec), Some(px)) = (secure, proxy) {
+        println!(
+            "anon proxy, not yet cached / anon secure (the page already in memory): {:.2}x process time \
+             (the proxy fetches the whole page from its origin before the client's first byte)",
+            px.process.as_secs_f64() / sec.process.as_secs_f64()
+        );
+    }
     if let (Some(f), Some(sec)) = (fast, secure) {
         let gib = size as f64 / (1u64 << 30) as f64;
         println!(
