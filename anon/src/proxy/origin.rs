@@ -126,8 +126,10 @@ pub enum OriginResponse {
     /// 304: the cached page is still good, with these new lifetimes and
     /// validators (those of the request where the 304 repeats none).
     NotModified {
-        /// From the 304 (RFC 9111 §4.3.4).
-        freshness: Freshness,
+        /// From the 304 (RFC 9111 §4.3.4), or `None` when it has neither
+        /// Cache-Control nor Expires: the stored lifetime then stands
+        /// (§3.2: a 304 updates only the header fields it carries).
+        freshness: Option<Freshness>,
         /// The 304's validators, else the ones sent.
         validators: Validators,
     },
@@ -234,7 +236,9 @@ impl OriginFetcher {
                 let mut new = Validators::from_headers(headers);
                 new.etag = new.etag.or_else(|| sent.etag.clone());
                 new.last_modified = new.last_modified.or_else(|| sent.last_modified.clone());
-                return Ok(OriginResponse::NotModified { freshness: freshness(headers, unix_now()), validators: new });
+                let carried = headers.contains_key("cache-control") || headers.contains_key("expires");
+                let freshness = carried.then(|| freshness(headers, unix_now()));
+                return Ok(OriginResponse::NotModified { freshness, validators: new });
             }
             // 206 is a part of a page, which must never be served as one.
             if !status.is_success() || status == StatusCode::PARTIAL_CONTENT {
@@ -605,13 +609,26 @@ mod tests {
             Validators { etag: Some("\"v1\"".into()), last_modified: Some("Sun, 06 Nov 1994 08:49:37 GMT".into()) };
         match local(true).fetch(&format!("{base}/p"), Some(&sent)) {
             Ok(OriginResponse::NotModified { freshness, validators }) => {
-                assert_eq!(freshness.max_age, Some(Duration::from_secs(60)));
+                assert_eq!(freshness.and_then(|f| f.max_age), Some(Duration::from_secs(60)));
                 assert_eq!(validators, sent);
             }
             other => panic!("{other:?}"),
         }
         let head = heads.recv_timeout(Duration::from_secs(5)).unwrap().to_ascii_lowercase();
         assert!(head.contains("if-modified-since: sun, 06 nov 1994 08:49:37 gmt"), "{head}");
+    }
+
+    #[test]
+    fn a_304_without_lifetime_headers_leaves_the_stored_lifetime() {
+        let (base, _heads) = origin(1, |_| reply("304 Not Modified", "ETag: \"v1\"\r\n", ""));
+        let sent = Validators { etag: Some("\"v1\"".into()), last_modified: None };
+        match local(true).fetch(&format!("{base}/p"), Some(&sent)) {
+            Ok(OriginResponse::NotModified { freshness, validators }) => {
+                assert_eq!(freshness, None, "RFC 9111 §3.2: only the fields the 304 carries change");
+                assert_eq!(validators, sent);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

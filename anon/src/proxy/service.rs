@@ -84,7 +84,7 @@ struct Done {
 
 enum Fetched {
     Full(Arc<Entry>),
-    NotModified(super::origin::Freshness, super::origin::Validators),
+    NotModified(Option<super::origin::Freshness>, super::origin::Validators),
 }
 
 /// The proxy: policy, cache, fetches in flight.
@@ -320,7 +320,9 @@ impl Proxy {
                 {
                     self.cache.insert(done.key.clone(), Arc::clone(stale), now);
                 }
-                let refreshed = self.cache.refresh(&done.key, freshness, validators, now).or(stale);
+                // A 304 without lifetime headers keeps the stored lifetime.
+                let stored = stale.as_ref().map(|e| e.freshness).unwrap_or_default();
+                let refreshed = self.cache.refresh(&done.key, freshness.unwrap_or(stored), validators, now).or(stale);
                 match refreshed {
                     Some(entry) => {
                         tracing::info!("revalidated {} (304 Not Modified) in {took:.0?}", done.url);
