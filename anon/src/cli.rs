@@ -941,22 +941,30 @@ fn client_config(args: &ClientArgs, by_url: bool) -> ClientConfig {
     }
 }
 
+/// What every client run starts with, in this order: signals first (from
+/// the moment a temporary file exists, SIGINT or SIGTERM must remove it
+/// rather than kill the process), the server's address, then the client's
+/// own key, when it has one, before anything is written.
+fn client_start(
+    args: &ClientArgs,
+    target: &Target,
+) -> Result<(tokio::runtime::Runtime, driver::StopSignals, SocketAddr, Option<StaticSecret>), ExitCode> {
+    const ME: &str = "anonclient";
+    let (rt, signals) =
+        runtime_with_signals().map_err(|e| fail(ME, Exit::Network, format_args!("cannot start: {e}")))?;
+    let server = resolve(&target.host, target.port)
+        .map_err(|e| fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", target.host)))?;
+    Ok((rt, signals, server, client_key(args)?))
+}
+
 /// `anonclient --serve`: the front end, until SIGINT or SIGTERM.
 fn serve_main(args: &ClientArgs, listen: SocketAddr, target: &Target) -> ExitCode {
     const ME: &str = "anonclient";
     let Some(server_key) = target.server_key else {
         return fail(ME, Exit::Usage, "--serve needs secure mode (--bridge or --server-key)");
     };
-    let (rt, mut signals) = match runtime_with_signals() {
-        Ok(r) => r,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
-    };
-    let server = match resolve(&target.host, target.port) {
-        Ok(a) => a,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", target.host)),
-    };
-    let client_key = match client_key(args) {
-        Ok(k) => k,
+    let (rt, mut signals, server, client_key) = match client_start(args, target) {
+        Ok(s) => s,
         Err(code) => return code,
     };
     let log = match &args.log {
@@ -1009,19 +1017,8 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
     let (Some(log_path), Some(file)) = (args.log.clone(), args.file.clone()) else {
         return fail(ME, Exit::Usage, "--log and --file are required (or --serve)");
     };
-    // Signals first: from the moment a temporary file exists, SIGINT or
-    // SIGTERM must remove it rather than kill the process.
-    let (rt, mut signals) = match runtime_with_signals() {
-        Ok(r) => r,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot start: {e}")),
-    };
-    let server = match resolve(&target.host, target.port) {
-        Ok(a) => a,
-        Err(e) => return fail(ME, Exit::Network, format_args!("cannot resolve {}: {e}", target.host)),
-    };
-    // The client's own key, when it has one, before anything is written.
-    let client_key = match client_key(&args) {
-        Ok(k) => k,
+    let (rt, mut signals, server, client_key) = match client_start(&args, &target) {
+        Ok(s) => s,
         Err(code) => return code,
     };
     // Local files first: a transfer that could not be saved is not started.

@@ -538,14 +538,7 @@ fn start_secure(log: &Path, key: &Path, first: &str, extra: &[&str]) -> (ServerP
 
 /// The bridge line the server logged before its "serving" line.
 fn bridge_of(server: &ServerProcess) -> String {
-    server
-        .proc
-        .stderr
-        .iter()
-        .find_map(|l| l.split("bridge line: ").nth(1))
-        .unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr))
-        .trim()
-        .to_owned()
+    server.proc.bridge_line().unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr))
 }
 
 /// A secure client with `--bridge`; `env` adds to its environment.

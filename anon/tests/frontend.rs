@@ -11,10 +11,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anon_tools::origin::RecordingOrigin;
 use anon_tools::process::{Proc, ServerProcess};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_anonserver");
@@ -40,65 +39,40 @@ fn red_png() -> Vec<u8> {
     out
 }
 
-/// Every request the origin got: path and User-Agent.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
-
-struct Origin {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-    base: String,
-    seen: Seen,
-}
+/// The origin of the pages, which records every request it gets.
+struct Origin(RecordingOrigin);
 
 impl Origin {
     fn start() -> Origin {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let seen: Seen = Arc::default();
-        let thread = {
-            let (server, seen) = (Arc::clone(&server), Arc::clone(&seen));
-            let png = red_png();
-            std::thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let agent = request
-                        .headers()
-                        .iter()
-                        .find(|h| h.field.equiv("User-Agent"))
-                        .map(|h| h.value.as_str().to_owned())
-                        .unwrap_or_default();
-                    let path = request.url().to_owned();
-                    seen.lock().unwrap().push((path.clone(), agent));
-                    let ct = |v: &str| tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes()).unwrap();
-                    let response = match path.as_str() {
-                        "/one.html" => tiny_http::Response::from_data(ONE.as_bytes().to_vec())
-                            .with_header(ct("text/html; charset=utf-8")),
-                        "/two.html" => tiny_http::Response::from_data(TWO.as_bytes().to_vec())
-                            .with_header(ct("text/html; charset=utf-8")),
-                        "/red.png" => tiny_http::Response::from_data(png.clone()).with_header(ct("image/png")),
-                        _ => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
-                    };
-                    let _ = request.respond(response);
-                }
-            })
-        };
-        Origin { server, thread: Some(thread), base, seen }
+        let png = red_png();
+        let origin = RecordingOrigin::start(move |req| {
+            let ct = |v: &str| tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes()).unwrap();
+            let response =
+                match req.path.as_str() {
+                    "/one.html" => tiny_http::Response::from_data(ONE.as_bytes().to_vec())
+                        .with_header(ct("text/html; charset=utf-8")),
+                    "/two.html" => tiny_http::Response::from_data(TWO.as_bytes().to_vec())
+                        .with_header(ct("text/html; charset=utf-8")),
+                    "/red.png" => tiny_http::Response::from_data(png.clone()).with_header(ct("image/png")),
+                    _ => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
+                };
+            response.boxed()
+        })
+        .unwrap();
+        Origin(origin)
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.0.url(path)
     }
 
+    /// Every request: its path and User-Agent.
     fn seen(&self) -> Vec<(String, String)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0
+            .seen()
+            .into_iter()
+            .map(|r| (r.path.clone(), r.header("User-Agent").unwrap_or_default().to_owned()))
+            .collect()
     }
 }
 
@@ -113,7 +87,7 @@ fn start(dir: &Path, origin: &Origin) -> Setup {
     let own = dir.join("own.html");
     std::fs::write(&own, b"the server's own page").unwrap();
     let key = dir.join("server.key");
-    let allow = format!("{}/*", origin.base);
+    let allow = format!("{}/*", origin.0.base());
     let server = ServerProcess::start(
         Path::new(SERVER),
         &dir.join("server.log"),
@@ -122,14 +96,7 @@ fn start(dir: &Path, origin: &Origin) -> Setup {
         READY,
     )
     .unwrap();
-    let bridge = server
-        .proc
-        .stderr
-        .iter()
-        .find_map(|l| l.split("bridge line: ").nth(1))
-        .unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr))
-        .trim()
-        .to_owned();
+    let bridge = server.proc.bridge_line().unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr));
     // A TCP port that was free a moment ago.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");

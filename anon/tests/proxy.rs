@@ -7,10 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use anon_tools::origin::RecordingOrigin;
 use anon_tools::process::{Proc, ServerProcess};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_anonserver");
@@ -22,85 +23,62 @@ fn page(len: usize, salt: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
 }
 
-/// One request the origin got: its path and its If-None-Match.
-type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
-
-/// A local origin with a few behaviours, by path.
+/// A local origin with a few behaviours, by path, that records every
+/// request it gets.
 struct TestOrigin {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-    base: String,
-    seen: Seen,
+    origin: RecordingOrigin,
 }
 
 impl TestOrigin {
     fn start(fresh: Vec<u8>, revalidated: Vec<u8>) -> TestOrigin {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let seen: Seen = Arc::default();
-        let thread = {
-            let (server, seen) = (Arc::clone(&server), Arc::clone(&seen));
-            std::thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let inm = request
-                        .headers()
-                        .iter()
-                        .find(|h| h.field.equiv("If-None-Match"))
-                        .map(|h| h.value.as_str().to_owned());
-                    let path = request.url().to_owned();
-                    seen.lock().unwrap().push((path.clone(), inm.clone()));
-                    let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
-                    let response = match path.as_str() {
-                        "/page.html" => tiny_http::Response::from_data(fresh.clone())
-                            .with_header(h("Content-Type", "text/html; charset=utf-8"))
-                            .with_header(h("Cache-Control", "max-age=600")),
-                        // Not cacheable: clients that overlap share the fetch
-                        // itself, not a cached copy.
-                        "/slow.html" => {
-                            std::thread::sleep(Duration::from_millis(800));
-                            tiny_http::Response::from_data(fresh.clone()).with_header(h("Cache-Control", "no-store"))
-                        }
-                        "/old" => tiny_http::Response::from_data(Vec::new())
-                            .with_status_code(302)
-                            .with_header(h("Location", "/page.html")),
-                        "/away" => tiny_http::Response::from_data(Vec::new())
-                            .with_status_code(302)
-                            .with_header(h("Location", "http://localhost:1/elsewhere")),
-                        "/etag.html" if inm.as_deref() == Some("\"v1\"") => tiny_http::Response::from_data(Vec::new())
-                            .with_status_code(304)
-                            .with_header(h("ETag", "\"v1\"")),
-                        "/etag.html" => tiny_http::Response::from_data(revalidated.clone())
-                            .with_header(h("Cache-Control", "no-cache"))
-                            .with_header(h("ETag", "\"v1\"")),
-                        "/big" => tiny_http::Response::from_data(vec![7u8; 3 << 20]),
-                        _ => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
-                    };
-                    let _ = request.respond(response);
+        let origin = RecordingOrigin::start(move |req| {
+            let inm = req.header("If-None-Match");
+            let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
+            let response = match req.path.as_str() {
+                "/page.html" => tiny_http::Response::from_data(fresh.clone())
+                    .with_header(h("Content-Type", "text/html; charset=utf-8"))
+                    .with_header(h("Cache-Control", "max-age=600")),
+                // Not cacheable: clients that overlap share the fetch
+                // itself, not a cached copy.
+                "/slow.html" => {
+                    std::thread::sleep(Duration::from_millis(800));
+                    tiny_http::Response::from_data(fresh.clone()).with_header(h("Cache-Control", "no-store"))
                 }
-            })
-        };
-        TestOrigin { server, thread: Some(thread), base, seen }
+                "/old" => tiny_http::Response::from_data(Vec::new())
+                    .with_status_code(302)
+                    .with_header(h("Location", "/page.html")),
+                "/away" => tiny_http::Response::from_data(Vec::new())
+                    .with_status_code(302)
+                    .with_header(h("Location", "http://localhost:1/elsewhere")),
+                "/etag.html" if inm == Some("\"v1\"") => {
+                    tiny_http::Response::from_data(Vec::new()).with_status_code(304).with_header(h("ETag", "\"v1\""))
+                }
+                "/etag.html" => tiny_http::Response::from_data(revalidated.clone())
+                    .with_header(h("Cache-Control", "no-cache"))
+                    .with_header(h("ETag", "\"v1\"")),
+                "/big" => tiny_http::Response::from_data(vec![7u8; 3 << 20]),
+                _ => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
+            };
+            response.boxed()
+        })
+        .unwrap();
+        TestOrigin { origin }
+    }
+
+    fn base(&self) -> &str {
+        self.origin.base()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.origin.url(path)
     }
 
     /// How many requests for `path` the origin got, and the If-None-Match
     /// of the last.
     fn requests(&self, path: &str) -> (usize, Option<String>) {
-        let seen = self.seen.lock().unwrap();
-        let of: Vec<_> = seen.iter().filter(|(p, _)| p == path).collect();
-        (of.len(), of.last().and_then(|(_, inm)| inm.clone()))
-    }
-}
-
-impl Drop for TestOrigin {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let seen = self.origin.seen();
+        let of: Vec<_> = seen.iter().filter(|r| r.path == path).collect();
+        (of.len(), of.last().and_then(|r| r.header("If-None-Match").map(str::to_owned)))
     }
 }
 
@@ -113,14 +91,7 @@ fn start_proxy(dir: &Path, extra: &[&str]) -> (ServerProcess, String) {
     args.extend_from_slice(extra);
     let log = dir.join("server.log");
     let server = ServerProcess::start(Path::new(SERVER), &log, own.to_str().unwrap(), &args, READY).unwrap();
-    let bridge = server
-        .proc
-        .stderr
-        .iter()
-        .find_map(|l| l.split("bridge line: ").nth(1))
-        .unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr))
-        .trim()
-        .to_owned();
+    let bridge = server.proc.bridge_line().unwrap_or_else(|| panic!("no bridge line: {:?}", server.proc.stderr));
     (server, bridge)
 }
 
@@ -155,7 +126,7 @@ fn pages_on_demand_cached_shared_revalidated_and_refused_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
     let (fresh, revalidated) = (page(300_000, 1), page(50_000, 2));
     let origin = TestOrigin::start(fresh.clone(), revalidated.clone());
-    let allow = format!("{}/*", origin.base);
+    let allow = format!("{}/*", origin.base());
     let (mut server, bridge) =
         start_proxy(dir.path(), &["--fetch-allow", &allow, "--fetch-private", "--fetch-max-size", "1"]);
     let d = dir.path();
@@ -224,7 +195,7 @@ fn pages_on_demand_cached_shared_revalidated_and_refused_with_reasons() {
 fn private_origins_are_refused_unless_allowed_and_plaintext_clients_cannot_ask() {
     let dir = tempfile::tempdir().unwrap();
     let origin = TestOrigin::start(page(1000, 3), Vec::new());
-    let allow = format!("{}/*", origin.base);
+    let allow = format!("{}/*", origin.base());
     // The pattern allows the origin, but it is on loopback.
     let (mut server, bridge) = start_proxy(dir.path(), &["--fetch-allow", &allow]);
     let (code, out, err) = fetch(&bridge, dir.path(), "private", &origin.url("/page.html"), &[]);
@@ -244,7 +215,7 @@ fn private_origins_are_refused_unless_allowed_and_plaintext_clients_cannot_ask()
         .env("RUST_LOG", "info");
     let mut server = Proc::spawn(&mut cmd).unwrap();
     server.wait_for_line("serving", READY).unwrap();
-    let bridge = server.stderr.iter().find_map(|l| l.split("bridge line: ").nth(1)).unwrap().trim().to_owned();
+    let bridge = server.bridge_line().unwrap();
     let (code, out, err) = fetch(&bridge, dir2.path(), "only", &origin.url("/page.html"), &[]);
     assert_eq!(code, Some(0), "{err:?}");
     assert!(out.unwrap() == page(1000, 3));
@@ -330,7 +301,7 @@ fn an_interrupted_transfer_resumes_with_continue() {
     let dir = tempfile::tempdir().unwrap();
     let body = page(8 << 20, 5);
     let origin = TestOrigin::start(body.clone(), Vec::new());
-    let allow = format!("{}/*", origin.base);
+    let allow = format!("{}/*", origin.base());
     // The cut connection is still open at the end (its client went away):
     // a short grace.
     let (mut server, bridge) = start_proxy(dir.path(), &["--fetch-allow", &allow, "--fetch-private", "--grace", "1"]);

@@ -74,3 +74,85 @@ impl Drop for Origin {
         }
     }
 }
+
+/// A request a [`RecordingOrigin`] got: its target and its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The request target (path and query).
+    pub path: String,
+    /// Every header, as sent.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A local origin on 127.0.0.1 that answers every request with `respond`
+/// (one at a time, in order) and records each request, for tests that
+/// check what reached the origin and how. Stops when dropped.
+pub struct RecordingOrigin {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    base: String,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl RecordingOrigin {
+    /// Starts it on an ephemeral port.
+    pub fn start(respond: impl Fn(&Seen) -> tiny_http::ResponseBox + Send + 'static) -> io::Result<RecordingOrigin> {
+        let server = tiny_http::Server::http("127.0.0.1:0").map_err(io::Error::other)?;
+        let addr = server.server_addr().to_ip().ok_or_else(|| io::Error::other("origin has no IP address"))?;
+        let server = Arc::new(server);
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+        let thread = {
+            let (server, seen) = (Arc::clone(&server), Arc::clone(&seen));
+            std::thread::spawn(move || {
+                for request in server.incoming_requests() {
+                    let headers = request
+                        .headers()
+                        .iter()
+                        .map(|h| (h.field.as_str().as_str().to_owned(), h.value.as_str().to_owned()))
+                        .collect();
+                    let got = Seen { path: request.url().to_owned(), headers };
+                    seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(got.clone());
+                    let _ = request.respond(respond(&got));
+                }
+            })
+        };
+        Ok(RecordingOrigin { server, thread: Some(thread), base: format!("http://{addr}"), seen })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The URL of `path` there.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Every request so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl std::fmt::Debug for RecordingOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingOrigin").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RecordingOrigin {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -93,6 +93,12 @@ impl Proc {
         self.closed.get().map(|end| end.saturating_duration_since(self.started))
     }
 
+    /// The bridge line a secure-mode `anonserver` logged at start (before
+    /// its "serving" line), if it has.
+    pub fn bridge_line(&self) -> Option<String> {
+        self.stderr.iter().find_map(|l| l.split("bridge line: ").nth(1)).map(|b| b.trim().to_owned())
+    }
+
     /// Waits until a stderr line contains `needle`, at most `within`.
     pub fn wait_for_line(&mut self, needle: &str, within: Duration) -> io::Result<String> {
         let deadline = Instant::now() + within;

@@ -186,13 +186,7 @@ pub fn run(o: &Options) -> io::Result<()> {
         Duration::from_secs(60),
     );
     let result = proxy.and_then(|mut proxy| {
-        let bridge = proxy
-            .proc
-            .stderr
-            .iter()
-            .find_map(|l| l.split("bridge line: ").nth(1))
-            .map(|b| b.trim().to_owned())
-            .ok_or_else(|| io::Error::other("the proxy printed no bridge line"));
+        let bridge = proxy.proc.bridge_line().ok_or_else(|| io::Error::other("the proxy printed no bridge line"));
         let result = bridge.and_then(|b| runs(o, dir.path(), &page, server.port, nginx.port, &b));
         let stopped = proxy.stop(Duration::from_secs(10));
         result.and(stopped.map(drop))
