@@ -854,11 +854,7 @@ fn write_headers(path: &Path, meta: Option<&anon_proto::secure::PageMeta>, len: 
         let _ = write!(text, "Content-Length: {len}\r\n");
     }
     text.push_str("\r\n");
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::files::write_atomically(path, ".tmp", text.as_bytes())
 }
 
 fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {

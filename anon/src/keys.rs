@@ -92,14 +92,8 @@ pub fn write_new_key(path: &Path, force: bool) -> Result<StaticSecret, KeyFileEr
         file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io_err(path))?;
         return Ok(key);
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // tempfile creates its files with mode 0600.
-    let mut temp = tempfile::Builder::new().prefix(".anon-key.").tempfile_in(dir).map_err(io_err(path))?;
-    temp.write_all(text.as_bytes()).and_then(|()| temp.as_file().sync_all()).map_err(io_err(path))?;
-    temp.persist(path).map_err(|e| KeyFileError::Io { path: path.to_path_buf(), source: e.error })?;
+    // The temporary file, and so the key file, has mode 0600.
+    crate::files::write_atomically(path, ".anon-key.", text.as_bytes()).map_err(io_err(path))?;
     Ok(key)
 }
 

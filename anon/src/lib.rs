@@ -6,6 +6,8 @@
 //!   a client connection. They own the socket and the clock and move
 //!   datagrams between them and the core.
 //! - [`fetch`]: downloads the page the server serves (http, https, file).
+//! - [`files`]: files written whole or not at all (key files, `--headers`,
+//!   `--continue`'s records).
 //! - [`frontend`]: `anonclient --serve`, a browser's way through the tunnel.
 //! - [`proxy`]: pages fetched on demand for secure-mode clients: policy, origin, cache.
 //! - [`packet_log`]: the `SEND`/`RECV` log file (PROTOCOL.md §4).
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod driver;
 pub mod fetch;
+pub mod files;
 pub mod frontend;
 pub mod keys;
 pub mod packet_log;

@@ -257,7 +257,7 @@ impl Partial {
     /// The partial files of OUTFILE `path`, for `request` (a single line).
     pub fn new(path: &Path, request: &str) -> Partial {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = crate::files::folder_of(path);
         Partial {
             data: dir.join(format!(".{name}.anon-partial")),
             meta: dir.join(format!(".{name}.anon-partial.meta")),
@@ -292,11 +292,7 @@ impl Partial {
         temp.persist(&self.data).map_err(|e| e.error)?;
         let hex: String = whole.sha256.iter().map(|b| format!("{b:02x}")).collect();
         let text = format!("anon-partial 1\nrequest {}\nlength {}\nsha256 {hex}\n", self.request, whole.len);
-        let mut tmp = tempfile::NamedTempFile::new_in(self.meta.parent().unwrap_or(Path::new(".")))?;
-        tmp.write_all(text.as_bytes())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.meta).map_err(|e| e.error)?;
-        Ok(())
+        crate::files::write_atomically(&self.meta, ".tmp", text.as_bytes())
     }
 
     /// Removes both files (the page is complete, or they were of another).
@@ -340,10 +336,7 @@ impl Output {
         if path.is_dir() {
             return Err(err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory")));
         }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let dir = crate::files::folder_of(path);
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".part")
