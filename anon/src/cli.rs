@@ -1036,9 +1036,12 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
     };
     let resume = partial.as_ref().and_then(Partial::load);
     if let Some(r) = &resume {
-        tracing::info!("resuming: {} of {} bytes already here", r.have, r.whole.len);
+        match r.whole {
+            Some(w) => tracing::info!("resuming: {} of {} bytes already here", r.have, w.len),
+            None => tracing::info!("resuming: {} bytes already here", r.have),
+        }
     }
-    let resume = resume.map(|r| (r.have, r.whole.sha256));
+    let resume = resume.map(|r| (r.have, r.prefix_sha256));
     let output = match Output::create_resumable(&file, partial) {
         Ok(o) => o,
         Err(e) => return fail(ME, Exit::LocalFile, e),

@@ -333,11 +333,89 @@ fn an_interrupted_transfer_resumes_with_continue() {
     let (code, err) = run("rest");
     assert_eq!(code, Some(0), "{err:?}");
     assert!(std::fs::read(&out).unwrap() == body, "the whole page, verified");
-    assert!(err.iter().any(|l| l.contains(&format!("resuming: {kept} of {} bytes", body.len()))), "{err:?}");
-    let rest_datagrams = (body.len() as u64 - kept).div_ceil(1160);
+    // From the last resume point in what was kept.
+    let have = kept - kept % anon_proto::page::CHECKPOINT;
+    assert!(err.iter().any(|l| l.contains(&format!("resuming: {have} "))), "{err:?}");
+    let rest_datagrams = (body.len() as u64 - have).div_ceil(1160);
     let sent = relay.forwarded.load(Relaxed);
     assert!(sent < rest_datagrams + 600, "{sent} datagrams for {rest_datagrams} of the rest: the whole page again?");
     assert!(!partial.exists() && !dir.path().join(".big.out.anon-partial.meta").exists(), "partial files left");
     drop(relay);
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+}
+
+/// The origin's body in two halves: the second only once the test says so
+/// (30 s at most), so the test can see the client has the first half while
+/// the origin still sends.
+struct Gated {
+    body: Vec<u8>,
+    at: usize,
+    half: usize,
+    release: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl std::io::Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.half {
+            if let Some(rx) = self.release.take() {
+                let _ = rx.recv_timeout(Duration::from_secs(30));
+            }
+        }
+        let end = if self.at < self.half { self.half } else { self.body.len() };
+        let n = buf.len().min(end - self.at);
+        buf[..n].copy_from_slice(&self.body[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// A page not yet cached streams (docs/PROTOCOL.md §9.7): the client
+/// writes its first bytes while the origin has sent only half, and the
+/// file appears, verified, once the rest is in.
+#[test]
+fn a_page_streams_to_the_client_while_the_origin_still_sends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let body = page(4 << 20, 9);
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(Some(gate));
+    let served = body.clone();
+    let origin = RecordingOrigin::start(move |_| {
+        let reader =
+            Gated { body: served.clone(), at: 0, half: served.len() / 2, release: gate.lock().unwrap().take() };
+        let ct = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/octet-stream"[..]).unwrap();
+        tiny_http::Response::new(200.into(), vec![ct], reader, Some(served.len()), None).boxed()
+    })
+    .unwrap();
+    let allow = format!("{}/*", origin.base());
+    let (mut server, bridge) = start_proxy(d, &["--fetch-allow", &allow, "--fetch-private"]);
+    let headers = d.join("s.headers");
+    let (mut client, out) = ask(&bridge, d, "s", &origin.url("/big.bin"), &["--headers", headers.to_str().unwrap()]);
+
+    // The client's temporary file (.s.out.XXXX.part) grows past a megabyte
+    // while the origin holds the second half back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let written = || {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".s.out."))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    while written() < 1 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the client got no page bytes while the origin sent half");
+        assert!(client.exited_at().is_none(), "the client ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!out.exists(), "OUTFILE before the page is complete and verified");
+    release.send(()).unwrap();
+    let status = client.wait(CLIENT_DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(0), "{:?}", client.stderr);
+    assert!(std::fs::read(&out).unwrap() == body, "the page differs");
+    let h = std::fs::read_to_string(&headers).unwrap();
+    assert!(h.starts_with("HTTP/1.1 200 OK\r\n") && h.contains("Content-Type: application/octet-stream\r\n"), "{h}");
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
 }

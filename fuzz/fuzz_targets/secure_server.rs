@@ -294,15 +294,31 @@ fuzz_target!(|input: Input| {
             }
         }
 
-        // The driver: of the URLs asked for, one in three is never answered
-        // (the core's deadline frees it), the others get the page or a 404.
+        // The driver: of the URLs asked for, one in five is never answered
+        // (the core's deadline frees it), the others get the page, a
+        // stream (growing, then complete or cut short) or a 404.
         while let Some(r) = server.poll_fetch() {
-            match r.id % 3 {
+            let meta = PageMeta { status: 200, content_type: "text/html".into(), final_url: r.url.clone() };
+            match r.id % 5 {
                 0 => {}
                 1 => {
                     let page = Arc::new(anon_proto::page::Page::new(Bytes::from(page(2000, 2))));
-                    let meta = PageMeta { status: 200, content_type: "text/html".into(), final_url: r.url };
-                    server.fetch_done(now, r.id, Ok(FetchedPage { page, meta }));
+                    let body = anon_proto::page::Body::Whole(page);
+                    server.fetch_done(now, r.id, Ok(FetchedPage { body, meta: Some(meta) }));
+                }
+                2 | 3 => {
+                    let stream = Arc::new(anon_proto::page::Stream::new(0));
+                    let view = anon_proto::page::StreamView::whole(Arc::clone(&stream));
+                    server.fetch_done(now, r.id, Ok(FetchedPage { body: anon_proto::page::Body::Streaming(view), meta: None }));
+                    stream.start(&meta);
+                    stream.push(&page(3000, 3));
+                    server.streams_grew(now);
+                    if r.id % 5 == 2 {
+                        stream.finish();
+                    } else {
+                        stream.fail(anon_proto::Refusal::Timeout);
+                    }
+                    server.streams_grew(now);
                 }
                 _ => server.fetch_done(now, r.id, Err(anon_proto::Refusal::Status(404))),
             }

@@ -16,7 +16,7 @@ use rand::RngCore;
 use crate::config::ServerConfig;
 use crate::conn::{Accepted, CloseReason, Mode, ServerConn, encode_syn_ack, negotiate};
 use crate::cookie::{CookieJar, CookieMode};
-use crate::page::Page;
+use crate::page::{Body, Page};
 use crate::wire::{Flags, Header, Seq};
 
 /// What happened on the server, for logs and counters.
@@ -126,6 +126,10 @@ pub struct Server {
     due: Vec<(Instant, SocketAddr)>,
     /// Connections that may have a datagram to send, in turn.
     ready: VecDeque<SocketAddr>,
+    /// Connections serving a page still arriving, for
+    /// [`streams_grew`](Self::streams_grew); entries of closed ones are
+    /// dropped there.
+    streaming: Vec<SocketAddr>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
     /// The connection `poll_transmit` served last, and how many datagrams
@@ -265,6 +269,7 @@ impl Server {
             timers: BinaryHeap::new(),
             due: Vec::new(),
             ready: VecDeque::new(),
+            streaming: Vec::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
             last_served: None,
@@ -294,14 +299,30 @@ impl Server {
     /// [`with_pages`](Self::with_pages); out of range means the first).
     /// The secure layer calls it with the page its client asked for.
     pub fn handle_for_page(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], page: usize) -> Belongs {
-        self.handle_opening(now, peer, datagram, |s| s.page(page))
+        self.handle_opening(now, peer, datagram, |s| Body::Whole(s.page(page)))
     }
 
     /// Like [`handle_for_page`](Self::handle_for_page), for a page not
-    /// among those given at start (a proxy's fetched page): a new
-    /// connection holds it for as long as it lives.
-    pub fn handle_with_page(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], page: Arc<Page>) -> Belongs {
-        self.handle_opening(now, peer, datagram, |_| page)
+    /// among those given at start (a proxy's fetched page, or one still
+    /// arriving): a new connection holds it for as long as it lives.
+    pub fn handle_with_page(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], body: Body) -> Belongs {
+        self.handle_opening(now, peer, datagram, |_| body)
+    }
+
+    /// Streamed pages grew or ended (docs/PROTOCOL.md §9.7): connections
+    /// serving them may send again. The driver calls it after appending;
+    /// it costs one step per connection still streaming.
+    pub fn streams_grew(&mut self, now: Instant) {
+        let mut streaming = std::mem::take(&mut self.streaming);
+        streaming.retain(|peer| {
+            let Some(slot) = self.conns.get_mut(peer) else { return false };
+            let more = slot.conn.sync_stream();
+            self.after_activity(now, *peer, false);
+            more
+        });
+        // Connections opened during the calls above are kept too.
+        streaming.append(&mut self.streaming);
+        self.streaming = streaming;
     }
 
     /// A datagram; `page` gives the page a SYN that opens a connection
@@ -311,7 +332,7 @@ impl Server {
         now: Instant,
         peer: SocketAddr,
         datagram: &[u8],
-        page: impl FnOnce(&Self) -> Arc<Page>,
+        page: impl FnOnce(&Self) -> Body,
     ) -> Belongs {
         self.stats.datagrams_received += 1;
         let Ok((header, payload)) = Header::decode(datagram) else {
@@ -382,7 +403,7 @@ impl Server {
             Some(isn) if bare_syn && isn != h.seq => {
                 let isn = self.isn_rng.next_u32();
                 let deadline = slot.conn.idle_deadline();
-                let page = Arc::clone(slot.conn.page());
+                let page = slot.conn.body().clone();
                 slot.conn = ServerConn::new(&self.config, page, isn, h.seq, payload, now);
                 slot.conn.keep_idle_deadline(deadline);
                 self.stats.accepted += 1;
@@ -426,7 +447,7 @@ impl Server {
             CookieMode::Fast { segment, window } => (Mode::Fast { segment }, window),
         };
         let isn = (h.ack - 1).0;
-        let conn = ServerConn::from_cookie(&self.config, self.page(0), isn, h.seq - 1, mode, window, now);
+        let conn = ServerConn::from_cookie(&self.config, Body::Whole(self.page(0)), isn, h.seq - 1, mode, window, now);
         self.insert(peer, conn, mode);
         self.stats.cookies_accepted += 1;
         self.after_activity(now, peer, false);
@@ -435,7 +456,7 @@ impl Server {
 
     /// A bare SYN from an address with no connection: a new connection, a
     /// stateless SYN cookie under a flood, or a refusal.
-    fn handle_syn(&mut self, now: Instant, peer: SocketAddr, h: Header, payload: &[u8], page: Arc<Page>) -> bool {
+    fn handle_syn(&mut self, now: Instant, peer: SocketAddr, h: Header, payload: &[u8], page: Body) -> bool {
         if let Some(counter) = self.refusal(peer) {
             *counter += 1;
             return false;
@@ -471,13 +492,16 @@ impl Server {
         let isn = self.cookies.make(now, peer, h.seq, cookie_mode);
         let mut d = Vec::new();
         // SYN cookies serve plaintext clients only, hence the first page.
-        encode_syn_ack(Seq(isn), h.seq, mode, &self.page(0), &mut d);
+        encode_syn_ack(Seq(isn), h.seq, mode, &Body::Whole(self.page(0)), &mut d);
         self.stateless.push_back((peer, d));
         self.stats.cookies_sent += 1;
     }
 
     /// Files a new connection and counts it.
     fn insert(&mut self, peer: SocketAddr, conn: ServerConn, mode: Mode) {
+        if conn.body().is_streaming() {
+            self.streaming.push(peer);
+        }
         self.conns.insert(peer, Slot { conn, tracked: 0, syn_acks: 0, scheduled: None, in_ready: false });
         *self.per_source.entry(self.source(peer)).or_default() += 1;
         self.stats.accepted += 1;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anon_proto::page::Page;
+use anon_proto::page::{Body, Page, Stream, StreamView};
 use anon_proto::secure::{FetchedPage, PageMeta, SecureServer};
 use anon_proto::wire::Header;
 use anon_proto::{Refusal, ServerStats};
@@ -26,6 +26,25 @@ pub enum Origin {
     Refuse(Refusal),
     /// Never answers (a hung driver).
     Hang,
+    /// Answers at once with a stream, as the driver does for a page not
+    /// cached; the origin's headers and first piece come after the delay,
+    /// then the rest in `pieces` equal pieces in all, one every `gap`, and
+    /// the stream ends: complete, or cut short with `fail` (docs/PROTOCOL.md
+    /// §9.7).
+    Stream { body: Arc<Vec<u8>>, meta: PageMeta, pieces: usize, gap: Duration, fail: Option<Refusal> },
+}
+
+/// A stream being fed.
+struct Feeding {
+    stream: Arc<Stream>,
+    meta: PageMeta,
+    body: Arc<Vec<u8>>,
+    pieces: usize,
+    gap: Duration,
+    fail: Option<Refusal>,
+    /// Pieces appended so far, and when the next is due.
+    fed: usize,
+    next_at: Instant,
 }
 
 /// A [`SecureServer`] with fetching on and a simulated fetcher.
@@ -42,6 +61,9 @@ pub struct ProxySim {
     pub requested: Vec<String>,
     /// The server's public key, for clients a test adds.
     pub server_key: anon_proto::secure::PublicKey,
+    feeding: Vec<Feeding>,
+    /// When each stream ended.
+    pub stream_ends: Vec<Instant>,
 }
 
 impl std::fmt::Debug for ProxySim {
@@ -57,7 +79,16 @@ impl ProxySim {
     /// Wraps `server` (built with `SecureServerConfig::fetch` on).
     pub fn new(server: SecureServer, delay: Duration) -> ProxySim {
         let server_key = server.public_key();
-        ProxySim { server, origins: HashMap::new(), delay, due: VecDeque::new(), requested: Vec::new(), server_key }
+        ProxySim {
+            server,
+            origins: HashMap::new(),
+            delay,
+            due: VecDeque::new(),
+            requested: Vec::new(),
+            server_key,
+            feeding: Vec::new(),
+            stream_ends: Vec::new(),
+        }
     }
 
     /// Serves `body` at `url` with status 200.
@@ -69,6 +100,25 @@ impl ProxySim {
     fn take_requests(&mut self, now: Instant) {
         while let Some(r) = self.server.poll_fetch() {
             self.requested.push(r.url.clone());
+            if let Some(Origin::Stream { body, meta, pieces, gap, fail }) = self.origins.get(&r.url) {
+                let stream = Arc::new(Stream::new(0));
+                self.feeding.push(Feeding {
+                    stream: Arc::clone(&stream),
+                    meta: meta.clone(),
+                    body: Arc::clone(body),
+                    pieces: (*pieces).max(1),
+                    gap: *gap,
+                    fail: *fail,
+                    fed: 0,
+                    next_at: now + self.delay,
+                });
+                self.server.fetch_done(
+                    now,
+                    r.id,
+                    Ok(FetchedPage { body: Body::Streaming(StreamView::whole(stream)), meta: None }),
+                );
+                continue;
+            }
             self.due.push_back((now + self.delay, r.id, r.url));
         }
     }
@@ -80,7 +130,10 @@ impl ProxySim {
             }
             self.due.pop_front();
             let result = match self.origins.get(&url) {
-                Some(Origin::Page(page, meta)) => Ok(FetchedPage { page: Arc::clone(page), meta: meta.clone() }),
+                Some(Origin::Page(page, meta)) => {
+                    Ok(FetchedPage { body: Body::Whole(Arc::clone(page)), meta: Some(meta.clone()) })
+                }
+                Some(Origin::Stream { .. }) => continue,
                 Some(Origin::Refuse(why)) => Err(*why),
                 Some(Origin::Hang) => continue,
                 None => Err(Refusal::NotAllowed),
@@ -88,6 +141,35 @@ impl ProxySim {
             self.server.fetch_done(now, id, result);
         }
         self.take_requests(now);
+        self.feed(now);
+    }
+
+    /// Appends the pieces due, ends the streams fed whole.
+    fn feed(&mut self, now: Instant) {
+        let mut grew = false;
+        for f in &mut self.feeding {
+            while f.fed < f.pieces && f.next_at <= now {
+                let piece = f.body.len().div_ceil(f.pieces);
+                let start = (f.fed * piece).min(f.body.len());
+                let end = ((f.fed + 1) * piece).min(f.body.len());
+                f.stream.start(&f.meta);
+                f.stream.push(f.body.get(start..end).unwrap_or_default());
+                f.fed += 1;
+                f.next_at += f.gap;
+                grew = true;
+                if f.fed == f.pieces {
+                    match f.fail {
+                        Some(why) => f.stream.fail(why),
+                        None => drop(f.stream.finish()),
+                    }
+                    self.stream_ends.push(now);
+                }
+            }
+        }
+        self.feeding.retain(|f| f.fed < f.pieces);
+        if grew {
+            self.server.streams_grew(now);
+        }
     }
 }
 
@@ -104,7 +186,8 @@ impl SimEndpoint for ProxySim {
         SimEndpoint::poll_transmit(&mut self.server, now, buf)
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        [self.server.poll_timeout(), self.due.iter().map(|d| d.0).min()].into_iter().flatten().min()
+        let feeding = self.feeding.iter().map(|f| f.next_at).min();
+        [self.server.poll_timeout(), self.due.iter().map(|d| d.0).min(), feeding].into_iter().flatten().min()
     }
     fn connection_count(&self) -> usize {
         self.server.connection_count() + self.server.fetching_count()

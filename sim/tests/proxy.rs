@@ -186,41 +186,134 @@ fn url_first_messages_are_between_1200_and_1232_bytes() {
 }
 
 /// `--continue`: a client that has the start of the page asks for the
-/// rest; the server sends only the rest when the digest is the page's, the
-/// whole page otherwise (docs/PROTOCOL.md §9.6).
+/// rest from a resume point, with the SHA-256 of what it has; the server
+/// sends only the rest when that is the page's start, the whole page
+/// otherwise (docs/PROTOCOL.md §9.6), whether the page is in memory (the
+/// answer says so) or still arriving (its stream says so once the page
+/// has reached the point).
 #[test]
 fn a_transfer_resumes_from_the_clients_prefix_of_the_same_page_only() {
+    use anon_proto::page::{CHECKPOINT, Page};
     use anon_proto::secure::{SecureClient, SecureClientConfig};
     use anon_sim::SimClient;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    let body = page(300_000, 4);
-    let sha = anon_proto::page::Page::new(bytes::Bytes::from(body.clone())).sha256();
-    for (offset, digest, resumes) in [(100_000u64, sha, true), (100_000, [7u8; 32], false), (300_000, sha, false)] {
-        let mut sim = secure_proxy(5, LinkConfig::hostile(0.02), &[], Duration::from_millis(50), client(), |_| {});
-        sim.server.add_page(URL, body.clone(), "application/octet-stream");
-        let cfg = SecureClientConfig {
-            server: sim.server.server_key,
-            key: None,
-            page: String::new(),
-            url: Some(URL.into()),
-            resume: Some((offset, digest)),
-            clock: anon_proto::secure::WallClock { at: sim.start, unix_ms: anon_sim::SIM_UNIX_MS },
-        };
-        let conn = SecureClient::new(cfg, client(), Box::new(StdRng::seed_from_u64(1)), sim.start);
-        sim.clients.push(SimClient::new(anon_sim::client_addr(0), conn));
-        sim.run(Duration::from_secs(60), 1_000_000);
-        let c = &sim.clients[0];
-        assert_eq!(c.conn.outcome(), Some(&Ok(())), "offset {offset}");
-        let answer = c.conn.answer().expect("an answer");
-        assert_eq!(answer.page_sha256, sha, "the digest is the whole page's");
-        if resumes {
-            assert_eq!(c.conn.resumed_from(), Some(offset));
-            assert!(c.data == body[offset as usize..], "the rest of the page, and only that");
-        } else {
-            assert_eq!(c.conn.resumed_from(), None, "offset {offset}");
-            assert!(c.data == body, "offset {offset}: the whole page");
+    let body = page(3 * CHECKPOINT as usize + 5000, 4);
+    let prefix = |n: u64| Page::new(bytes::Bytes::from(body[..n as usize].to_vec())).sha256();
+    let whole_sha = Page::new(bytes::Bytes::from(body.clone())).sha256();
+    let point = 2 * CHECKPOINT;
+    let cases = [
+        (point, prefix(point), true),
+        (point, [7u8; 32], false),
+        // Not a resume point, or the whole page's digest: from the start.
+        (point - 1, prefix(point - 1), false),
+        (point, whole_sha, false),
+    ];
+    for streamed in [false, true] {
+        for &(offset, digest, resumes) in &cases {
+            let what = format!("streamed {streamed}, offset {offset}, resumes {resumes}");
+            let mut sim = secure_proxy(5, LinkConfig::hostile(0.02), &[], Duration::from_millis(50), client(), |_| {});
+            if streamed {
+                let origin = streaming(&body, 8, Duration::from_millis(100), None);
+                sim.server.origins.insert(URL.into(), origin);
+            } else {
+                sim.server.add_page(URL, body.clone(), "application/octet-stream");
+            }
+            let cfg = SecureClientConfig {
+                server: sim.server.server_key,
+                key: None,
+                page: String::new(),
+                url: Some(URL.into()),
+                resume: Some((offset, digest)),
+                clock: anon_proto::secure::WallClock { at: sim.start, unix_ms: anon_sim::SIM_UNIX_MS },
+            };
+            let conn = SecureClient::new(cfg, client(), Box::new(StdRng::seed_from_u64(1)), sim.start);
+            sim.clients.push(SimClient::new(anon_sim::client_addr(0), conn));
+            sim.run(Duration::from_secs(60), 1_000_000);
+            let c = &sim.clients[0];
+            assert_eq!(c.conn.outcome(), Some(&Ok(())), "{what}");
+            let (_, sha) = c.conn.whole().expect("the page's digest");
+            assert_eq!(sha, whole_sha, "{what}: the digest is the whole page's");
+            if resumes {
+                assert_eq!(c.conn.resumed_from(), Some(offset), "{what}");
+                assert!(c.data == body[offset as usize..], "{what}: the rest of the page, and only that");
+            } else {
+                assert_eq!(c.conn.resumed_from(), None, "{what}");
+                assert!(c.data == body, "{what}: the whole page");
+            }
         }
+    }
+}
+
+/// A page served while the origin still sends it: `pieces` pieces, one
+/// every `gap`, the first `delay` after the request.
+fn streaming(body: &[u8], pieces: usize, gap: Duration, fail: Option<Refusal>) -> Origin {
+    let meta = anon_proto::secure::PageMeta {
+        status: 200,
+        content_type: "text/html".into(),
+        final_url: format!("{URL}?final"),
+    };
+    Origin::Stream { body: std::sync::Arc::new(body.to_vec()), meta, pieces, gap, fail }
+}
+
+#[test]
+fn a_streamed_page_arrives_while_the_origin_still_sends_it_and_is_verified_at_its_end() {
+    for seed in seeds(4) {
+        let body = page(2_000_000, seed);
+        let link = if seed % 2 == 0 { clean() } else { LinkConfig::hostile(0.03) };
+        let delay = Duration::from_millis(300);
+        let gap = Duration::from_millis(500);
+        let mut sim = secure_proxy(seed, link, &[URL], delay, client(), |_| {});
+        sim.server.origins.insert(URL.into(), streaming(&body, 10, gap, None));
+        // Just before the last piece: nine tenths are in the stream, and
+        // the client has most of them already.
+        let last_piece = delay + gap * 9;
+        sim.run(last_piece - Duration::from_millis(1), 2_000_000);
+        assert!(sim.server.stream_ends.is_empty(), "seed {seed}: the stream has not ended yet");
+        let have = sim.clients[0].data.len();
+        assert!(have >= 1_500_000, "seed {seed}: only {have} bytes while the origin was still sending");
+        assert!(body.starts_with(&sim.clients[0].data), "seed {seed}: what arrived is the page's start");
+        assert_eq!(sim.clients[0].conn.whole(), None, "seed {seed}: no length or digest before the end");
+        let report = sim.run(Duration::from_secs(60), 4_000_000);
+        assert!(report.quiescent, "seed {seed}: {report:?}");
+        let c = &sim.clients[0];
+        assert_eq!(c.conn.outcome(), Some(&Ok(())), "seed {seed}");
+        assert!(c.data == body, "seed {seed}: page differs");
+        let sha = anon_proto::page::Page::new(body.clone().into()).sha256();
+        assert_eq!(c.conn.whole(), Some((body.len() as u64, sha)), "seed {seed}: the trailer's length and digest");
+        let meta = c.conn.meta().expect("META starts the stream");
+        assert_eq!((meta.status, meta.final_url.as_str()), (200, format!("{URL}?final").as_str()));
+    }
+}
+
+#[test]
+fn a_streamed_pages_first_byte_comes_one_round_trip_after_the_origins() {
+    // 100 ms round trip; the origin's first byte comes 1 s after the
+    // request reached the server, long after the handshake is done.
+    let rtt = Duration::from_millis(100);
+    let body = page(200_000, 7);
+    let delay = Duration::from_secs(1);
+    let mut sim = secure_proxy(7, LinkConfig::clean(rtt / 2), &[URL], delay, client(), |_| {});
+    sim.server.origins.insert(URL.into(), streaming(&body, 4, Duration::from_millis(200), None));
+    // The request reaches the server half a round trip after the start.
+    let origin_first_byte = rtt / 2 + delay;
+    sim.run(origin_first_byte + rtt, 1_000_000);
+    assert!(!sim.clients[0].data.is_empty(), "no page byte within one round trip of the origin's first");
+    sim.run(Duration::from_secs(30), 1_000_000);
+    assert!(sim.clients[0].data == body);
+}
+
+#[test]
+fn a_stream_cut_short_reaches_the_client_as_the_reason_and_nothing_verifies() {
+    for (fail, want) in [(Refusal::TooLarge, Refusal::TooLarge), (Refusal::Timeout, Refusal::Timeout)] {
+        let body = page(400_000, 3);
+        let mut sim = secure_proxy(3, clean(), &[URL], Duration::from_millis(50), client(), |_| {});
+        sim.server.origins.insert(URL.into(), streaming(&body, 4, Duration::from_millis(100), Some(fail)));
+        let report = sim.run(Duration::from_secs(60), 1_000_000);
+        assert!(report.quiescent, "{report:?}");
+        let c = &sim.clients[0];
+        assert_eq!(c.conn.outcome(), Some(&Err(ConnectionError::Rejected(want))));
+        assert_eq!(c.conn.whole(), None, "a page cut short has no length and digest to save it by");
     }
 }

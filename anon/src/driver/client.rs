@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anon_proto::Belongs;
+use anon_proto::page::CHECKPOINT;
 use anon_proto::secure::SecureClient;
-use anon_proto::wire::ext::Answer;
 use anon_proto::{ClientConn, ClientEvent, ClientStats, ConnectionError, Mode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -55,6 +55,25 @@ pub trait Connection {
     /// Where the server resumed the transfer (secure mode, `--continue`).
     fn resumed_from(&self) -> Option<u64> {
         None
+    }
+    /// The length and SHA-256 the page must have, once known: from the
+    /// answer, or for a streamed page from its trailer at the end.
+    fn whole(&self) -> Option<(u64, [u8; 32])> {
+        let answer = self.conn().answer().filter(|a| a.page_len != anon_proto::page::STREAMED);
+        answer.map(|a| (a.page_len, a.page_sha256))
+    }
+    /// See [`ClientConn::outcome`].
+    fn outcome(&self) -> Option<&Result<(), ConnectionError>> {
+        self.conn().outcome()
+    }
+    /// Page bytes received.
+    fn received(&self) -> u64 {
+        self.conn().received()
+    }
+    /// Whether where the page starts is known (the answer is in; for a
+    /// streamed page, its head too).
+    fn start_known(&self) -> bool {
+        self.conn().answer().is_some()
     }
 }
 
@@ -137,6 +156,18 @@ impl Connection for SecureClient {
     fn resumed_from(&self) -> Option<u64> {
         SecureClient::resumed_from(self)
     }
+    fn whole(&self) -> Option<(u64, [u8; 32])> {
+        SecureClient::whole(self)
+    }
+    fn outcome(&self) -> Option<&Result<(), ConnectionError>> {
+        SecureClient::outcome(self)
+    }
+    fn received(&self) -> u64 {
+        SecureClient::received(self)
+    }
+    fn start_known(&self) -> bool {
+        SecureClient::start_known(self)
+    }
 }
 
 /// How the client loop reports.
@@ -209,6 +240,8 @@ pub struct Output {
     /// `--continue`: where an unfinished page is kept, and once the page is
     /// known (the answer), what identifies it.
     partial: Option<Partial>,
+    /// Set once the transfer's start is known.
+    begun: bool,
     whole: Option<Whole>,
 }
 
@@ -232,7 +265,8 @@ pub struct Whole {
 
 /// `--continue`'s files beside OUTFILE: `.NAME.anon-partial` holds the
 /// first bytes of the page, `.NAME.anon-partial.meta` what they are of (the
-/// request, and the whole page's length and SHA-256). Written when a
+/// request, and when the server said it, the whole page's length and
+/// SHA-256; a streamed page's are known only at its end). Written when a
 /// transfer stops unfinished, read by the next run, removed once the page
 /// is in place.
 #[derive(Debug, Clone)]
@@ -244,13 +278,16 @@ pub struct Partial {
     request: String,
 }
 
-/// What a partial file holds.
+/// What a partial file holds, as far as it can be resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
-    /// Bytes of the page in the partial file.
+    /// Bytes of the page resumed from: the partial file's, down to a
+    /// resume point (a multiple of [`CHECKPOINT`]).
     pub have: u64,
-    /// The whole page.
-    pub whole: Whole,
+    /// Their SHA-256, which the server checks (docs/PROTOCOL.md §9.6).
+    pub prefix_sha256: [u8; 32],
+    /// The whole page, when known.
+    pub whole: Option<Whole>,
 }
 
 impl Partial {
@@ -267,31 +304,56 @@ impl Partial {
 
     /// What a previous run left for this request: `None` when there is
     /// nothing, it is of another request, or it does not add up.
+    /// Reads the partial file's prefix up to its last resume point and
+    /// hashes it (at most the page's size, once per run).
     pub fn load(&self) -> Option<Resume> {
         let text = std::fs::read_to_string(&self.meta).ok()?;
         let mut lines = text.lines();
-        if lines.next() != Some("anon-partial 1") || lines.next()? != format!("request {}", self.request) {
+        if lines.next() != Some("anon-partial 2") || lines.next()? != format!("request {}", self.request) {
             return None;
         }
-        let len: u64 = lines.next()?.strip_prefix("length ")?.parse().ok()?;
-        let hex = lines.next()?.strip_prefix("sha256 ")?;
-        let mut sha256 = [0u8; 32];
-        for (i, byte) in sha256.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        let whole = match (lines.next(), lines.next()) {
+            (Some(len), Some(sha)) => {
+                let len: u64 = len.strip_prefix("length ")?.parse().ok()?;
+                let hex = sha.strip_prefix("sha256 ")?;
+                let mut sha256 = [0u8; 32];
+                for (i, byte) in sha256.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(Whole { len, sha256 })
+            }
+            _ => None,
+        };
+        let kept = std::fs::metadata(&self.data).ok()?.len();
+        let have = kept - kept % CHECKPOINT;
+        if have == 0 || whole.is_some_and(|w| have >= w.len) {
+            return None;
         }
-        let have = std::fs::metadata(&self.data).ok()?.len();
-        (have > 0 && have < len).then_some(Resume { have, whole: Whole { len, sha256 } })
+        let mut prefix = std::io::Read::take(std::fs::File::open(&self.data).ok()?, have);
+        let mut sha256 = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut read = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut prefix, &mut buf).ok()?;
+            let Some(part) = buf.get(..n).filter(|p| !p.is_empty()) else { break };
+            sha256.update(part);
+            read += n as u64;
+        }
+        (read == have).then(|| Resume { have, prefix_sha256: sha256.finalize().into(), whole })
     }
 
     /// Keeps `file`'s first bytes as the partial page: synced, renamed
     /// into place, then the meta file (so a meta file always describes
     /// synced data).
-    fn keep(&self, temp: NamedTempFile, whole: Whole) -> io::Result<()> {
+    fn keep(&self, temp: NamedTempFile, whole: Option<Whole>) -> io::Result<()> {
         temp.as_file().sync_all()?;
         let _ = std::fs::remove_file(&self.meta);
         temp.persist(&self.data).map_err(|e| e.error)?;
-        let hex: String = whole.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        let text = format!("anon-partial 1\nrequest {}\nlength {}\nsha256 {hex}\n", self.request, whole.len);
+        let mut text = format!("anon-partial 2\nrequest {}\n", self.request);
+        if let Some(whole) = whole {
+            let hex: String = whole.sha256.iter().map(|b| format!("{b:02x}")).collect();
+            text.push_str(&format!("length {}\nsha256 {hex}\n", whole.len));
+        }
         crate::files::write_atomically(&self.meta, ".tmp", text.as_bytes())
     }
 
@@ -393,15 +455,17 @@ impl Output {
             writer: Some(writer),
             abandoned,
             partial,
+            begun: false,
             whole: None,
         })
     }
 
-    /// Once the server has answered: the page is `whole`, and the transfer
-    /// starts `from` bytes in, which the partial file holds (0: from the
-    /// start). Before any page byte.
-    fn begin(&mut self, from: u64, whole: Whole) -> Result<(), FetchFailed> {
-        self.whole = Some(whole);
+    /// Once the server has said where the transfer starts: `from` bytes
+    /// in, which the partial file holds (0: from the start), of the page
+    /// `whole` when known. Before any page byte.
+    fn begin(&mut self, from: u64, whole: Option<Whole>) -> Result<(), FetchFailed> {
+        self.begun = true;
+        self.whole = whole;
         match self.chunks.as_ref().map(|c| c.send(Chunk::Begin(from))) {
             Some(Ok(())) => Ok(()),
             _ => Err(self.join().err().unwrap_or_else(|| self.failed(io::Error::other("the writer stopped")))),
@@ -458,11 +522,11 @@ impl Output {
     ///
     /// `written_at` is set once every byte is hashed and written, before
     /// the sync: the time a transfer takes, as curl's `time_total` counts it.
-    fn finish(mut self, answer: Option<&Answer>, written_at: &mut Option<Instant>) -> Result<(), FetchFailed> {
+    fn finish(mut self, whole: Option<(u64, [u8; 32])>, written_at: &mut Option<Instant>) -> Result<(), FetchFailed> {
         self.hand_over()?;
         let written = self.join()?;
         *written_at = Some(Instant::now());
-        let whole = self.whole.or(answer.map(|a| Whole { len: a.page_len, sha256: a.page_sha256 }));
+        let whole = self.whole.or(whole.map(|(len, sha256)| Whole { len, sha256 }));
         if let Some(whole) = whole {
             // Nothing of a page that fails its check is kept for later.
             if written.len != whole.len {
@@ -496,14 +560,21 @@ impl Drop for Output {
     fn drop(&mut self) {
         // `--continue`, once the page is known: what arrived is written out
         // and kept for the next run.
-        if let (Some(partial), Some(whole)) = (self.partial.take(), self.whole) {
+        if let (Some(partial), true) = (self.partial.take(), self.begun) {
             if self.hand_over().is_ok() {
                 if let Ok(written) = self.join() {
+                    // Less than a resume point is nothing to resume from
+                    // (a refusal, say): no partial files at all.
+                    if written.len < CHECKPOINT {
+                        partial.remove();
+                        return;
+                    }
+                    let whole = self.whole;
                     match partial.keep(written.temp, whole) {
                         Ok(()) => tracing::info!(
                             "kept {} of {} bytes in {} (--continue resumes)",
                             written.len,
-                            whole.len,
+                            whole.map_or_else(|| "?".to_string(), |w| w.len.to_string()),
                             partial.data.display()
                         ),
                         Err(e) => tracing::warn!("cannot keep the partial page: {e}"),
@@ -591,19 +662,19 @@ pub async fn run<C: Connection>(
         transmit(&mut conn, &mut socket, &mut log, server, now, &mut tx).await;
         let readable = conn.readable();
         if let Some(out) = output.as_mut() {
-            if out.whole.is_none() {
-                if let Some(answer) = conn.conn().answer() {
-                    let from = conn.resumed_from().unwrap_or(0);
-                    let whole = Whole { len: from.saturating_add(answer.page_len), sha256: answer.page_sha256 };
-                    out.begin(from, whole)?;
-                }
+            // A streamed page's length and digest are known only at its
+            // end; what arrived is still kept for --continue.
+            if !out.begun && conn.start_known() {
+                let from = conn.resumed_from().unwrap_or(0);
+                let whole = conn.whole().map(|(len, sha256)| Whole { len: from.saturating_add(len), sha256 });
+                out.begin(from, whole)?;
             }
             out.write(readable)?;
         }
         let n = readable.len();
         conn.consume(n);
         if let (Some(bar), true) = (bar.as_ref(), n > 0) {
-            bar.set_position(conn.conn().received());
+            bar.set_position(conn.received());
         }
         while let Some(event) = conn.poll_event() {
             match event {
@@ -613,7 +684,7 @@ pub async fn run<C: Connection>(
                         crate::keys::append_key_log(path, line);
                     }
                     if progress {
-                        bar = Some(progress_bar(conn.conn().answer().map(|a| a.page_len)));
+                        bar = Some(progress_bar(conn.whole().map(|(len, _)| len)));
                     }
                 }
                 ClientEvent::Finished { len } => {
@@ -621,7 +692,7 @@ pub async fn run<C: Connection>(
                         bar.finish_and_clear();
                     }
                     match output.take() {
-                        Some(out) => out.finish(conn.conn().answer(), &mut finished_at)?,
+                        Some(out) => out.finish(conn.whole(), &mut finished_at)?,
                         None => finished_at = Some(Instant::now()),
                     }
                     tracing::debug!(bytes = len, "page complete");
@@ -629,7 +700,7 @@ pub async fn run<C: Connection>(
                 ClientEvent::Closed => {}
             }
         }
-        if let Some(outcome) = conn.conn().outcome() {
+        if let Some(outcome) = conn.outcome() {
             break outcome.clone();
         }
         log.flush_if_due(now);
@@ -683,7 +754,7 @@ pub async fn run<C: Connection>(
     result?;
     let stats: ClientStats = conn.conn().stats();
     Ok(FetchSummary {
-        bytes: conn.conn().received(),
+        bytes: conn.received(),
         elapsed: finished_at.unwrap_or_else(Instant::now) - start,
         retransmissions: stats.retransmissions,
         meta: conn.meta().cloned(),

@@ -43,7 +43,7 @@ impl Entry {
     /// the fetch thread, not the server loop.
     pub fn from_fetched(fetched: FetchedPage, now: Instant) -> Entry {
         Entry {
-            page: Arc::new(Page::new(fetched.body)),
+            page: fetched.hashed.unwrap_or_else(|| Arc::new(Page::new(fetched.body))),
             status: fetched.status,
             final_url: fetched.final_url,
             content_type: fetched.content_type,
@@ -265,6 +265,7 @@ mod tests {
             final_url: URL.into(),
             content_type: None,
             body: Bytes::from(vec![b'x'; body]),
+            hashed: None,
             freshness: Freshness { max_age: max_age.map(Duration::from_secs), ..Freshness::default() },
             validators: Validators { etag: etag.map(str::to_string), last_modified: None },
         };

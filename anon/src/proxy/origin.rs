@@ -15,6 +15,8 @@ use ureq::http::{HeaderMap, StatusCode, Uri};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
+use anon_proto::page::{Page, Stream};
+
 use super::policy::{Denied, FetchPolicy, ParsedUrl};
 use crate::fetch::FetchLimits;
 
@@ -101,6 +103,41 @@ pub struct Freshness {
     pub no_cache: bool,
 }
 
+/// What a successful final response's headers say, before its body.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The status (2xx).
+    pub status: u16,
+    /// The URL after redirects, in normal form.
+    pub final_url: String,
+    /// The `Content-Type`, if short enough.
+    pub content_type: Option<String>,
+    /// The `Content-Length`, if given.
+    pub content_length: Option<u64>,
+}
+
+/// Where a fetch's body may go as it arrives (docs/PROTOCOL.md §9.7).
+pub trait BodySink {
+    /// The final response's headers are in: a stream to append the body
+    /// to, or `None` to read it whole first.
+    fn start(&self, head: &Head) -> Option<Arc<Stream>>;
+    /// More of the body is in the stream.
+    fn grew(&self);
+}
+
+/// Reads every body whole.
+struct Whole;
+
+impl BodySink for Whole {
+    fn start(&self, _: &Head) -> Option<Arc<Stream>> {
+        None
+    }
+    fn grew(&self) {}
+}
+
+/// Bytes read from the origin at a time while streaming.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// A successful response, read whole.
 #[derive(Debug, Clone)]
 pub struct FetchedPage {
@@ -112,6 +149,8 @@ pub struct FetchedPage {
     pub content_type: Option<String>,
     /// The page.
     pub body: Bytes,
+    /// The page hashed already (it was streamed): no second hashing.
+    pub hashed: Option<Arc<Page>>,
     /// From the final response's headers.
     pub freshness: Freshness,
     /// From the final response's headers.
@@ -202,6 +241,18 @@ impl OriginFetcher {
     /// page only if changed (RFC 9110 §13.1.1, §13.1.3); they are sent on
     /// every hop, as the page they validate is the final one.
     pub fn fetch(&self, url: &str, validators: Option<&Validators>) -> Result<OriginResponse, OriginError> {
+        self.fetch_into(url, validators, &Whole)
+    }
+
+    /// Like [`fetch`](Self::fetch), the body going to the stream `sink`
+    /// gives when the final response's headers are in. A body that then
+    /// fails returns the error; the caller ends the stream with it.
+    pub fn fetch_into(
+        &self,
+        url: &str,
+        validators: Option<&Validators>,
+        sink: &dyn BodySink,
+    ) -> Result<OriginResponse, OriginError> {
         let deadline = Instant::now() + self.limits.timeout;
         let mut current = self.policy.check_url(url)?;
         for _hop in 0..=MAX_REDIRECTS {
@@ -247,6 +298,25 @@ impl OriginFetcher {
             let freshness = freshness(headers, unix_now());
             let validators = Validators::from_headers(headers);
             let content_type = header(headers, "content-type", MAX_CONTENT_TYPE).map(str::to_string);
+            let content_length = header(headers, "content-length", 20).and_then(|v| v.parse::<u64>().ok());
+            // Refused before a byte is sent on, rather than cut short.
+            if content_length.is_some_and(|n| n > self.limits.max_bytes) {
+                return Err(OriginError::TooLarge(self.limits.max_bytes));
+            }
+            let head = Head { status: status.as_u16(), final_url: current.to_key(), content_type, content_length };
+            if let Some(stream) = sink.start(&head) {
+                let page = self.stream_body(&mut response, &stream, sink)?;
+                return Ok(OriginResponse::Full(FetchedPage {
+                    status: head.status,
+                    final_url: head.final_url,
+                    content_type: head.content_type,
+                    body: page.bytes().clone(),
+                    hashed: Some(page),
+                    freshness,
+                    validators,
+                }));
+            }
+            let Head { content_type, .. } = head;
             let body =
                 response.body_mut().with_config().limit(self.limits.max_bytes).read_to_vec().map_err(|e| match self
                     .map_error(e)
@@ -265,11 +335,51 @@ impl OriginFetcher {
                     body.shrink_to_fit();
                     body
                 }),
+                hashed: None,
                 freshness,
                 validators,
             }));
         }
         Err(OriginError::Other(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// Reads the body into `stream` as it arrives, within the size limit
+    /// and the deadline (ureq's, set on the request), telling `sink` of
+    /// each piece; the page once complete.
+    fn stream_body(
+        &self,
+        response: &mut ureq::http::Response<ureq::Body>,
+        stream: &Stream,
+        sink: &dyn BodySink,
+    ) -> Result<Arc<Page>, OriginError> {
+        use std::io::Read;
+        let mut reader = response.body_mut().with_config().limit(self.limits.max_bytes).reader();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ureq wraps its own errors (the limit, a timeout) in
+                    // the io::Error it returns.
+                    let mapped = match e.into_inner().map(|inner| inner.downcast::<ureq::Error>()) {
+                        Some(Ok(ureq)) => self.map_error(*ureq),
+                        Some(Err(other)) => OriginError::Other(format!("reading the page: {other}")),
+                        None => OriginError::Other("reading the page failed".into()),
+                    };
+                    return Err(match mapped {
+                        e @ (OriginError::Timeout | OriginError::TooLarge(_)) => e,
+                        other => OriginError::Other(format!("reading the page: {other}")),
+                    });
+                }
+            };
+            stream.push(buf.get(..n).unwrap_or_default());
+            sink.grew();
+        }
+        let page = stream.finish().ok_or_else(|| OriginError::Other("the stream was ended elsewhere".into()))?;
+        sink.grew();
+        Ok(page)
     }
 
     fn map_error(&self, e: ureq::Error) -> OriginError {

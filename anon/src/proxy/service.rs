@@ -6,16 +6,17 @@
 //! fetches run elsewhere.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use anon_proto::Refusal;
-use anon_proto::page::Page;
+use anon_proto::page::{Body, Page, Stream, StreamView};
 use anon_proto::secure::{FetchRequest, FetchedPage, PageMeta};
 use tokio::sync::mpsc;
 
 use super::cache::{Cache, Entry, Lookup};
-use super::origin::{OriginError, OriginFetcher, OriginResponse};
+use super::origin::{BodySink, Head, OriginError, OriginFetcher, OriginResponse};
 use super::policy::FetchPolicy;
 
 /// What the loop asks of the endpoint it drives: the secure core's two
@@ -25,6 +26,8 @@ pub trait Fetches {
     fn poll_fetch(&mut self) -> Option<FetchRequest>;
     /// The answer to request `id`.
     fn fetch_done(&mut self, now: Instant, id: u64, result: Result<FetchedPage, Refusal>);
+    /// Streams handed over grew or ended.
+    fn streams_grew(&mut self, now: Instant);
 }
 
 impl Fetches for anon_proto::secure::SecureServer {
@@ -33,6 +36,9 @@ impl Fetches for anon_proto::secure::SecureServer {
     }
     fn fetch_done(&mut self, now: Instant, id: u64, result: Result<FetchedPage, Refusal>) {
         anon_proto::secure::SecureServer::fetch_done(self, now, id, result);
+    }
+    fn streams_grew(&mut self, now: Instant) {
+        anon_proto::secure::SecureServer::streams_grew(self, now);
     }
 }
 
@@ -73,6 +79,45 @@ pub struct ProxyLimits {
     pub per_source: usize,
 }
 
+/// What a fetch's worker tells the loop.
+enum Event {
+    /// Some stream grew (one event for any number of pieces: the loop
+    /// clears the flag when it takes it).
+    Grew,
+    /// The fetch ended.
+    Done(Done),
+}
+
+/// The worker's side of a fetch: the body goes into the stream its
+/// clients were answered with.
+struct Sink {
+    stream: Arc<Stream>,
+    tx: mpsc::UnboundedSender<Event>,
+    grew: Arc<AtomicBool>,
+    max_page: u64,
+}
+
+impl BodySink for Sink {
+    fn start(&self, head: &Head) -> Option<Arc<Stream>> {
+        let meta = PageMeta {
+            status: head.status,
+            content_type: head.content_type.clone().unwrap_or_default(),
+            final_url: head.final_url.clone(),
+        };
+        let expected = head.content_length.unwrap_or(0).min(self.max_page);
+        self.stream.reserve(usize::try_from(expected).unwrap_or(0));
+        self.stream.start(&meta);
+        self.grew();
+        Some(Arc::clone(&self.stream))
+    }
+
+    fn grew(&self) {
+        if !self.grew.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Event::Grew);
+        }
+    }
+}
+
 /// A finished fetch, from the worker.
 struct Done {
     key: String,
@@ -87,16 +132,25 @@ enum Fetched {
     NotModified(Option<super::origin::Freshness>, super::origin::Validators),
 }
 
+/// A fetch under way.
+struct InFlight {
+    /// What its requests were answered with (later ones join it).
+    stream: Arc<Stream>,
+    /// The entry a conditional request revalidates.
+    stale: Option<Arc<Entry>>,
+    /// Requests it serves.
+    clients: usize,
+}
+
 /// The proxy: policy, cache, fetches in flight.
 pub struct Proxy {
     policy: Arc<FetchPolicy>,
     fetcher: Arc<OriginFetcher>,
     cache: Cache,
-    /// By cache key: the requests waiting for its fetch, and the stale
-    /// entry a conditional request revalidates.
-    in_flight: HashMap<String, (Vec<u64>, Option<Arc<Entry>>)>,
+    /// By cache key, the fetch under way.
+    in_flight: HashMap<String, InFlight>,
     /// Fetches waiting for a turn (their keys are in `in_flight`).
-    queued: VecDeque<(String, Option<Arc<Entry>>)>,
+    queued: VecDeque<(String, Arc<Stream>, Option<Arc<Entry>>)>,
     /// By cache key, the source that started its fetch; and per source,
     /// how many it started that are not finished.
     started_by: HashMap<String, std::net::IpAddr>,
@@ -106,8 +160,10 @@ pub struct Proxy {
     /// it: the memory budget counts them.
     live: Vec<(Weak<Page>, u64)>,
     limits: ProxyLimits,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    done_tx: mpsc::UnboundedSender<Event>,
+    done_rx: mpsc::UnboundedReceiver<Event>,
+    /// Set by a worker that appended to a stream, cleared by the loop.
+    grew: Arc<AtomicBool>,
     stats: ProxyStats,
 }
 
@@ -135,14 +191,21 @@ pub fn refusal(e: &OriginError) -> Refusal {
 }
 
 fn served(entry: &Entry) -> FetchedPage {
-    FetchedPage {
-        page: Arc::clone(&entry.page),
-        meta: PageMeta {
-            status: entry.status,
-            content_type: entry.content_type.clone().unwrap_or_default(),
-            final_url: entry.final_url.clone(),
-        },
+    FetchedPage { body: Body::Whole(Arc::clone(&entry.page)), meta: Some(meta_of(entry)) }
+}
+
+fn meta_of(entry: &Entry) -> PageMeta {
+    PageMeta {
+        status: entry.status,
+        content_type: entry.content_type.clone().unwrap_or_default(),
+        final_url: entry.final_url.clone(),
     }
+}
+
+/// The answer for a request that joins a fetch: its stream, which starts
+/// with what the origin says (docs/PROTOCOL.md §9.7).
+fn streamed(stream: &Arc<Stream>) -> FetchedPage {
+    FetchedPage { body: Body::Streaming(StreamView::whole(Arc::clone(stream))), meta: None }
 }
 
 impl Proxy {
@@ -162,6 +225,7 @@ impl Proxy {
             limits,
             done_tx,
             done_rx,
+            grew: Arc::new(AtomicBool::new(false)),
             stats: ProxyStats::default(),
         }
     }
@@ -186,9 +250,10 @@ impl Proxy {
                 }
             };
             let key = parsed.to_key();
-            if let Some((waiting, _)) = self.in_flight.get_mut(&key) {
-                waiting.push(id);
+            if let Some(f) = self.in_flight.get_mut(&key) {
                 self.stats.joined += 1;
+                f.clients += 1;
+                endpoint.fetch_done(now, id, Ok(streamed(&f.stream)));
                 continue;
             }
             let stale = match self.cache.lookup(&key, now) {
@@ -214,10 +279,15 @@ impl Proxy {
                 endpoint.fetch_done(now, id, Err(Refusal::Busy));
                 continue;
             }
-            self.in_flight.insert(key.clone(), (vec![id], stale.clone()));
+            // Answered at once: the client's handshake completes while the
+            // origin is asked, and the page goes on as it arrives.
+            let stream = Arc::new(Stream::new(0));
+            endpoint.fetch_done(now, id, Ok(streamed(&stream)));
+            self.in_flight
+                .insert(key.clone(), InFlight { stream: Arc::clone(&stream), stale: stale.clone(), clients: 1 });
             *self.per_source.entry(source).or_default() += 1;
             self.started_by.insert(key.clone(), source);
-            self.queued.push_back((key, stale));
+            self.queued.push_back((key, stream, stale));
             self.start_queued(now);
         }
     }
@@ -234,22 +304,23 @@ impl Proxy {
 
     fn start_queued(&mut self, now: Instant) {
         while self.running < self.limits.concurrency.max(1) {
-            let Some((key, stale)) = self.queued.pop_front() else { break };
+            let Some((key, stream, stale)) = self.queued.pop_front() else { break };
             self.running += 1;
-            self.start(now, key, stale);
+            self.start(now, key, stream, stale);
         }
     }
 
-    fn start(&mut self, now: Instant, key: String, stale: Option<Arc<Entry>>) {
+    fn start(&mut self, now: Instant, key: String, stream: Arc<Stream>, stale: Option<Arc<Entry>>) {
         self.stats.origin_requests += 1;
         let fetcher = Arc::clone(&self.fetcher);
         let tx = self.done_tx.clone();
         let url = key.clone();
+        let sink = Sink { stream, tx: tx.clone(), grew: Arc::clone(&self.grew), max_page: self.limits.max_page };
         tokio::task::spawn_blocking(move || {
             let validators = stale.as_ref().map(|e| e.validators.clone());
             // A panic must not wedge the URL: its waiters get an answer.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                fetcher.fetch(&url, validators.as_ref()).map(|r| match r {
+                fetcher.fetch_into(&url, validators.as_ref(), &sink).map(|r| match r {
                     // Hashed here, off the loop's thread.
                     OriginResponse::Full(page) => Fetched::Full(Arc::new(Entry::from_fetched(page, Instant::now()))),
                     OriginResponse::NotModified { freshness, validators } => {
@@ -258,7 +329,12 @@ impl Proxy {
                 })
             }))
             .unwrap_or_else(|_| Err(OriginError::Other("the fetch failed unexpectedly".into())));
-            let _ = tx.send(Done { key, url, started: now, outcome });
+            // A stream cut short (or never begun) ends with why: its
+            // clients keep nothing.
+            if let Err(e) = &outcome {
+                sink.stream.fail(refusal(e));
+            }
+            let _ = tx.send(Event::Done(Done { key, url, started: now, outcome }));
         });
     }
 
@@ -279,11 +355,20 @@ impl Proxy {
         }
     }
 
-    /// Stores a finished fetch and answers everyone who waited for it.
-    pub fn finish(&mut self, now: Instant, FetchResult(done): FetchResult, endpoint: &mut dyn Fetches) {
+    /// Takes what a worker said: streams grew (the endpoint told), or a
+    /// fetch finished (its stream ended, its page stored).
+    pub fn finish(&mut self, now: Instant, FetchResult(event): FetchResult, endpoint: &mut dyn Fetches) {
+        let done = match event {
+            Event::Grew => {
+                self.grew.store(false, Ordering::Release);
+                endpoint.streams_grew(now);
+                return;
+            }
+            Event::Done(done) => done,
+        };
         self.running = self.running.saturating_sub(1);
         self.start_queued(now);
-        let Some((waiting, stale)) = self.in_flight.remove(&done.key) else { return };
+        let Some(InFlight { stream, stale, clients }) = self.in_flight.remove(&done.key) else { return };
         if let Some(source) = self.started_by.remove(&done.key) {
             if let std::collections::hash_map::Entry::Occupied(mut n) = self.per_source.entry(source) {
                 *n.get_mut() = n.get().saturating_sub(1);
@@ -293,8 +378,12 @@ impl Proxy {
             }
         }
         let took = now.saturating_duration_since(done.started);
-        let result = match done.outcome {
+        match done.outcome {
             Ok(Fetched::Full(entry)) => {
+                // Streamed as it came; a body read whole ends it here.
+                if !stream.has_ended() && stream.finish_with(&meta_of(&entry), Arc::clone(&entry.page)).is_none() {
+                    stream.fail(Refusal::Failed);
+                }
                 self.live.push((Arc::downgrade(&entry.page), entry.page.len()));
                 // A redirected page is not kept under the URL asked for: the
                 // redirect's own lifetime governs that URL (RFC 9111 §4),
@@ -302,15 +391,13 @@ impl Proxy {
                 let stored =
                     entry.final_url == done.key && self.cache.insert(done.key.clone(), Arc::clone(&entry), now);
                 tracing::info!(
-                    "fetched {} ({} bytes, HTTP {}) in {:.0?} for {} client(s){}",
+                    "fetched {} ({} bytes, HTTP {}) in {:.0?} for {clients} client(s){}",
                     done.url,
                     entry.page.len(),
                     entry.status,
                     took,
-                    waiting.len(),
                     if stored { "" } else { "; not cached" }
                 );
-                Ok(served(&entry))
             }
             Ok(Fetched::NotModified(freshness, validators)) => {
                 self.stats.revalidated += 1;
@@ -326,31 +413,35 @@ impl Proxy {
                 match refreshed {
                     Some(entry) => {
                         tracing::info!("revalidated {} (304 Not Modified) in {took:.0?}", done.url);
-                        Ok(served(&entry))
+                        // The stream ends as the cached page, no copy.
+                        if stream.finish_with(&meta_of(&entry), Arc::clone(&entry.page)).is_none() {
+                            stream.fail(Refusal::Failed);
+                        }
                     }
-                    None => Err(Refusal::Failed),
+                    None => stream.fail(Refusal::Failed),
                 }
             }
             Err(e) => {
                 tracing::info!("cannot fetch {}: {e}", done.url);
-                Err(refusal(&e))
+                self.stats.refused += clients as u64;
+                stream.fail(refusal(&e));
             }
-        };
-        if result.is_err() {
-            self.stats.refused += waiting.len() as u64;
         }
-        for id in waiting {
-            endpoint.fetch_done(now, id, result.clone());
-        }
+        // Its end (the trailer) goes out.
+        endpoint.streams_grew(now);
     }
 }
 
-/// A finished fetch, opaque to the loop.
-pub struct FetchResult(Done);
+/// What a fetch's worker said, opaque to the loop.
+pub struct FetchResult(Event);
 
 impl std::fmt::Debug for FetchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FetchResult").field("url", &self.0.url).finish_non_exhaustive()
+        let what = match &self.0 {
+            Event::Grew => "grew".into(),
+            Event::Done(d) => format!("done {}", d.url),
+        };
+        f.debug_tuple("FetchResult").field(&what).finish()
     }
 }
 
@@ -368,6 +459,7 @@ mod tests {
     struct Core {
         asks: VecDeque<FetchRequest>,
         answers: Vec<(u64, Result<FetchedPage, Refusal>)>,
+        grew: usize,
     }
 
     impl Fetches for Core {
@@ -376,6 +468,17 @@ mod tests {
         }
         fn fetch_done(&mut self, _: Instant, id: u64, result: Result<FetchedPage, Refusal>) {
             self.answers.push((id, result));
+        }
+        fn streams_grew(&mut self, _: Instant) {
+            self.grew += 1;
+        }
+    }
+
+    /// The page an answer serves, once complete.
+    fn page_of(body: &Body) -> Option<Arc<Page>> {
+        match body {
+            Body::Whole(p) => Some(Arc::clone(p)),
+            Body::Streaming(s) => s.stream.page(),
         }
     }
 
@@ -406,12 +509,13 @@ mod tests {
         Proxy::new(policy, fetcher, limits)
     }
 
-    /// Runs the proxy until `core` has `n` answers (10 s at most).
+    /// Runs the proxy until `core` has `n` answers and no fetch is left
+    /// under way (10 s at most).
     async fn answers(p: &mut Proxy, core: &mut Core, n: usize) {
         let deadline = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(deadline);
         p.take(Instant::now(), core);
-        while core.answers.len() < n {
+        while core.answers.len() < n || p.running > 0 {
             tokio::select! {
                 done = p.next_done() => p.finish(Instant::now(), done, core),
                 () = &mut deadline => panic!("only {} of {n} answers", core.answers.len()),
@@ -440,7 +544,12 @@ mod tests {
         assert_eq!(*count.lock().unwrap(), 1, "one origin request for three clients");
         let pages: Vec<_> = core.answers.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         assert_eq!(pages.len(), 3);
-        assert!(pages.iter().all(|f| Arc::ptr_eq(&f.page, &pages[0].page) && f.page.len() == 5000));
+        let first = page_of(&pages[0].body).expect("complete");
+        assert!(pages.iter().all(|f| page_of(&f.body).is_some_and(|p| Arc::ptr_eq(&p, &first))));
+        assert_eq!(first.len(), 5000);
+        // The answers came as the body started; its growth and end were told.
+        assert!(pages.iter().all(|f| f.body.is_streaming()));
+        assert!(core.grew >= 1);
         assert!(core.answers.iter().any(|(id, r)| *id == 4 && *r.as_ref().unwrap_err() == Refusal::NotAllowed));
         assert_eq!((p.stats().joined, p.stats().origin_requests), (2, 1));
     }

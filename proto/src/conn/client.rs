@@ -57,6 +57,11 @@ const MAX_QUEUED: usize = 256;
 /// otherwise fill the window with millions of tiny buffers.
 const MAX_PENDING_SEGMENTS: usize = 16_384;
 
+/// Longest streamed page taken (docs/PROTOCOL.md §9.7): a stream has no
+/// announced length, so this bounds offsets instead (far beyond any page a
+/// server fetches).
+const MAX_STREAM: u64 = 1 << 48;
+
 /// What happened on a client connection, for the driver to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -403,16 +408,33 @@ impl ClientConn {
         let len = payload.len() as u64;
         let end = start + payload.len() as i64;
         // docs/PROTOCOL.md §6.2: no segment is longer than SEGMENT, none
-        // runs past PAGE_LEN, and the FIN segment ends exactly there.
+        // runs past PAGE_LEN, and the FIN segment ends exactly there. A
+        // streamed page (§9.7) has no PAGE_LEN: its FIN says where it ends,
+        // within MAX_STREAM, and every segment before it is whole.
         let fin = h.flags.contains(Flags::FIN);
-        if len > segment || end > answer.page_len as i64 || (fin && end != answer.page_len as i64) {
+        let streamed = answer.page_len == crate::page::STREAMED;
+        let page_len = if streamed { MAX_STREAM } else { answer.page_len };
+        let fin_mismatch = match &self.state {
+            // The first FIN fixes the end; nothing may run past it, and no
+            // other FIN end elsewhere, nor before bytes already here.
+            State::Established(r) if streamed => match r.fin_at {
+                Some(f) => end > f as i64 || (fin && end != f as i64),
+                None => {
+                    fin && (end < self.received as i64
+                        || r.pending.last_key_value().is_some_and(|(at, d)| end < (*at + d.len() as u64) as i64))
+                }
+            },
+            _ => fin && end != page_len as i64,
+        };
+        if len > segment || end > page_len as i64 || fin_mismatch {
             self.stats.segments_refused += 1;
             return false;
         }
         let State::Established(reasm) = &mut self.state else { return false };
         if fin {
-            reasm.fin_at = Some(answer.page_len);
+            reasm.fin_at = Some(end as u64);
         }
+        let page_len = reasm.fin_at.unwrap_or(page_len);
         let window_end = self.received + u64::from(fast.recv_window);
         let mut ack_now = false;
         if rel > 0 {
@@ -420,7 +442,7 @@ impl ClientConn {
             // with that segment's length (so kept pieces never overlap), and
             // within the window.
             let start = start as u64;
-            let whole = (len == segment || end as u64 == answer.page_len) && (len > 0 || fin);
+            let whole = (len == segment || end as u64 == page_len) && (len > 0 || fin);
             let fits = end as u64 <= window_end && reasm.pending.len() < MAX_PENDING_SEGMENTS;
             if start % segment != 0 || !whole || !fits {
                 self.stats.segments_refused += 1;

@@ -6,13 +6,12 @@
 //! The connection keeps byte offsets into the shared page, never a copy of
 //! it, so a connection costs the same whatever the page size.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sender::{Sender, SenderParams};
 use crate::cc::Fixed;
 use crate::config::ServerConfig;
-use crate::page::Page;
+use crate::page::Body;
 use crate::recovery::RttEstimator;
 use crate::time::after;
 use crate::wire::ext::{ANSWER_DATAGRAM_LEN, AckInfo, Answer, MAX_SACK_BLOCKS, MAX_SEGMENT, Offer};
@@ -53,10 +52,13 @@ pub(crate) fn negotiate(config: &ServerConfig, syn_payload: &[u8]) -> (Mode, Opt
 
 /// Appends the SYN|ACK for a client whose SYN had `peer_isn`, with the
 /// fast-mode answer when the mode is fast.
-pub(crate) fn encode_syn_ack(isn: Seq, peer_isn: Seq, mode: Mode, page: &Page, buf: &mut Vec<u8>) {
+pub(crate) fn encode_syn_ack(isn: Seq, peer_isn: Seq, mode: Mode, body: &Body, buf: &mut Vec<u8>) {
     Header::new(isn, peer_isn + 1, Flags::SYN | Flags::ACK).encode(&[], buf);
     if let Mode::Fast { segment } = mode {
-        Answer { segment, page_len: page.len(), page_sha256: page.sha256() }.encode(buf);
+        // A streamed page announces STREAMED: its length and digest come
+        // in its trailer (docs/PROTOCOL.md §9.7).
+        let (page_len, page_sha256) = body.announced();
+        Answer { segment, page_len, page_sha256 }.encode(buf);
     }
 }
 
@@ -135,7 +137,9 @@ pub struct ConnStats {
 pub(crate) struct ServerConn {
     state: State,
     mode: Mode,
-    page: Arc<Page>,
+    /// The page, or a stream still arriving: a streamed page's bytes are
+    /// followed by its trailer, and offsets count in that stream.
+    body: Body,
     /// Our initial sequence number: page byte `i` has sequence `isn + 1 + i`.
     isn: Seq,
     /// The client's initial sequence number.
@@ -163,7 +167,7 @@ impl ServerConn {
     /// SYN|ACK carrying the answer (no amplification).
     pub(crate) fn new(
         config: &ServerConfig,
-        page: Arc<Page>,
+        body: Body,
         isn: u32,
         peer_isn: Seq,
         syn_payload: &[u8],
@@ -180,7 +184,7 @@ impl ServerConn {
                 retransmits: 0,
             }),
             mode,
-            page,
+            body: body.settle(),
             isn: Seq(isn),
             peer_isn,
             peer_seq: peer_isn,
@@ -200,14 +204,14 @@ impl ServerConn {
     /// (the SYN|ACK's send time was not kept).
     pub(crate) fn from_cookie(
         config: &ServerConfig,
-        page: Arc<Page>,
+        body: Body,
         isn: u32,
         peer_isn: Seq,
         mode: Mode,
         peer_window: u64,
         now: Instant,
     ) -> Self {
-        let mut conn = ServerConn::new(config, page, isn, peer_isn, &[], now);
+        let mut conn = ServerConn::new(config, body, isn, peer_isn, &[], now);
         conn.mode = mode;
         conn.peer_window = peer_window;
         conn.peer_seq = peer_isn + 1;
@@ -215,11 +219,34 @@ impl ServerConn {
         conn
     }
 
-    /// The mode the handshake settled.
-    pub(crate) fn page(&self) -> &Arc<Page> {
-        &self.page
+    /// What this connection serves.
+    pub(crate) fn body(&self) -> &Body {
+        &self.body
     }
 
+    /// A streamed page grew (or ended): the sender learns how far it may
+    /// go. Returns false once the page is whole (nothing more will come).
+    pub(crate) fn sync_stream(&mut self) -> bool {
+        if !self.body.is_streaming() {
+            return false;
+        }
+        let (available, len) = self.body.available();
+        if let State::Established(sender) = &mut self.state {
+            sender.grow(available, len);
+        }
+        len.is_none() || matches!(self.state, State::SynReceived(_))
+    }
+
+    /// The stream's length as the sender knows it (the page's, unless it
+    /// streams and has not ended).
+    fn known_len(&self) -> u64 {
+        match &self.state {
+            State::Established(sender) => sender.known_len().unwrap_or(u64::MAX),
+            _ => self.body.available().1.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The mode the handshake settled.
     pub(crate) fn mode(&self) -> Mode {
         self.mode
     }
@@ -321,11 +348,12 @@ impl ServerConn {
             },
         };
         // RFC 6298 §5.2: the SYN|ACK is acknowledged; its timer goes with it.
-        self.state = State::Established(Box::new(Sender::new(self.page.len(), params, rtt)));
+        let (available, len) = self.body.available();
+        self.state = State::Established(Box::new(Sender::growing(available, len, params, rtt)));
     }
 
     fn on_established(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
-        let page_len = self.page.len();
+        let page_len = self.known_len();
         if !h.flags.contains(Flags::ACK) || h.flags.contains(Flags::SYN) {
             // Late duplicates of the SYN, or packets no client sends here.
             return false;
@@ -339,13 +367,13 @@ impl ServerConn {
         let fin = h.flags.contains(Flags::FIN);
         let in_flight = sender.sent_end() - acked;
         // A FIN|ACK may count the FIN as one more sequence number, as TCP does.
-        let limit = in_flight as i64 + i64::from(fin && sender.sent_end() == self.page.len());
+        let limit = in_flight as i64 + i64::from(fin && sender.sent_end() == page_len);
         if advance < 0 || advance > limit {
             // Acknowledges data we never sent, or older than what is
             // acknowledged already: not for this connection state.
             return false;
         }
-        let ack = (acked + advance as u64).min(self.page.len());
+        let ack = (acked + advance as u64).min(page_len);
         let info = if fast { AckInfo::decode(payload) } else { None };
         // Page-offset blocks, inline (no allocation per ACK); blocks outside
         // what is outstanding are ignored (docs/PROTOCOL.md §7.3).
@@ -390,7 +418,7 @@ impl ServerConn {
                     return false;
                 }
                 hs.send_due = false;
-                encode_syn_ack(self.isn, self.peer_isn, self.mode, &self.page, buf);
+                encode_syn_ack(self.isn, self.peer_isn, self.mode, &self.body, buf);
                 if hs.sent_at.is_none() {
                     hs.sent_at = Some(now);
                 } else {
@@ -411,7 +439,8 @@ impl ServerConn {
                 // retransmission carries the ack field of its first
                 // transmission: it goes out unchanged (PROTOCOL.md §2).
                 let header = Header::new(self.isn + 1 + start as u32, Seq(send.tag), flags);
-                header.encode(self.page.slice(start, end), buf);
+                buf.extend_from_slice(&header.to_bytes());
+                self.body.copy(start, end, buf);
                 self.stats.datagrams_sent += 1;
                 self.stats.payload_bytes_sent += end - start;
                 if send.retransmission {
@@ -478,7 +507,7 @@ impl ServerConn {
     /// (docs/PROTOCOL.md §6.3). Baseline mode has none (PROTOCOL.md §2).
     pub(crate) fn final_ack(&self) -> Option<Header> {
         let (fin_ack_seq, _) = self.fin_ack_seq?;
-        Some(Header::new(self.isn + 1 + self.page.len() as u32, fin_ack_seq + 1, Flags::ACK))
+        Some(Header::new(self.isn + 1 + self.acked_at_close as u32, fin_ack_seq + 1, Flags::ACK))
     }
 
     /// The client's FIN|ACK that completed a fast-mode transfer: its

@@ -15,6 +15,7 @@ use super::proxy::PageMeta;
 use super::{SECURE_MAX_SEGMENT, WallClock};
 use crate::config::{ClientConfig, FastClient};
 use crate::conn::{ClientConn, ClientEvent, ClientStats, ConnectionError, Mode, Refusal};
+use crate::page::{STREAMED, StreamEnd, TRAILER_LEN};
 use crate::wire::ext::Answer;
 use crate::wire::{Flags, Header};
 
@@ -113,6 +114,12 @@ pub struct SecureClient {
     last_inner_sent: Option<Header>,
     meta: Option<PageMeta>,
     resumed: Option<u64>,
+    /// A streamed page's META length and META, once read and consumed.
+    stream_head: Option<usize>,
+    /// A streamed page's trailer, read when the stream ended.
+    stream_end: Option<StreamEnd>,
+    /// The outcome when the stream's trailer says the page was cut short.
+    failed: Option<Result<(), ConnectionError>>,
 }
 
 impl std::fmt::Debug for SecureClient {
@@ -160,6 +167,9 @@ impl SecureClient {
             last_inner_sent: None,
             meta: None,
             resumed: None,
+            stream_head: None,
+            stream_end: None,
+            failed: None,
         }
     }
 
@@ -194,6 +204,34 @@ impl SecureClient {
             self.conn.handle(now, body.inner);
         }
         self.body = buf;
+        self.take_stream_head();
+    }
+
+    /// A streamed page starts with what the origin said (docs/PROTOCOL.md
+    /// §9.7): read and consumed as soon as it is here, so that
+    /// [`readable`](Self::readable) is the page alone.
+    fn take_stream_head(&mut self) {
+        if self.stream_head.is_some() || !self.streamed() {
+            return;
+        }
+        let readable = self.conn.readable();
+        let Some(&[hi, lo]) = readable.get(..2) else { return };
+        let meta_end = 2 + usize::from(u16::from_be_bytes([hi, lo]));
+        let len = meta_end + 8;
+        let (Some(meta), Some(start)) = (readable.get(2..meta_end), readable.get(meta_end..len)) else { return };
+        if !meta.is_empty() {
+            self.meta = PageMeta::decode(meta);
+        }
+        let start = start.try_into().map_or(0, u64::from_be_bytes);
+        self.conn.consume(len);
+        self.stream_head = Some(len);
+        // START is 0, or the resume point asked for: anything else would
+        // put the page together wrong.
+        match self.secure.resume {
+            _ if start == 0 => {}
+            Some((offset, _)) if offset == start => self.resumed = Some(start),
+            _ => self.conn.abort(ConnectionError::Rejected(Refusal::Failed)),
+        }
     }
 
     /// The server's answer to one of our first messages: the outer layer
@@ -244,16 +282,16 @@ impl SecureClient {
             self.stats.not_ours += 1;
             return;
         };
-        if self.secure.url.is_some() && self.meta.is_none() {
-            // A server that does not fetch URLs (an older one) answers with
-            // its own page: that is not the page asked for.
-            self.conn.abort(ConnectionError::Rejected(Refusal::NotAllowed));
-            return;
-        }
         self.key_log = Some(key_log(&mut keys));
         self.keys = Some(keys);
         self.last_inner_received = Header::decode(&inner).ok().map(|(h, _)| h);
         self.conn.handle(now, &inner);
+        // What the origin said is in the answer, or for a page that streams
+        // at the stream's start. A server that does not fetch URLs (an
+        // older one) answers with its own page: not the page asked for.
+        if self.secure.url.is_some() && self.meta.is_none() && !self.streamed() {
+            self.conn.abort(ConnectionError::Rejected(Refusal::NotAllowed));
+        }
     }
 
     /// Writes the next datagram into `buf` (cleared first); false when
@@ -376,9 +414,15 @@ impl SecureClient {
 
     /// Where the transfer starts in the page, when the server resumed it:
     /// the page bytes that arrive follow the client's first `offset`, and
-    /// the answer's digest is the whole page's.
+    /// the answer's digest (or the trailer's) is the whole page's.
     pub fn resumed_from(&self) -> Option<u64> {
         self.resumed
+    }
+
+    /// Whether where the page starts is known: at the answer, or for a
+    /// streamed page once its head (META, START) has arrived.
+    pub fn start_known(&self) -> bool {
+        self.conn.answer().is_some() && (!self.streamed() || self.stream_head.is_some())
     }
 
     /// What the origin said of a page asked for by URL (from the answer).
@@ -401,14 +445,67 @@ impl SecureClient {
         self.conn.abort(error);
     }
 
-    /// See [`ClientConn::poll_event`].
+    /// See [`ClientConn::poll_event`]. For a streamed page the trailer is
+    /// read when the stream ends: `Finished` then counts the page alone,
+    /// and a page cut short never finishes (the outcome says why).
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.conn.poll_event()
+        let event = self.conn.poll_event()?;
+        let ClientEvent::Finished { len } = event else { return Some(event) };
+        if !self.streamed() {
+            return Some(event);
+        }
+        let readable = self.conn.readable();
+        let trailer = readable.len().checked_sub(TRAILER_LEN).and_then(|at| readable.get(at..));
+        let page_len = len.saturating_sub((self.stream_head.unwrap_or(0) + TRAILER_LEN) as u64);
+        match trailer.and_then(StreamEnd::decode) {
+            Some(StreamEnd::Failed(why)) => {
+                self.failed = Some(Err(ConnectionError::Rejected(why)));
+                self.stream_end = Some(StreamEnd::Failed(why));
+                self.poll_event()
+            }
+            Some(end @ StreamEnd::Complete { .. }) => {
+                self.stream_end = Some(end);
+                Some(ClientEvent::Finished { len: page_len })
+            }
+            // No trailer: a length nothing matches, so the check fails.
+            None => {
+                self.stream_end = Some(StreamEnd::Complete { len: u64::MAX, sha256: [0; 32] });
+                Some(ClientEvent::Finished { len: page_len })
+            }
+        }
     }
 
-    /// See [`ClientConn::readable`].
+    /// Whether the page streams (docs/PROTOCOL.md §9.7).
+    fn streamed(&self) -> bool {
+        self.conn.answer().is_some_and(|a| a.page_len == STREAMED)
+    }
+
+    /// The length and SHA-256 the page must have: the answer's, or for a
+    /// streamed page its trailer's, once it has ended.
+    pub fn whole(&self) -> Option<(u64, [u8; 32])> {
+        match (self.streamed(), self.stream_end) {
+            (false, _) => self.conn.answer().map(|a| (a.page_len, a.page_sha256)),
+            (true, Some(StreamEnd::Complete { len, sha256 })) => Some((len, sha256)),
+            (true, _) => None,
+        }
+    }
+
+    /// Page bytes received: a stream's, less its META and trailer.
+    pub fn received(&self) -> u64 {
+        let all = self.conn.received();
+        if self.streamed() { all.saturating_sub((self.stream_head.unwrap_or(0) + TRAILER_LEN) as u64) } else { all }
+    }
+
+    /// See [`ClientConn::readable`]. A streamed page holds back its last
+    /// [`TRAILER_LEN`] bytes (they may be the trailer), and everything
+    /// until its META has been read.
     pub fn readable(&self) -> &[u8] {
-        self.conn.readable()
+        let readable = self.conn.readable();
+        match (self.streamed(), self.stream_head) {
+            (false, _) => readable,
+            (true, None) => &[],
+            (true, Some(_)) => readable.get(..readable.len().saturating_sub(TRAILER_LEN)).unwrap_or(&[]),
+        }
     }
 
     /// See [`ClientConn::consume`].
@@ -431,9 +528,13 @@ impl SecureClient {
         self.conn.is_finished()
     }
 
-    /// See [`ClientConn::outcome`].
+    /// See [`ClientConn::outcome`]; a streamed page cut short is an error
+    /// even though its connection closed cleanly.
     pub fn outcome(&self) -> Option<&Result<(), ConnectionError>> {
-        self.conn.outcome()
+        match (self.conn.outcome(), &self.failed) {
+            (Some(Ok(())), Some(failed)) => Some(failed),
+            (outcome, _) => outcome,
+        }
     }
 
     /// See [`ClientConn::stats`].

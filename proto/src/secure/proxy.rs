@@ -4,9 +4,7 @@
 //! the page or a refusal. The core does no I/O: a fetch is an event out and
 //! a call in, like a datagram.
 
-use std::sync::Arc;
-
-use crate::page::Page;
+use crate::page::Body;
 
 /// Longest URL a server takes (the length browsers and servers commonly
 /// accept); a longer one is refused as not allowed.
@@ -39,13 +37,15 @@ pub struct FetchRequest {
     pub source: std::net::IpAddr,
 }
 
-/// A fetched page, ready to serve.
+/// A fetched page, ready to serve, or one still arriving.
 #[derive(Debug, Clone)]
 pub struct FetchedPage {
-    /// The body, hashed (shared with the driver's cache: no copy).
-    pub page: Arc<Page>,
-    /// What the origin said of it.
-    pub meta: PageMeta,
+    /// The page, hashed (shared with the driver's cache: no copy), or the
+    /// stream it arrives in (docs/PROTOCOL.md §9.7).
+    pub body: Body,
+    /// What the origin said of it, for the answer; `None` for a stream,
+    /// which starts with it (docs/PROTOCOL.md §9.7).
+    pub meta: Option<PageMeta>,
 }
 
 /// What the origin said of a page, for the client's `--headers`: the

@@ -25,7 +25,7 @@ use super::{SECURE_MAX_SEGMENT, WallClock, handshake::SessionKeys};
 use crate::Refusal;
 use crate::config::ServerConfig;
 use crate::endpoint::{Belongs, Server, ServerEvent, ServerStats, source_key};
-use crate::page::Page;
+use crate::page::{Body, Page, StreamView};
 use crate::wire::Header;
 
 /// Secure-mode settings of a server.
@@ -208,8 +208,8 @@ struct Opening {
 enum PageChoice {
     /// One given at start, by index.
     Index(usize),
-    /// A fetched one.
-    Shared(Arc<Page>),
+    /// A fetched one, or one still arriving.
+    Shared(Body),
 }
 
 /// A request whose URL the driver is fetching.
@@ -665,8 +665,8 @@ impl SecureServer {
         match result {
             Err(why) => self.refuse(f.opening, why),
             Ok(fetched) if self.has_room(f.opening.peer) => {
-                let meta = Some(Arc::new(fetched.meta));
-                let _ = self.open(now, f.opening, PageChoice::Shared(fetched.page), meta);
+                let meta = fetched.meta.map(Arc::new);
+                let _ = self.open(now, f.opening, PageChoice::Shared(fetched.body.settle()), meta);
             }
             Ok(_) => {
                 self.stats.refused += 1;
@@ -701,20 +701,26 @@ impl SecureServer {
     ) -> Option<Belongs> {
         let Opening { peer, conn_id, responder, inner, msg1_len, msg1_nonce, resume } = opening;
         let client = (peer, conn_id);
-        // A resumed transfer serves the rest of the page, if the client's
-        // prefix is of this very page (its digest), and says where it starts.
         let mut resumed = None;
+        // The client has the first `offset` bytes of a page whose SHA-256
+        // is `sha` (docs/PROTOCOL.md §9.6): if they are this page's, it is
+        // served from there. A page in memory says so now, in the answer;
+        // one still arriving, in its stream once it has reached `offset`.
         let page = match (page, resume) {
+            (PageChoice::Shared(Body::Streaming(view)), resume) => {
+                PageChoice::Shared(Body::Streaming(StreamView { resume, ..view }))
+            }
             (page, Some((offset, sha))) if !self.by_client.contains_key(&client) => {
                 let whole = match page {
                     PageChoice::Index(i) => self.inner.page_at(i),
-                    PageChoice::Shared(p) => p,
+                    PageChoice::Shared(Body::Whole(p)) => p,
+                    PageChoice::Shared(Body::Streaming(_)) => return None,
                 };
-                if whole.sha256() == sha && offset > 0 && offset < whole.len() {
+                if whole.prefix_sha256(offset) == Some(sha) && offset < whole.len() {
                     resumed = Some(offset);
-                    PageChoice::Shared(Arc::new(whole.resumed_from(offset)))
+                    PageChoice::Shared(Body::Whole(Arc::new(whole.resumed_from(offset))))
                 } else {
-                    PageChoice::Shared(whole)
+                    PageChoice::Shared(Body::Whole(whole))
                 }
             }
             (page, _) => page,
@@ -895,6 +901,14 @@ impl SecureServer {
                 self.remove(virt);
             }
         }
+    }
+
+    /// Pages handed over as streams grew or ended (docs/PROTOCOL.md §9.7):
+    /// the connections serving them may send more. The driver calls it
+    /// after its fetches append.
+    pub fn streams_grew(&mut self, now: Instant) {
+        self.inner.streams_grew(now);
+        self.pump_events(now);
     }
 
     /// Runs every timer due at `now`.

@@ -86,13 +86,27 @@ pub(crate) struct Sender {
     pacer: Pacer,
     rate: RateSampler,
     pub(crate) retransmissions: u64,
+    /// Page bytes that exist to send: all of them, or for a page still
+    /// arriving, what has arrived (docs/PROTOCOL.md §9.7).
+    available: u64,
+    /// Whether the page's length is known (always, unless it streams).
+    len_known: bool,
 }
 
 impl Sender {
+    #[cfg(test)]
     pub(crate) fn new(page_len: u64, params: SenderParams, rtt: RttEstimator) -> Sender {
+        Sender::growing(page_len, Some(page_len), params, rtt)
+    }
+
+    /// A sender for a page of which `available` bytes exist so far and
+    /// whose length is `len` once known; see [`grow`](Self::grow).
+    pub(crate) fn growing(available: u64, len: Option<u64>, params: SenderParams, rtt: RttEstimator) -> Sender {
         Sender {
+            available: len.map_or(available, |l| available.min(l)),
+            len_known: len.is_some(),
             fast: params.fast,
-            board: Scoreboard::new(page_len, params.segment),
+            board: Scoreboard::new(len.unwrap_or(u64::MAX), params.segment),
             ack_work: 0,
             budget_blocked: None,
             rtt,
@@ -107,6 +121,27 @@ impl Sender {
             rate: RateSampler::default(),
             retransmissions: 0,
         }
+    }
+
+    /// More of a streamed page has arrived: `available` bytes in all, and
+    /// its length once known. Until then only whole segments go out, so
+    /// segment boundaries stay where a known length would put them.
+    pub(crate) fn grow(&mut self, available: u64, len: Option<u64>) {
+        if let (Some(len), false) = (len, self.len_known) {
+            self.len_known = true;
+            self.board.set_page_len(len);
+        }
+        self.available = self.available.max(available);
+    }
+
+    /// The page's length, once known.
+    pub(crate) fn known_len(&self) -> Option<u64> {
+        self.len_known.then(|| self.range(self.board.total()).0)
+    }
+
+    /// Whether new segment `index` exists to be sent.
+    fn exists(&self, index: u64) -> bool {
+        index < self.board.total() && self.range(index).1 <= self.available
     }
 
     /// Page byte range of segment `index`.
@@ -262,7 +297,7 @@ impl Sender {
         let room = self.board.is_empty() || self.board.len() < max_tracked;
         self.budget_blocked = (!room).then(|| self.board.len());
         let index = self.board.nxt();
-        if index < self.board.total() && room {
+        if self.exists(index) && room {
             let fits = probe || self.cwnd_allows(self.board.len_of(index));
             if fits && self.window_allows(index) {
                 return Some(self.send(now, index, tag, probe));
@@ -294,7 +329,7 @@ impl Sender {
         let len = self.board.len_of(index);
         // draft-cheng §3.2: snapshot the delivery state. The sender is
         // app-limited once no new segment is left after this one.
-        let app_limited = self.board.nxt().max(index + 1) >= self.board.total();
+        let app_limited = !self.exists(self.board.nxt().max(index + 1));
         let at_send = self.rate.on_send(now, self.board.in_flight() == 0, app_limited);
         let sent = self.board.record_send(now, index, tag, at_send);
         if self.fast {
@@ -322,7 +357,7 @@ impl Sender {
         }
         let index = self.board.nxt();
         let budget = self.budget_blocked.is_none_or(|held| self.board.len() < held);
-        budget && index < self.board.total() && self.cwnd_allows(self.board.len_of(index)) && self.window_allows(index)
+        budget && self.exists(index) && self.cwnd_allows(self.board.len_of(index)) && self.window_allows(index)
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
@@ -382,6 +417,36 @@ mod tests {
     /// Sends everything the windows allow at `now`.
     fn send_all(s: &mut Sender, now: Instant) -> Vec<Send> {
         std::iter::from_fn(|| s.poll_send(now, 0, u64::MAX)).collect()
+    }
+
+    /// A page still arriving (docs/PROTOCOL.md §9.7): only whole segments
+    /// of what exists go out, and the end once the length is known, so
+    /// segment boundaries are those a known length would have given.
+    #[test]
+    fn a_growing_page_sends_whole_segments_of_what_exists_then_its_end() {
+        let now = Instant::now();
+        let params = SenderParams {
+            segment: SEG,
+            fast: true,
+            cc: Box::new(Fixed(100 * SEG)),
+            peer_window: 100 * SEG,
+            window_cap: 100 * SEG,
+        };
+        let mut s = Sender::growing(0, None, params, RttEstimator::new(RtoConfig::default()));
+        assert!(send_all(&mut s, now).is_empty() && !s.wants_transmit(now), "nothing exists yet");
+        s.grow(2 * SEG + 500, None);
+        let sent: Vec<u64> = send_all(&mut s, now).iter().map(|x| x.index).collect();
+        assert_eq!(sent, [0, 1], "not the part of a third segment");
+        assert!(sent.iter().all(|&i| !s.is_last(i) && s.range(i).1 - s.range(i).0 == SEG));
+        assert_eq!(s.known_len(), None);
+        // The end: 3,200 bytes in all, the last segment short and FIN.
+        s.grow(3 * SEG + 200, Some(3 * SEG + 200));
+        let sent: Vec<u64> = send_all(&mut s, now).iter().map(|x| x.index).collect();
+        assert_eq!(sent, [2, 3]);
+        assert!(s.is_last(3) && s.range(3) == (3 * SEG, 3 * SEG + 200));
+        assert_eq!(s.known_len(), Some(3 * SEG + 200));
+        s.on_ack(now, 3 * SEG + 200, true, &[], None);
+        assert!(s.all_acked());
     }
 
     /// The hostile client of issue 10: a 16 MiB window, the first segment

@@ -101,6 +101,16 @@ impl Scoreboard {
         }
     }
 
+    /// A streamed page's length, once known (docs/PROTOCOL.md §9.7): the
+    /// board was made for an unbounded page, and every segment sent so far
+    /// was a whole one ending at or before `page_len`, so none changes.
+    pub(super) fn set_page_len(&mut self, page_len: u64) {
+        self.page_len = page_len;
+        // A segment already sent is never the one that carries FIN: the
+        // page ends after it.
+        self.total = page_len.div_ceil(self.segment).max(1).max(self.nxt + 1);
+    }
+
     /// Payload bytes per segment.
     pub(super) fn segment(&self) -> u64 {
         self.segment
