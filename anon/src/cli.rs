@@ -791,6 +791,9 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
                     max_page: args.fetch_max_size << 20,
                     concurrency: usize::from(args.fetch_concurrency),
                     per_source: 16,
+                    // The fetch's own deadline is the operator's; the
+                    // margin lets it be the one that ends a slow fetch.
+                    stream_deadline: args.fetch_timeout + Duration::from_secs(5),
                 };
                 Proxy::new(policy, fetcher, limits)
             });
@@ -1088,8 +1091,11 @@ pub fn client_main(args: ClientArgs) -> ExitCode {
             }
             if !args.quiet {
                 let secs = summary.elapsed.as_secs_f64();
+                let first = summary
+                    .first_byte
+                    .map_or(String::new(), |f| format!(", first byte after {:.3} s", f.as_secs_f64()));
                 eprintln!(
-                    "{ME}: wrote {} bytes ({}) to {} in {secs:.3} s ({})",
+                    "{ME}: wrote {} bytes ({}) to {} in {secs:.3} s ({}{first})",
                     summary.bytes,
                     crate::units::size(summary.bytes),
                     file.display(),

@@ -316,7 +316,7 @@ impl Server {
         let mut streaming = std::mem::take(&mut self.streaming);
         streaming.retain(|peer| {
             let Some(slot) = self.conns.get_mut(peer) else { return false };
-            let more = slot.conn.sync_stream();
+            let more = slot.conn.sync_stream(now);
             self.after_activity(now, *peer, false);
             more
         });

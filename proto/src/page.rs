@@ -183,6 +183,9 @@ impl StreamEnd {
 #[derive(Debug, Default)]
 pub struct Stream {
     inner: std::sync::Mutex<StreamInner>,
+    /// The writer's running digest, apart from `inner`: hashing a piece
+    /// never holds up the loop's reads.
+    hashing: std::sync::Mutex<Hashing>,
 }
 
 #[derive(Debug, Default)]
@@ -191,7 +194,8 @@ struct StreamInner {
     head: Option<Vec<u8>>,
     /// The page so far (frozen into the end's page when complete).
     bytes: Vec<u8>,
-    hashing: Hashing,
+    /// The digests of the resume points it has passed.
+    checkpoints: Vec<[u8; 32]>,
     /// Set once: the trailer, and for a complete page the page itself.
     end: Option<([u8; TRAILER_LEN], Option<std::sync::Arc<Page>>)>,
 }
@@ -203,7 +207,11 @@ impl Stream {
     /// An empty stream; `expected` (a Content-Length, say) reserves room.
     pub fn new(expected: usize) -> Stream {
         let inner = StreamInner { bytes: Vec::with_capacity(expected), ..StreamInner::default() };
-        Stream { inner: std::sync::Mutex::new(inner) }
+        Stream { inner: std::sync::Mutex::new(inner), hashing: std::sync::Mutex::default() }
+    }
+
+    fn hashing(&self) -> std::sync::MutexGuard<'_, Hashing> {
+        self.hashing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StreamInner> {
@@ -234,28 +242,45 @@ impl Stream {
     }
 
     /// Appends page bytes (ignored before [`start`](Self::start) and once
-    /// the stream has ended).
+    /// the stream has ended). One writer at a time: the driver's fetch.
     pub fn push(&self, data: &[u8]) {
-        let mut s = self.lock();
-        if s.head.is_some() && s.end.is_none() {
-            s.hashing.update(data);
-            s.bytes.extend_from_slice(data);
+        if self.lock().head.is_none() {
+            return;
         }
+        let mut hashing = self.hashing();
+        let passed = hashing.checkpoints.len();
+        hashing.update(data);
+        let mut s = self.lock();
+        if s.end.is_none() {
+            s.bytes.extend_from_slice(data);
+            let new = hashing.checkpoints.get(passed..).unwrap_or_default();
+            s.checkpoints.extend_from_slice(new);
+        }
+    }
+
+    /// Bytes its buffer holds (what a budget counts of a stream that did
+    /// not complete; a complete one's page is counted as a page).
+    pub fn held_bytes(&self) -> u64 {
+        self.lock().bytes.capacity() as u64
     }
 
     /// The page is complete: the trailer follows it, and the page is
     /// returned (hashed, no copy) for a cache. `None` before
     /// [`start`](Self::start) or once ended (the first end stands).
     pub fn finish(&self) -> Option<std::sync::Arc<Page>> {
+        let hashing = std::mem::take(&mut *self.hashing());
         let mut s = self.lock();
         if s.head.is_none() || s.end.is_some() {
             return None;
         }
         let mut bytes = std::mem::take(&mut s.bytes);
-        // Grown by doubling: the spare room would live as long as the page,
-        // uncounted by the budgets.
-        bytes.shrink_to_fit();
-        let page = std::sync::Arc::new(std::mem::take(&mut s.hashing).finish(Bytes::from(bytes)));
+        // Grown by doubling (no Content-Length): the spare room would live
+        // as long as the page, uncounted by the budgets. Reserved from a
+        // Content-Length, it fits already and nothing is copied.
+        if bytes.capacity() > bytes.len() + bytes.len() / 8 {
+            bytes.shrink_to_fit();
+        }
+        let page = std::sync::Arc::new(hashing.finish(Bytes::from(bytes)));
         Some(s.end_with(page))
     }
 
@@ -363,7 +388,7 @@ impl StreamInner {
         let Some((offset, sha)) = resume else { return Some(0) };
         let digests = match &self.end {
             Some((_, Some(page))) => &page.checkpoints,
-            _ => &self.hashing.checkpoints,
+            _ => &self.checkpoints,
         };
         let k = usize::try_from(offset / CHECKPOINT).unwrap_or(usize::MAX);
         let point = offset > 0 && offset % CHECKPOINT == 0;
@@ -401,18 +426,6 @@ pub enum Body {
 }
 
 impl Body {
-    /// A stream that has already completed serves as the page it is.
-    pub fn settle(self) -> Body {
-        match self {
-            // Unless the client resumes: its start is told in the stream.
-            Body::Streaming(StreamView { stream, resume: None }) => match stream.page() {
-                Some(p) => Body::Whole(p),
-                None => Body::Streaming(StreamView::whole(stream)),
-            },
-            whole => whole,
-        }
-    }
-
     /// The `page_len` and `page_sha256` the answer announces.
     pub fn announced(&self) -> (u64, [u8; 32]) {
         match self {
@@ -525,7 +538,7 @@ mod tests {
         assert_eq!(body.available(), (want.len() as u64, Some(want.len() as u64)));
         assert!(read(&body) == want);
         assert!(whole.bytes()[..] == page[..] && whole.sha256() == sha(&page));
-        assert!(matches!(body.clone().settle(), Body::Whole(p) if Arc::ptr_eq(&p, &whole)));
+        assert!(stream.page().is_some_and(|p| Arc::ptr_eq(&p, &whole)));
 
         // Cut short before the headers: an empty META, then why.
         let failed = Arc::new(Stream::new(0));

@@ -241,6 +241,14 @@ pub fn reported_secs(stderr: &[String]) -> Option<f64> {
     })
 }
 
+/// The time to the first page byte that an `anonclient` success line
+/// gives (`…, first byte after SECS s)`), in seconds.
+pub fn reported_first_byte(stderr: &[String]) -> Option<f64> {
+    stderr.iter().filter(|l| l.contains(": wrote ")).find_map(|l| {
+        l.rsplit("first byte after ").next()?.split_whitespace().next()?.parse::<f64>().ok().filter(|s| s.is_finite())
+    })
+}
+
 /// The folder holding the workspace's binaries, next to the running one.
 pub fn bin_dir() -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -261,6 +269,10 @@ mod tests {
         assert_eq!(reported_secs(&line("anonclient: wrote 0 bytes (0 B) to x in 0.000 s (0 B/s)")), Some(0.0));
         assert_eq!(reported_secs(&line("anonclient: cannot reach 127.0.0.1:1 in time")), None);
         assert_eq!(reported_secs(&line("anonclient: wrote 1 bytes (1 B) to x in inf s (n/a)")), None);
+        let with_first = line("anonclient: wrote 5 bytes (5 B) to x in 0.300 s (17 B/s, first byte after 0.125 s)");
+        assert_eq!(reported_secs(&with_first), Some(0.3));
+        assert_eq!(reported_first_byte(&with_first), Some(0.125));
+        assert_eq!(reported_first_byte(&line("anonclient: wrote 0 bytes (0 B) to x in 0.000 s (0 B/s)")), None);
         assert_eq!(reported_secs(&[]), None);
     }
 

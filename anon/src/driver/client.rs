@@ -217,6 +217,9 @@ pub struct FetchSummary {
     pub retransmissions: u64,
     /// What the origin said of a page asked for by URL.
     pub meta: Option<anon_proto::secure::PageMeta>,
+    /// From the first SYN to the first page byte received (curl's
+    /// `time_starttransfer`); `None` for an empty page.
+    pub first_byte: Option<Duration>,
 }
 
 /// The temporary file the page streams into; dropped (and so deleted)
@@ -564,9 +567,9 @@ impl Drop for Output {
             if self.hand_over().is_ok() {
                 if let Ok(written) = self.join() {
                     // Less than a resume point is nothing to resume from
-                    // (a refusal, say): no partial files at all.
+                    // (a stream cut short at once, say): what an earlier
+                    // run kept, if anything, stays as it was.
                     if written.len < CHECKPOINT {
-                        partial.remove();
                         return;
                     }
                     let whole = self.whole;
@@ -632,6 +635,7 @@ pub async fn run<C: Connection>(
     let progress = options.progress;
     let mut output = Some(output);
     let mut finished_at = None;
+    let mut first_byte = None;
     let mut bar: Option<ProgressBar> = None;
     let mut tx = Vec::with_capacity(64);
     tracing::debug!(%server, "connecting");
@@ -672,6 +676,9 @@ pub async fn run<C: Connection>(
             out.write(readable)?;
         }
         let n = readable.len();
+        if n > 0 && first_byte.is_none() {
+            first_byte = Some(now - start);
+        }
         conn.consume(n);
         if let (Some(bar), true) = (bar.as_ref(), n > 0) {
             bar.set_position(conn.received());
@@ -758,6 +765,7 @@ pub async fn run<C: Connection>(
         elapsed: finished_at.unwrap_or_else(Instant::now) - start,
         retransmissions: stats.retransmissions,
         meta: conn.meta().cloned(),
+        first_byte,
     })
 }
 

@@ -262,6 +262,9 @@ pub async fn run<E: Endpoint>(
                 p.finish(now, done, f);
             }
             p.take(now, f);
+            if p.poll_timeout().is_some_and(|t| t <= now) {
+                p.handle_timeout(now, f);
+            }
         }
         tx.send(&socket, &mut server, &mut log, now).await;
         report_events(&mut server);
@@ -290,8 +293,11 @@ pub async fn run<E: Endpoint>(
         // get their turn) and come straight back; no timer, which tokio
         // would round up to a millisecond.
         let pending = tx.holds() || server.has_pending_transmit();
-        let deadline =
-            [server.poll_timeout(), log.flush_deadline(), reporter.deadline(), draining].into_iter().flatten().min();
+        let streams = proxy.as_ref().and_then(Proxy::poll_timeout);
+        let deadline = [server.poll_timeout(), log.flush_deadline(), reporter.deadline(), draining, streams]
+            .into_iter()
+            .flatten()
+            .min();
         // Busy polling: right after a turn with traffic, the next datagram
         // of a stop-and-wait exchange is tens of microseconds away on a
         // LAN; polling for it costs less than sleeping and waking up

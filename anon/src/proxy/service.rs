@@ -77,6 +77,11 @@ pub struct ProxyLimits {
     /// way or waiting); beyond, refused as busy. Cache hits and requests
     /// that join a fetch under way do not count.
     pub per_source: usize,
+    /// How long a stream may wait for its turn, and then how long it may
+    /// run, before it ends as timed out whatever its fetch does (the
+    /// fetch's own deadline plus a margin): a hung fetch holds neither its
+    /// clients nor its URL.
+    pub stream_deadline: std::time::Duration,
 }
 
 /// What a fetch's worker tells the loop.
@@ -120,6 +125,8 @@ impl BodySink for Sink {
 
 /// A finished fetch, from the worker.
 struct Done {
+    /// Which fetch of `key` (one past its deadline may have been replaced).
+    fetch: u64,
     key: String,
     url: String,
     started: Instant,
@@ -132,8 +139,15 @@ enum Fetched {
     NotModified(Option<super::origin::Freshness>, super::origin::Validators),
 }
 
+/// A fetch waiting for its turn: its number, key, stream and stale entry.
+type Queued = (u64, String, Arc<Stream>, Option<Arc<Entry>>);
+
 /// A fetch under way.
 struct InFlight {
+    /// Numbers the fetch, to match its end.
+    fetch: u64,
+    /// When it ends as timed out if it has not ended.
+    deadline: Instant,
     /// What its requests were answered with (later ones join it).
     stream: Arc<Stream>,
     /// The entry a conditional request revalidates.
@@ -150,7 +164,7 @@ pub struct Proxy {
     /// By cache key, the fetch under way.
     in_flight: HashMap<String, InFlight>,
     /// Fetches waiting for a turn (their keys are in `in_flight`).
-    queued: VecDeque<(String, Arc<Stream>, Option<Arc<Entry>>)>,
+    queued: VecDeque<Queued>,
     /// By cache key, the source that started its fetch; and per source,
     /// how many it started that are not finished.
     started_by: HashMap<String, std::net::IpAddr>,
@@ -159,6 +173,10 @@ pub struct Proxy {
     /// Every fetched page, while anything (the cache, a connection) holds
     /// it: the memory budget counts them.
     live: Vec<(Weak<Page>, u64)>,
+    /// Streams cut short, while a connection holds them: their bytes stay
+    /// until then, counted too.
+    failed: Vec<(Weak<Stream>, u64)>,
+    next_fetch: u64,
     limits: ProxyLimits,
     done_tx: mpsc::UnboundedSender<Event>,
     done_rx: mpsc::UnboundedReceiver<Event>,
@@ -222,6 +240,8 @@ impl Proxy {
             per_source: HashMap::new(),
             running: 0,
             live: Vec::new(),
+            failed: Vec::new(),
+            next_fetch: 0,
             limits,
             done_tx,
             done_rx,
@@ -283,11 +303,14 @@ impl Proxy {
             // origin is asked, and the page goes on as it arrives.
             let stream = Arc::new(Stream::new(0));
             endpoint.fetch_done(now, id, Ok(streamed(&stream)));
-            self.in_flight
-                .insert(key.clone(), InFlight { stream: Arc::clone(&stream), stale: stale.clone(), clients: 1 });
+            self.next_fetch += 1;
+            let fetch = self.next_fetch;
+            let deadline = now + self.limits.stream_deadline;
+            let f = InFlight { fetch, deadline, stream: Arc::clone(&stream), stale: stale.clone(), clients: 1 };
+            self.in_flight.insert(key.clone(), f);
             *self.per_source.entry(source).or_default() += 1;
             self.started_by.insert(key.clone(), source);
-            self.queued.push_back((key, stream, stale));
+            self.queued.push_back((fetch, key, stream, stale));
             self.start_queued(now);
         }
     }
@@ -297,20 +320,27 @@ impl Proxy {
     /// holds any more.
     fn held_bytes(&mut self) -> u64 {
         self.live.retain(|(page, _)| page.strong_count() > 0);
-        let live: u64 = self.live.iter().map(|&(_, n)| n).sum();
+        self.failed.retain(|(stream, _)| stream.strong_count() > 0);
+        let live: u64 = self.live.iter().map(|&(_, n)| n).chain(self.failed.iter().map(|&(_, n)| n)).sum();
         let coming = (self.running + self.queued.len()) as u64;
         live.saturating_add(coming.saturating_mul(self.limits.max_page))
     }
 
     fn start_queued(&mut self, now: Instant) {
         while self.running < self.limits.concurrency.max(1) {
-            let Some((key, stream, stale)) = self.queued.pop_front() else { break };
+            let Some((fetch, key, stream, stale)) = self.queued.pop_front() else { break };
+            // Its run has its own deadline, from now.
+            match self.in_flight.get_mut(&key) {
+                Some(f) if f.fetch == fetch => f.deadline = now + self.limits.stream_deadline,
+                // Timed out while it waited: nothing to fetch for.
+                _ => continue,
+            }
             self.running += 1;
-            self.start(now, key, stream, stale);
+            self.start(now, fetch, key, stream, stale);
         }
     }
 
-    fn start(&mut self, now: Instant, key: String, stream: Arc<Stream>, stale: Option<Arc<Entry>>) {
+    fn start(&mut self, now: Instant, fetch: u64, key: String, stream: Arc<Stream>, stale: Option<Arc<Entry>>) {
         self.stats.origin_requests += 1;
         let fetcher = Arc::clone(&self.fetcher);
         let tx = self.done_tx.clone();
@@ -334,8 +364,43 @@ impl Proxy {
             if let Err(e) = &outcome {
                 sink.stream.fail(refusal(e));
             }
-            let _ = tx.send(Event::Done(Done { key, url, started: now, outcome }));
+            let _ = tx.send(Event::Done(Done { fetch, key, url, started: now, outcome }));
         });
+    }
+
+    /// Removes the fetch of `key` and what counts it against its source.
+    fn forget(&mut self, key: &str) -> Option<InFlight> {
+        let f = self.in_flight.remove(key)?;
+        if let Some(source) = self.started_by.remove(key) {
+            if let std::collections::hash_map::Entry::Occupied(mut n) = self.per_source.entry(source) {
+                *n.get_mut() = n.get().saturating_sub(1);
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
+        Some(f)
+    }
+
+    /// The earliest stream deadline, for the loop's wake-up.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.in_flight.values().map(|f| f.deadline).min()
+    }
+
+    /// Ends every stream past its deadline as timed out (its clients are
+    /// told; a fetch still running is forgotten, and its end ignored).
+    pub fn handle_timeout(&mut self, now: Instant, endpoint: &mut dyn Fetches) {
+        let late: Vec<String> =
+            self.in_flight.iter().filter(|(_, f)| f.deadline <= now).map(|(k, _)| k.clone()).collect();
+        for key in late {
+            let Some(f) = self.forget(&key) else { continue };
+            tracing::info!("{key}: no end within {:?}; timed out", self.limits.stream_deadline);
+            self.stats.refused += f.clients as u64;
+            f.stream.fail(Refusal::Timeout);
+            self.failed.push((Arc::downgrade(&f.stream), f.stream.held_bytes()));
+        }
+        self.queued.retain(|(fetch, key, _, _)| self.in_flight.get(key).is_some_and(|f| f.fetch == *fetch));
+        endpoint.streams_grew(now);
     }
 
     /// A fetch that has finished, if any, without waiting: the loop takes
@@ -368,15 +433,11 @@ impl Proxy {
         };
         self.running = self.running.saturating_sub(1);
         self.start_queued(now);
-        let Some(InFlight { stream, stale, clients }) = self.in_flight.remove(&done.key) else { return };
-        if let Some(source) = self.started_by.remove(&done.key) {
-            if let std::collections::hash_map::Entry::Occupied(mut n) = self.per_source.entry(source) {
-                *n.get_mut() = n.get().saturating_sub(1);
-                if *n.get() == 0 {
-                    n.remove();
-                }
-            }
+        // One past its deadline was ended and forgotten already.
+        if self.in_flight.get(&done.key).is_none_or(|f| f.fetch != done.fetch) {
+            return;
         }
+        let Some(InFlight { stream, stale, clients, .. }) = self.forget(&done.key) else { return };
         let took = now.saturating_duration_since(done.started);
         match done.outcome {
             Ok(Fetched::Full(entry)) => {
@@ -425,6 +486,7 @@ impl Proxy {
                 tracing::info!("cannot fetch {}: {e}", done.url);
                 self.stats.refused += clients as u64;
                 stream.fail(refusal(&e));
+                self.failed.push((Arc::downgrade(&stream), stream.held_bytes()));
             }
         }
         // Its end (the trailer) goes out.
@@ -527,8 +589,14 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
-    const LIMITS: ProxyLimits =
-        ProxyLimits { cache_bytes: 1 << 20, memory_bytes: 64 << 20, max_page: 1 << 20, concurrency: 4, per_source: 16 };
+    const LIMITS: ProxyLimits = ProxyLimits {
+        cache_bytes: 1 << 20,
+        memory_bytes: 64 << 20,
+        max_page: 1 << 20,
+        concurrency: 4,
+        per_source: 16,
+        stream_deadline: Duration::from_secs(15),
+    };
     const HERE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
@@ -558,8 +626,14 @@ mod tests {
     fn fetches_beyond_the_memory_budget_are_refused_as_busy_until_pages_are_let_go() {
         let (base, _) = origin(1000);
         // Room for two pages of the largest size; one fetch at a time.
-        let limits =
-            ProxyLimits { cache_bytes: 0, memory_bytes: 2 << 20, max_page: 1 << 20, concurrency: 1, per_source: 16 };
+        let limits = ProxyLimits {
+            cache_bytes: 0,
+            memory_bytes: 2 << 20,
+            max_page: 1 << 20,
+            concurrency: 1,
+            per_source: 16,
+            stream_deadline: Duration::from_secs(15),
+        };
         let mut p = proxy(&base, limits);
         let mut core = Core::default();
         for id in 1..=3 {
@@ -575,5 +649,90 @@ mod tests {
         assert!(core.answers[3].1.is_ok(), "1000-byte pages leave room");
         core.answers.clear();
         assert_eq!(p.held_bytes(), 0, "nothing holds the pages any more");
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fetch::FetchLimits;
+    use crate::proxy::policy::UrlPattern;
+
+    #[derive(Default)]
+    struct Core {
+        asks: VecDeque<FetchRequest>,
+        answers: Vec<(u64, Result<FetchedPage, Refusal>)>,
+    }
+
+    impl Fetches for Core {
+        fn poll_fetch(&mut self) -> Option<FetchRequest> {
+            self.asks.pop_front()
+        }
+        fn fetch_done(&mut self, _: Instant, id: u64, result: Result<FetchedPage, Refusal>) {
+            self.answers.push((id, result));
+        }
+        fn streams_grew(&mut self, _: Instant) {}
+    }
+
+    /// A fetch that hangs (an origin that never answers within the
+    /// fetcher's own 10 s) ends at the stream deadline as timed out: its
+    /// client is told, the URL is free for a new fetch, and the memory
+    /// budget still counts what the cut stream holds while it is held.
+    #[test]
+    fn a_hung_fetch_ends_at_the_stream_deadline_and_frees_its_url() {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        // Takes requests, answers none (they are dropped when the test ends).
+        let held = std::thread::spawn(move || server.incoming_requests().take(2).collect::<Vec<_>>());
+        let pattern: UrlPattern = format!("{base}/*").parse().unwrap();
+        let policy = Arc::new(FetchPolicy { patterns: vec![pattern], allow_private: true });
+        let fetcher = OriginFetcher::new(
+            Arc::clone(&policy),
+            FetchLimits { max_bytes: 1 << 20, timeout: Duration::from_secs(10) },
+        );
+        let limits = ProxyLimits {
+            cache_bytes: 1 << 20,
+            memory_bytes: 64 << 20,
+            max_page: 1 << 20,
+            concurrency: 4,
+            per_source: 16,
+            stream_deadline: Duration::from_millis(300),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut p = Proxy::new(policy, fetcher, limits);
+            let mut core = Core::default();
+            let here = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+            core.asks.push_back(FetchRequest { id: 1, url: format!("{base}/slow"), source: here });
+            let t0 = Instant::now();
+            p.take(t0, &mut core);
+            let Some((1, Ok(FetchedPage { body: Body::Streaming(view), meta: None }))) = core.answers.first().cloned()
+            else {
+                panic!("answered at once with a stream: {:?}", core.answers.len())
+            };
+            let deadline = p.poll_timeout().expect("a deadline");
+            assert!(deadline <= t0 + Duration::from_millis(300));
+            p.handle_timeout(deadline, &mut core);
+            let body = Body::Streaming(view);
+            let (n, end) = body.available();
+            assert_eq!(end, Some(n), "the stream has ended");
+            let mut bytes = Vec::new();
+            body.copy(0, n, &mut bytes);
+            let trailer = anon_proto::page::StreamEnd::decode(&bytes[bytes.len() - anon_proto::page::TRAILER_LEN..]);
+            assert_eq!(trailer, Some(anon_proto::page::StreamEnd::Failed(Refusal::Timeout)));
+            assert_eq!(p.poll_timeout(), None, "nothing left to time out");
+            // The URL asked again: a new fetch, not the hung one's stream.
+            core.asks.push_back(FetchRequest { id: 2, url: format!("{base}/slow"), source: here });
+            p.take(deadline, &mut core);
+            let Some((2, Ok(FetchedPage { body: Body::Streaming(again), .. }))) = core.answers.get(1).cloned() else {
+                panic!("a second answer")
+            };
+            let Body::Streaming(first) = body else { unreachable!() };
+            assert!(!Arc::ptr_eq(&first.stream, &again.stream), "a fresh stream");
+            assert_eq!(p.stats().origin_requests, 2);
+        });
+        drop(held);
     }
 }

@@ -431,10 +431,10 @@ impl ClientConn {
             return false;
         }
         let State::Established(reasm) = &mut self.state else { return false };
-        if fin {
-            reasm.fin_at = Some(end as u64);
-        }
-        let page_len = reasm.fin_at.unwrap_or(page_len);
+        // Where a FIN ends the page; taken only once the segment is (a
+        // streamed page's end is fixed by its first FIN accepted).
+        let fin_at = if fin { Some(end as u64) } else { reasm.fin_at };
+        let page_len = fin_at.unwrap_or(page_len);
         let window_end = self.received + u64::from(fast.recv_window);
         let mut ack_now = false;
         if rel > 0 {
@@ -454,6 +454,7 @@ impl ClientConn {
                 }
                 return false;
             }
+            reasm.fin_at = fin_at;
             match reasm.pending.entry(start) {
                 std::collections::btree_map::Entry::Occupied(_) => {
                     self.stats.duplicate_bytes += len;
@@ -467,6 +468,7 @@ impl ClientConn {
             reasm.latest = Some(start);
             ack_now = true;
         } else {
+            reasm.fin_at = fin_at;
             let fresh = payload.get(rel.unsigned_abs() as usize..).unwrap_or(&[]);
             self.stats.duplicate_bytes += (payload.len() - fresh.len()) as u64;
             if fresh.is_empty() {

@@ -184,7 +184,7 @@ impl ServerConn {
                 retransmits: 0,
             }),
             mode,
-            body: body.settle(),
+            body,
             isn: Seq(isn),
             peer_isn,
             peer_seq: peer_isn,
@@ -225,16 +225,22 @@ impl ServerConn {
     }
 
     /// A streamed page grew (or ended): the sender learns how far it may
-    /// go. Returns false once the page is whole (nothing more will come).
-    pub(crate) fn sync_stream(&mut self) -> bool {
+    /// go. A connection waiting on its page is not idle while the page
+    /// grows: the idle timeout runs from the later of the client's last
+    /// progress and the page's. Returns false once the page's end is known
+    /// (nothing more will come).
+    pub(crate) fn sync_stream(&mut self, now: Instant) -> bool {
         if !self.body.is_streaming() {
             return false;
         }
         let (available, len) = self.body.available();
         if let State::Established(sender) = &mut self.state {
+            if available > sender.available() {
+                self.idle_deadline = after(now, self.idle_timeout);
+            }
             sender.grow(available, len);
         }
-        len.is_none() || matches!(self.state, State::SynReceived(_))
+        len.is_none()
     }
 
     /// The stream's length as the sender knows it (the page's, unless it

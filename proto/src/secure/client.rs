@@ -226,7 +226,9 @@ impl SecureClient {
         self.conn.consume(len);
         self.stream_head = Some(len);
         // START is 0, or the resume point asked for: anything else would
-        // put the page together wrong.
+        // put the page together wrong. A streamed page's start is START's
+        // alone, whatever else the answer said.
+        self.resumed = None;
         match self.secure.resume {
             _ if start == 0 => {}
             Some((offset, _)) if offset == start => self.resumed = Some(start),
@@ -456,6 +458,8 @@ impl SecureClient {
         }
         let readable = self.conn.readable();
         let trailer = readable.len().checked_sub(TRAILER_LEN).and_then(|at| readable.get(at..));
+        // A stream that ended before its head is whole has no page to save.
+        let trailer = trailer.filter(|_| self.stream_head.is_some());
         let page_len = len.saturating_sub((self.stream_head.unwrap_or(0) + TRAILER_LEN) as u64);
         match trailer.and_then(StreamEnd::decode) {
             Some(StreamEnd::Failed(why)) => {

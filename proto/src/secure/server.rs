@@ -666,7 +666,7 @@ impl SecureServer {
             Err(why) => self.refuse(f.opening, why),
             Ok(fetched) if self.has_room(f.opening.peer) => {
                 let meta = fetched.meta.map(Arc::new);
-                let _ = self.open(now, f.opening, PageChoice::Shared(fetched.body.settle()), meta);
+                let _ = self.open(now, f.opening, PageChoice::Shared(fetched.body), meta);
             }
             Ok(_) => {
                 self.stats.refused += 1;

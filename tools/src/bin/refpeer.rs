@@ -36,7 +36,9 @@ enum Cc {
 
 #[derive(Debug, Subcommand)]
 enum What {
-    /// Serves FILE to every HTTP GET over TCP.
+    /// Serves FILE to every HTTP GET over TCP; with --rate-mbit, no faster
+    /// than that (an origin slower than the path behind it). Prints when
+    /// each response's first body byte goes out (Unix time).
     HttpServe {
         #[arg(long)]
         listen: SocketAddr,
@@ -44,6 +46,8 @@ enum What {
         file: PathBuf,
         #[arg(long, value_enum)]
         cc: Cc,
+        #[arg(long, default_value_t = 0.0)]
+        rate_mbit: f64,
     },
     /// Serves FILE on one QUIC stream per connection; writes its
     /// self-signed certificate (DER) to CERT for the client to trust.
@@ -72,7 +76,7 @@ enum What {
 
 fn main() -> ExitCode {
     let result = match Args::parse().what {
-        What::HttpServe { listen, file, cc } => http_serve(listen, &file, cc),
+        What::HttpServe { listen, file, cc, rate_mbit } => http_serve(listen, &file, cc, rate_mbit),
         What::QuicServe { listen, file, cert, cc } => {
             runtime().and_then(|rt| rt.block_on(quic_serve(listen, file, cert, cc)))
         }
@@ -93,7 +97,7 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
 
-fn http_serve(listen: SocketAddr, file: &PathBuf, cc: Cc) -> io::Result<()> {
+fn http_serve(listen: SocketAddr, file: &PathBuf, cc: Cc, rate_mbit: f64) -> io::Result<()> {
     let page: Arc<[u8]> = std::fs::read(file)?.into();
     let listener = TcpListener::bind(listen)?;
     eprintln!("anon-ref: ready");
@@ -117,7 +121,23 @@ fn http_serve(listen: SocketAddr, file: &PathBuf, cc: Cc) -> io::Result<()> {
             }
             let mut stream = stream;
             write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", page.len())?;
-            stream.write_all(&page)?;
+            let start = std::time::Instant::now();
+            let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("anon-ref: first body byte at {:.6}", unix.as_secs_f64());
+            if rate_mbit <= 0.0 {
+                stream.write_all(&page)?;
+                return stream.flush();
+            }
+            // Paced: each 16 KiB piece no sooner than the rate allows.
+            let mut sent = 0usize;
+            for piece in page.chunks(16 << 10) {
+                let due = Duration::from_secs_f64(sent as f64 * 8.0 / (rate_mbit * 1e6));
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                stream.write_all(piece)?;
+                sent += piece.len();
+            }
             stream.flush()
         });
     }

@@ -134,6 +134,11 @@ impl Sender {
         self.available = self.available.max(available);
     }
 
+    /// Page bytes that exist to send.
+    pub(crate) fn available(&self) -> u64 {
+        self.available
+    }
+
     /// The page's length, once known.
     pub(crate) fn known_len(&self) -> Option<u64> {
         self.len_known.then(|| self.range(self.board.total()).0)

@@ -24,7 +24,7 @@ use std::process::{ChildStdin, Command};
 use std::time::{Duration, Instant};
 
 use anon_tools::emulator::{self, Stats as LinkStats};
-use anon_tools::process::{Proc, reported_secs};
+use anon_tools::process::{Proc, reported_first_byte, reported_secs};
 
 /// Namespace names; fixed so that a run interrupted by Ctrl-C is cleaned up
 /// by the next one.
@@ -137,6 +137,9 @@ enum Transport {
     /// fetched it yet: its origin (`anon-ref http-serve`) runs beside the
     /// server, on the server's side of the path.
     AnonProxy,
+    /// The same with an origin slower than the path
+    /// ([`SLOW_ORIGIN_MBIT`]): the page streams while it downloads.
+    AnonProxySlow,
     AnonBaseline,
     TcpCubic,
     TcpBbr,
@@ -145,10 +148,11 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 8] = [
+    const ALL: [Transport; 9] = [
         Transport::AnonFast,
         Transport::AnonSecure,
         Transport::AnonProxy,
+        Transport::AnonProxySlow,
         Transport::AnonBaseline,
         Transport::TcpCubic,
         Transport::TcpBbr,
@@ -160,6 +164,7 @@ impl Transport {
             Transport::AnonFast => "anon fast",
             Transport::AnonSecure => "anon secure",
             Transport::AnonProxy => "anon proxy (uncached)",
+            Transport::AnonProxySlow => "anon proxy (slow origin)",
             Transport::AnonBaseline => "anon baseline",
             Transport::TcpCubic => "TCP cubic (curl)",
             Transport::TcpBbr => "TCP bbr (curl)",
@@ -168,10 +173,20 @@ impl Transport {
         }
     }
     fn is_reference(self) -> bool {
-        !matches!(self, Transport::AnonFast | Transport::AnonSecure | Transport::AnonProxy)
+        !matches!(self, Transport::AnonFast | Transport::AnonSecure | Transport::AnonProxy | Transport::AnonProxySlow)
     }
     fn is_anon(self) -> bool {
-        matches!(self, Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline | Transport::AnonProxy)
+        matches!(
+            self,
+            Transport::AnonFast
+                | Transport::AnonSecure
+                | Transport::AnonBaseline
+                | Transport::AnonProxy
+                | Transport::AnonProxySlow
+        )
+    }
+    fn is_proxy(self) -> bool {
+        matches!(self, Transport::AnonProxy | Transport::AnonProxySlow)
     }
 }
 
@@ -192,6 +207,18 @@ struct Row {
     retransmissions: Option<u64>,
     /// What the emulator did to the packets of this transfer.
     link: Option<LinkStats>,
+    /// A proxy's: the client's first page byte after the origin's first
+    /// body byte (wall clocks; the client's wrappers' start not counted).
+    first_byte_lag: Option<Duration>,
+    /// A proxy's: the origin's own download time, curl beside the server.
+    origin_alone: Option<Duration>,
+}
+
+/// The slow origin's rate: below the emulated paths' 100 Mbit/s.
+const SLOW_ORIGIN_MBIT: f64 = 40.0;
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 /// The two namespaces; removed when dropped.
@@ -415,9 +442,11 @@ impl Runner<'_> {
         // The proxy's origin, beside the server.
         let origin_port = self.next_port();
         let mut origin = match t {
-            Transport::AnonProxy => {
+            Transport::AnonProxy | Transport::AnonProxySlow => {
+                let rate = if t == Transport::AnonProxySlow { SLOW_ORIGIN_MBIT } else { 0.0 };
                 let mut cmd = in_ns(ns_a, &bins.join("anon-ref"));
-                cmd.args(["http-serve", "--listen", &format!("127.0.0.1:{origin_port}"), "--cc", "bbr", "--file"])
+                cmd.args(["http-serve", "--listen", &format!("127.0.0.1:{origin_port}"), "--cc", "bbr"])
+                    .args(["--rate-mbit", &rate.to_string(), "--file"])
                     .arg(page);
                 let mut p = Proc::spawn(&mut cmd)?;
                 p.wait_for_line("ready", Duration::from_secs(120))?;
@@ -426,8 +455,18 @@ impl Runner<'_> {
             _ => None,
         };
         let origin_url = format!("http://127.0.0.1:{origin_port}/");
+        // The origin's own download time, from beside the server.
+        let origin_alone = match origin.as_mut() {
+            Some(o) => {
+                let argv = ["curl", "-sS", "-o", "/dev/null", &origin_url].map(str::to_string);
+                let alone = run_client(ns_a, &argv, self.opts.timeout, &self.dir)?.wall;
+                o.wait_for_line("first body byte", Duration::from_secs(10))?;
+                Some(alone)
+            }
+            None => None,
+        };
         let (mut server, ready) = match t {
-            Transport::AnonProxy => {
+            Transport::AnonProxy | Transport::AnonProxySlow => {
                 let mut cmd = in_ns(ns_a, &bins.join("anonserver"));
                 cmd.args(["-p", &port.to_string(), "--bind", host, "-l"])
                     .arg(self.dir.join("server.log"))
@@ -477,11 +516,11 @@ impl Runner<'_> {
                 }
                 v
             }
-            Transport::AnonSecure | Transport::AnonProxy => {
+            Transport::AnonSecure | Transport::AnonProxy | Transport::AnonProxySlow => {
                 let bridge = bridge_line(&key, host, port)?;
                 let mut v = vec![path(&bins.join("anonclient")), "--bridge".into(), bridge];
                 v.extend(["-l".into(), path(&self.dir.join("client.log")), "-f".into(), path(&out)]);
-                if t == Transport::AnonProxy {
+                if t.is_proxy() {
                     v.extend(["--url".into(), origin_url.clone()]);
                 }
                 v
@@ -509,8 +548,13 @@ impl Runner<'_> {
             ],
         };
         let link_before = link.as_deref_mut().map(Link::counters).transpose()?;
+        let spawned_at = unix_now();
         let run = run_client(ns_b, &argv, self.opts.timeout, &self.dir);
         let usage = proc_usage(server.pid());
+        let origin_first = origin.as_mut().and_then(|o| {
+            let line = o.wait_for_line("first body byte", Duration::from_secs(10)).ok()?;
+            line.rsplit(' ').next()?.parse::<f64>().ok()
+        });
         let _ = server.signal("TERM");
         let _ = server.wait(Duration::from_secs(15));
         if let Some(o) = origin.as_mut() {
@@ -528,9 +572,11 @@ impl Runner<'_> {
         let secs = match t {
             Transport::TcpCubic | Transport::TcpBbr => number_after(&run.stdout, "time_total "),
             Transport::QuicCubic | Transport::QuicBbr => number_after(&run.stderr, " in "),
-            Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline | Transport::AnonProxy => {
-                reported_secs(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>())
-            }
+            Transport::AnonFast
+            | Transport::AnonSecure
+            | Transport::AnonBaseline
+            | Transport::AnonProxy
+            | Transport::AnonProxySlow => reported_secs(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>()),
         }
         .ok_or_else(|| io::Error::other(format!("no time in {:?} {:?}", run.stdout, run.stderr)))?;
         let retransmissions = if t.is_anon() { server_retransmissions(&server.stderr) } else { None };
@@ -549,6 +595,10 @@ impl Runner<'_> {
             server_rss_kib,
             retransmissions,
             link: link_stats,
+            first_byte_lag: origin_first
+                .zip(reported_first_byte(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>()))
+                .map(|(origin, first)| Duration::from_secs_f64((spawned_at + first - origin).max(0.0))),
+            origin_alone,
         })
     }
 }
@@ -788,12 +838,20 @@ fn report(s: &Scenario, size: usize, rows: &[Row], mut csv: Option<&mut File>) -
         );
     }
     let secure = rows.iter().find(|r| r.transport == Transport::AnonSecure && r.size == size);
-    let proxy = rows.iter().find(|r| r.transport == Transport::AnonProxy && r.size == size);
-    if let (Some(sec), Some(px)) = (secure, proxy) {
+    for px in rows.iter().filter(|r| r.transport.is_proxy() && r.size == size) {
+        let Some(sec) = secure else { break };
+        let alone = px.origin_alone.unwrap_or_default();
+        let lag = px.first_byte_lag.map_or("-".into(), |l| format!("{:.0} ms", l.as_secs_f64() * 1e3));
         println!(
-            "anon proxy, not yet cached / anon secure (the page already in memory): {:.2}x process time \
-             (the proxy fetches the whole page from its origin before the client's first byte)",
-            px.process.as_secs_f64() / sec.process.as_secs_f64()
+            "{}: {:.3} s process; anon secure with the page in memory {:.3} s + the origin's own download {:.3} s \
+             = {:.3} s: {:.2}x that; first byte {lag} after the origin's (RTT {} ms)",
+            px.transport.name(),
+            px.process.as_secs_f64(),
+            sec.process.as_secs_f64(),
+            alone.as_secs_f64(),
+            (sec.process + alone).as_secs_f64(),
+            px.process.as_secs_f64() / (sec.process + alone).as_secs_f64(),
+            s.rtt().as_millis()
         );
     }
     if let (Some(f), Some(sec)) = (fast, secure) {
