@@ -212,7 +212,7 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
         anon::units::size(o.size as u64)
     );
     println!(
-        "{:<4} {:>12} {:>12} {:>10} {:>13} {:>12} {:>14}   {:<26} {:<26} {:<26}",
+        "{:<4} {:>12} {:>12} {:>10} {:>13} {:>12} {:>14}   {:<26} {:<26} {:<26} {:<26}",
         "run",
         "anon wall s",
         "nginx wall s",
@@ -222,7 +222,8 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
         "spawns s a/n",
         "anon process min/med/max",
         "anon transfer min/med/max",
-        "curl process min/med/max"
+        "curl process min/med/max",
+        "proxy process min/med/max"
     );
     let out = dir.join("out");
     let url = format!("http://127.0.0.1:{nginx_port}/page.html");
@@ -271,7 +272,7 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
         let proxy_ratio = proxy.wall.as_secs_f64() / curl.wall.as_secs_f64().max(1e-9);
         proxy_ratios.push(proxy_ratio);
         println!(
-            "{:<4} {:>12.3} {:>12.3} {:>9.2}x {:>13.3} {:>11.2}x {:>14}   {:<26} {:<26} {:<26}",
+            "{:<4} {:>12.3} {:>12.3} {:>9.2}x {:>13.3} {:>11.2}x {:>14}   {:<26} {:<26} {:<26} {:<26}",
             run + 1,
             anon.wall.as_secs_f64(),
             curl.wall.as_secs_f64(),
@@ -281,7 +282,8 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
             format!("{:.2}/{:.2}", anon.spawned.as_secs_f64(), curl.spawned.as_secs_f64()),
             spread(anon.process),
             spread(anon.reported),
-            spread(curl.process)
+            spread(curl.process),
+            spread(proxy.process)
         );
         io::stdout().flush()?;
     }
