@@ -36,6 +36,7 @@ pub enum Origin {
 
 /// A stream being fed.
 struct Feeding {
+    url: String,
     stream: Arc<Stream>,
     meta: PageMeta,
     body: Arc<Vec<u8>>,
@@ -64,6 +65,9 @@ pub struct ProxySim {
     feeding: Vec<Feeding>,
     /// When each stream ended.
     pub stream_ends: Vec<Instant>,
+    /// Streams started: a request for a URL whose stream is still being
+    /// fed joins it, as the driver's single flight does.
+    pub streams_started: usize,
 }
 
 impl std::fmt::Debug for ProxySim {
@@ -88,6 +92,7 @@ impl ProxySim {
             server_key,
             feeding: Vec::new(),
             stream_ends: Vec::new(),
+            streams_started: 0,
         }
     }
 
@@ -100,9 +105,16 @@ impl ProxySim {
     fn take_requests(&mut self, now: Instant) {
         while let Some(r) = self.server.poll_fetch() {
             self.requested.push(r.url.clone());
+            if let Some(f) = self.feeding.iter().find(|f| f.url == r.url) {
+                let body = Body::Streaming(StreamView::whole(Arc::clone(&f.stream)));
+                self.server.fetch_done(now, r.id, Ok(FetchedPage { body, meta: None }));
+                continue;
+            }
             if let Some(Origin::Stream { body, meta, pieces, gap, fail }) = self.origins.get(&r.url) {
                 let stream = Arc::new(Stream::new(0));
+                self.streams_started += 1;
                 self.feeding.push(Feeding {
+                    url: r.url.clone(),
                     stream: Arc::clone(&stream),
                     meta: meta.clone(),
                     body: Arc::clone(body),

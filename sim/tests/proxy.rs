@@ -317,3 +317,42 @@ fn a_stream_cut_short_reaches_the_client_as_the_reason_and_nothing_verifies() {
         assert_eq!(c.conn.whole(), None, "a page cut short has no length and digest to save it by");
     }
 }
+
+/// One stream, two clients: the second asks when the first has most of
+/// the page already, joins the same stream and still gets the whole page
+/// from its first byte (docs/PROTOCOL.md §9.7, sharing).
+#[test]
+fn a_client_that_joins_a_stream_late_gets_the_whole_page() {
+    use anon_proto::secure::{SecureClient, SecureClientConfig};
+    use anon_sim::SimClient;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    for seed in seeds(3) {
+        let body = page(1_500_000, seed);
+        let mut sim =
+            secure_proxy(seed, LinkConfig::hostile(0.02), &[URL], Duration::from_millis(100), client(), |_| {});
+        sim.server.origins.insert(URL.into(), streaming(&body, 10, Duration::from_millis(300), None));
+        // Half the pieces are in, and most of them at the first client.
+        sim.run(Duration::from_millis(100 + 300 * 5), 2_000_000);
+        assert!(sim.clients[0].data.len() > 300_000, "seed {seed}: the first client is well under way");
+        let cfg = SecureClientConfig {
+            server: sim.server.server_key,
+            key: None,
+            page: String::new(),
+            url: Some(URL.into()),
+            resume: None,
+            clock: anon_proto::secure::WallClock { at: sim.start, unix_ms: anon_sim::SIM_UNIX_MS },
+        };
+        let conn = SecureClient::new(cfg, client(), Box::new(StdRng::seed_from_u64(seed + 100)), sim.now);
+        sim.clients.push(SimClient::new(anon_sim::client_addr(1), conn));
+        let report = sim.run(Duration::from_secs(60), 4_000_000);
+        assert!(report.quiescent, "seed {seed}: {report:?}");
+        for (i, c) in sim.clients.iter().enumerate() {
+            assert_eq!(c.conn.outcome(), Some(&Ok(())), "seed {seed}, client {i}");
+            assert!(c.data == body, "seed {seed}, client {i}: page differs");
+        }
+        assert_eq!(sim.server.streams_started, 1, "seed {seed}: one origin fetch for both");
+        assert_eq!(sim.server.requested.len(), 2);
+    }
+}
