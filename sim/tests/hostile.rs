@@ -393,3 +393,39 @@ fn bare_syn_after_an_offer_draws_nothing_larger() {
     assert!(!replies(&mut s).is_empty(), "data follows the handshake");
     assert_eq!(s.stats().unexpected, 0);
 }
+
+/// A streamed page (docs/PROTOCOL.md §9.7) has no announced length, so a
+/// hostile server tries to move its end: a FIN that ends before bytes
+/// already held, a second FIN elsewhere, data past the first FIN. Each is
+/// refused and nothing refused is kept; the page still completes where the
+/// first accepted FIN put it.
+#[test]
+fn hostile_server_cannot_move_a_streamed_pages_end() {
+    let segment = 1000u16;
+    let (mut c, now) = fast_client(1 << 20, segment, anon_proto::page::STREAMED);
+    let data = vec![0x33u8; 1000];
+    // Segments 0 and 2 in hand (1 missing): 1,000 in order, 1,000 held.
+    c.handle(now, &dgram(101, 5002, ACK, &data));
+    c.handle(now, &dgram(101 + 2000, 5002, ACK, &data));
+    assert_eq!((c.received(), c.buffered()), (1000, 1000));
+    let refused = c.stats().segments_refused;
+    // A FIN that would end the page before the held segment 2.
+    c.handle(now, &dgram(101 + 1000, 5002, ACK | FIN, &data[..500]));
+    assert_eq!(c.stats().segments_refused, refused + 1, "a FIN before bytes held");
+    // The real end: segment 3 short, with FIN, at 3,500.
+    c.handle(now, &dgram(101 + 3000, 5002, ACK | FIN, &data[..500]));
+    assert_eq!(c.stats().segments_refused, refused + 1, "the real FIN is taken");
+    // Another FIN elsewhere, and data past the end: refused, not kept.
+    let held = c.buffered();
+    c.handle(now, &dgram(101 + 4000, 5002, ACK | FIN, &data[..200]));
+    c.handle(now, &dgram(101 + 3500, 5002, ACK, &data[..500]));
+    c.handle(now, &dgram(101 + 5000, 5002, ACK, &data));
+    assert_eq!(c.stats().segments_refused, refused + 4, "the first FIN accepted fixed the end");
+    assert_eq!(c.buffered(), held);
+    assert!(!c.is_finished());
+    // The gap fills: the page is complete at 3,500 bytes.
+    c.handle(now, &dgram(101 + 1000, 5002, ACK, &data));
+    assert!(c.is_finished());
+    assert_eq!(c.received(), 3500);
+    assert_eq!(c.buffered(), 0);
+}
