@@ -48,6 +48,21 @@ impl Hashing {
     }
 }
 
+/// Whether `offset` is a resume point: a positive multiple of
+/// [`CHECKPOINT`].
+fn is_resume_point(offset: u64) -> bool {
+    offset > 0 && offset % CHECKPOINT == 0
+}
+
+/// Of the digests of a page's resume points (`checkpoints[k]` for the first
+/// `(k + 1) * CHECKPOINT` bytes), the one of the prefix ending at
+/// `offset`, if it is a resume point the page has reached.
+fn prefix_digest(checkpoints: &[[u8; 32]], offset: u64) -> Option<[u8; 32]> {
+    let k = usize::try_from(offset / CHECKPOINT).ok()?;
+    is_resume_point(offset).then_some(())?;
+    checkpoints.get(k.checked_sub(1)?).copied()
+}
+
 impl Page {
     /// Wraps `bytes` (no copy) and computes its SHA-256 once, with the
     /// digests of its resume points.
@@ -80,9 +95,7 @@ impl Page {
     /// The SHA-256 of its first `offset` bytes, if `offset` is a resume
     /// point within it (a positive multiple of [`CHECKPOINT`]).
     pub fn prefix_sha256(&self, offset: u64) -> Option<[u8; 32]> {
-        let k = usize::try_from(offset / CHECKPOINT).ok()?;
-        (offset % CHECKPOINT == 0).then_some(())?;
-        self.checkpoints.get(k.checked_sub(1)?).copied()
+        prefix_digest(&self.checkpoints, offset)
     }
 
     /// The page from `offset` on, for a resumed transfer: no copy, and the
@@ -321,45 +334,47 @@ impl Stream {
         self.lock().end.is_some()
     }
 
-    /// The stream as `view`'s client gets it: bytes that may be sent
-    /// now, and the whole length once it has ended.
-    fn available(&self, resume: Option<(u64, [u8; 32])>) -> (u64, Option<u64>) {
+    /// The stream as a client with `resume` gets it, in its four parts
+    /// (head, START, the page from START, the trailer so far), handed to
+    /// `f` under the lock, with whether it has ended; `None` while nothing
+    /// may be sent. One layout for what is counted and what is copied.
+    fn view<R>(&self, resume: Option<(u64, [u8; 32])>, f: impl FnOnce([&[u8]; 4], bool) -> R) -> Option<R> {
         let s = self.lock();
-        let (Some(head), Some(start)) = (&s.head, s.start(resume)) else { return (0, None) };
-        let page = s.body().len() as u64;
-        let sofar = (head.len() + START_LEN) as u64 + page.saturating_sub(start);
-        match s.end {
-            Some(_) => {
-                let total = sofar + TRAILER_LEN as u64;
-                (total, Some(total))
-            }
-            None => (sofar, None),
-        }
-    }
-
-    /// Appends bytes `from..to` of the stream as the client gets it.
-    fn copy(&self, resume: Option<(u64, [u8; 32])>, from: u64, to: u64, out: &mut Vec<u8>) {
-        let s = self.lock();
-        let (Some(head), Some(start)) = (&s.head, s.start(resume)) else { return };
+        let (Some(head), Some(start)) = (&s.head, s.start(resume)) else { return None };
         let start_field = start.to_be_bytes();
         let body = s.body();
         let page = body.get(usize::try_from(start).unwrap_or(usize::MAX).min(body.len())..).unwrap_or(&[]);
         let trailer: &[u8] = s.end.as_ref().map_or(&[], |(t, _)| &t[..]);
-        let mut at = 0u64;
-        for part in [&head[..], &start_field[..], page, trailer] {
-            let len = part.len() as u64;
-            let a = from.clamp(at, at + len) - at;
-            let b = to.clamp(at, at + len) - at;
-            if let (Ok(a), Ok(b)) = (usize::try_from(a), usize::try_from(b)) {
-                out.extend_from_slice(part.get(a..b).unwrap_or(&[]));
+        Some(f([&head[..], &start_field[..], page, trailer], s.end.is_some()))
+    }
+
+    /// The stream as a client with `resume` gets it: bytes that may be
+    /// sent now, and the whole length once it has ended.
+    fn available(&self, resume: Option<(u64, [u8; 32])>) -> (u64, Option<u64>) {
+        self.view(resume, |parts, ended| {
+            let n = parts.iter().map(|p| p.len() as u64).sum();
+            (n, ended.then_some(n))
+        })
+        .unwrap_or((0, None))
+    }
+
+    /// Appends bytes `from..to` of the stream as a client with `resume`
+    /// gets it.
+    fn copy(&self, resume: Option<(u64, [u8; 32])>, from: u64, to: u64, out: &mut Vec<u8>) {
+        self.view(resume, |parts, _| {
+            let mut at = 0u64;
+            for part in parts {
+                let len = part.len() as u64;
+                let a = from.clamp(at, at + len) - at;
+                let b = to.clamp(at, at + len) - at;
+                if let (Ok(a), Ok(b)) = (usize::try_from(a), usize::try_from(b)) {
+                    out.extend_from_slice(part.get(a..b).unwrap_or(&[]));
+                }
+                at += len;
             }
-            at += len;
-        }
+        });
     }
 }
-
-/// Length of START in a stream's head.
-const START_LEN: usize = 8;
 
 /// A client's view of a [`Stream`]: the whole page, or for a client that
 /// asked to resume with the digest of its prefix (docs/PROTOCOL.md §9.6),
@@ -390,14 +405,12 @@ impl StreamInner {
             Some((_, Some(page))) => &page.checkpoints,
             _ => &self.checkpoints,
         };
-        let k = usize::try_from(offset / CHECKPOINT).unwrap_or(usize::MAX);
-        let point = offset > 0 && offset % CHECKPOINT == 0;
-        match k.checked_sub(1).and_then(|i| digests.get(i)) {
-            Some(d) if point => Some(if *d == sha { offset } else { 0 }),
+        match prefix_digest(digests, offset) {
+            Some(d) => Some(if d == sha { offset } else { 0 }),
             // Not there yet: wait, unless it has ended (shorter) or the
             // offset is no resume point.
-            _ if point && self.end.is_none() => None,
-            _ => Some(0),
+            None if is_resume_point(offset) && self.end.is_none() => None,
+            None => Some(0),
         }
     }
 

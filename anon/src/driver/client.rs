@@ -332,16 +332,12 @@ impl Partial {
         if have == 0 || whole.is_some_and(|w| have >= w.len) {
             return None;
         }
-        let mut prefix = std::io::Read::take(std::fs::File::open(&self.data).ok()?, have);
         let mut sha256 = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut read = 0u64;
-        loop {
-            let n = std::io::Read::read(&mut prefix, &mut buf).ok()?;
-            let Some(part) = buf.get(..n).filter(|p| !p.is_empty()) else { break };
+        let read = read_prefix(&self.data, have, |part| {
             sha256.update(part);
-            read += n as u64;
-        }
+            Ok(())
+        })
+        .ok()?;
         (read == have).then(|| Resume { have, prefix_sha256: sha256.finalize().into(), whole })
     }
 
@@ -364,6 +360,20 @@ impl Partial {
     fn remove(&self) {
         let _ = std::fs::remove_file(&self.meta);
         let _ = std::fs::remove_file(&self.data);
+    }
+}
+
+/// Reads the first `n` bytes of `path` (fewer if it is shorter), handing
+/// each piece to `each`; returns how many there were.
+fn read_prefix(path: &Path, n: u64, mut each: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<u64> {
+    let mut prefix = std::io::Read::take(std::fs::File::open(path)?, n);
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = 0u64;
+    loop {
+        let got = std::io::Read::read(&mut prefix, &mut buf)?;
+        let Some(part) = buf.get(..got).filter(|p| !p.is_empty()) else { return Ok(read) };
+        each(part)?;
+        read += got as u64;
     }
 }
 
@@ -428,15 +438,10 @@ impl Output {
                         Chunk::Begin(0) => continue,
                         Chunk::Begin(have) => {
                             let path = prefix_from.as_deref().ok_or_else(|| io::Error::other("no partial file"))?;
-                            let mut prefix = std::io::Read::take(std::fs::File::open(path)?, have);
-                            let mut buf = vec![0u8; CHUNK];
-                            loop {
-                                let n = std::io::Read::read(&mut prefix, &mut buf)?;
-                                let Some(part) = buf.get(..n).filter(|p| !p.is_empty()) else { break };
+                            len += read_prefix(path, have, |part| {
                                 sha256.update(part);
-                                len += n as u64;
-                                file.write_all(part)?;
-                            }
+                                file.write_all(part)
+                            })?;
                             if len != have {
                                 return Err(io::Error::other("the partial file is shorter than it was"));
                             }

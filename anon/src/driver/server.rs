@@ -262,9 +262,7 @@ pub async fn run<E: Endpoint>(
                 p.finish(now, done, f);
             }
             p.take(now, f);
-            if p.poll_timeout().is_some_and(|t| t <= now) {
-                p.handle_timeout(now, f);
-            }
+            p.handle_timeout(now, f);
         }
         tx.send(&socket, &mut server, &mut log, now).await;
         report_events(&mut server);

@@ -317,13 +317,12 @@ impl OriginFetcher {
                 }));
             }
             let Head { content_type, .. } = head;
-            let body =
-                response.body_mut().with_config().limit(self.limits.max_bytes).read_to_vec().map_err(|e| match self
-                    .map_error(e)
-                {
-                    e @ (OriginError::Timeout | OriginError::TooLarge(_)) => e,
-                    other => OriginError::Other(format!("reading the page: {other}")),
-                })?;
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(self.limits.max_bytes)
+                .read_to_vec()
+                .map_err(|e| reading_body(self.map_error(e)))?;
             return Ok(OriginResponse::Full(FetchedPage {
                 status: status.as_u16(),
                 final_url: current.to_key(),
@@ -365,13 +364,10 @@ impl OriginFetcher {
                     // the io::Error it returns.
                     let mapped = match e.into_inner().map(|inner| inner.downcast::<ureq::Error>()) {
                         Some(Ok(ureq)) => self.map_error(*ureq),
-                        Some(Err(other)) => OriginError::Other(format!("reading the page: {other}")),
-                        None => OriginError::Other("reading the page failed".into()),
+                        Some(Err(other)) => OriginError::Other(other.to_string()),
+                        None => OriginError::Other("no detail".into()),
                     };
-                    return Err(match mapped {
-                        e @ (OriginError::Timeout | OriginError::TooLarge(_)) => e,
-                        other => OriginError::Other(format!("reading the page: {other}")),
-                    });
+                    return Err(reading_body(mapped));
                 }
             };
             stream.push(buf.get(..n).unwrap_or_default());
@@ -407,6 +403,15 @@ impl OriginFetcher {
             },
             other => OriginError::Other(other.to_string()),
         }
+    }
+}
+
+/// An error while reading a body: the limit and the deadline keep their
+/// reasons (the client is told them); anything else says where it came.
+fn reading_body(e: OriginError) -> OriginError {
+    match e {
+        e @ (OriginError::Timeout | OriginError::TooLarge(_)) => e,
+        other => OriginError::Other(format!("reading the page: {other}")),
     }
 }
 

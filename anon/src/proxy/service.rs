@@ -389,9 +389,13 @@ impl Proxy {
 
     /// Ends every stream past its deadline as timed out (its clients are
     /// told; a fetch still running is forgotten, and its end ignored).
+    /// With none due it costs a look at the fetches under way, no more.
     pub fn handle_timeout(&mut self, now: Instant, endpoint: &mut dyn Fetches) {
         let late: Vec<String> =
             self.in_flight.iter().filter(|(_, f)| f.deadline <= now).map(|(k, _)| k.clone()).collect();
+        if late.is_empty() {
+            return;
+        }
         for key in late {
             let Some(f) = self.forget(&key) else { continue };
             tracing::info!("{key}: no end within {:?}; timed out", self.limits.stream_deadline);

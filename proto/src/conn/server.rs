@@ -243,15 +243,6 @@ impl ServerConn {
         len.is_none()
     }
 
-    /// The stream's length as the sender knows it (the page's, unless it
-    /// streams and has not ended).
-    fn known_len(&self) -> u64 {
-        match &self.state {
-            State::Established(sender) => sender.known_len().unwrap_or(u64::MAX),
-            _ => self.body.available().1.unwrap_or(u64::MAX),
-        }
-    }
-
     /// The mode the handshake settled.
     pub(crate) fn mode(&self) -> Mode {
         self.mode
@@ -359,7 +350,6 @@ impl ServerConn {
     }
 
     fn on_established(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
-        let page_len = self.known_len();
         if !h.flags.contains(Flags::ACK) || h.flags.contains(Flags::SYN) {
             // Late duplicates of the SYN, or packets no client sends here.
             return false;
@@ -367,6 +357,9 @@ impl ServerConn {
         let fast = matches!(self.mode, Mode::Fast { .. });
         let isn = self.isn;
         let State::Established(sender) = &mut self.state else { return false };
+        // The page's length as the sender knows it: unknown (unbounded)
+        // while a streamed page has not ended.
+        let page_len = sender.known_len().unwrap_or(u64::MAX);
         let acked = sender.acked();
         let una = isn + 1 + acked as u32;
         let advance = i64::from(h.ack.since(una));

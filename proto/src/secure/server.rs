@@ -212,6 +212,18 @@ enum PageChoice {
     Shared(Body),
 }
 
+/// A page in memory for a client that has its first `offset` bytes with
+/// digest `sha`: the rest (and `resumed` set) if they are this page's
+/// start at a resume point inside it, the whole page otherwise.
+fn resume_whole(whole: Arc<Page>, (offset, sha): (u64, [u8; 32]), resumed: &mut Option<u64>) -> PageChoice {
+    if whole.prefix_sha256(offset) == Some(sha) && offset < whole.len() {
+        *resumed = Some(offset);
+        PageChoice::Shared(Body::Whole(Arc::new(whole.resumed_from(offset))))
+    } else {
+        PageChoice::Shared(Body::Whole(whole))
+    }
+}
+
 /// A request whose URL the driver is fetching.
 struct Fetching {
     opening: Opening,
@@ -706,23 +718,13 @@ impl SecureServer {
         // is `sha` (docs/PROTOCOL.md §9.6): if they are this page's, it is
         // served from there. A page in memory says so now, in the answer;
         // one still arriving, in its stream once it has reached `offset`.
+        let fresh = !self.by_client.contains_key(&client);
         let page = match (page, resume) {
             (PageChoice::Shared(Body::Streaming(view)), resume) => {
                 PageChoice::Shared(Body::Streaming(StreamView { resume, ..view }))
             }
-            (page, Some((offset, sha))) if !self.by_client.contains_key(&client) => {
-                let whole = match page {
-                    PageChoice::Index(i) => self.inner.page_at(i),
-                    PageChoice::Shared(Body::Whole(p)) => p,
-                    PageChoice::Shared(Body::Streaming(_)) => return None,
-                };
-                if whole.prefix_sha256(offset) == Some(sha) && offset < whole.len() {
-                    resumed = Some(offset);
-                    PageChoice::Shared(Body::Whole(Arc::new(whole.resumed_from(offset))))
-                } else {
-                    PageChoice::Shared(Body::Whole(whole))
-                }
-            }
+            (PageChoice::Index(i), Some(prefix)) if fresh => resume_whole(self.inner.page_at(i), prefix, &mut resumed),
+            (PageChoice::Shared(Body::Whole(p)), Some(prefix)) if fresh => resume_whole(p, prefix, &mut resumed),
             (page, _) => page,
         };
         let virt = match self.by_client.get(&client).copied() {

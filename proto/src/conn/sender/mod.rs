@@ -89,8 +89,6 @@ pub(crate) struct Sender {
     /// Page bytes that exist to send: all of them, or for a page still
     /// arriving, what has arrived (docs/PROTOCOL.md §9.7).
     available: u64,
-    /// Whether the page's length is known (always, unless it streams).
-    len_known: bool,
 }
 
 impl Sender {
@@ -104,9 +102,8 @@ impl Sender {
     pub(crate) fn growing(available: u64, len: Option<u64>, params: SenderParams, rtt: RttEstimator) -> Sender {
         Sender {
             available: len.map_or(available, |l| available.min(l)),
-            len_known: len.is_some(),
             fast: params.fast,
-            board: Scoreboard::new(len.unwrap_or(u64::MAX), params.segment),
+            board: Scoreboard::new(len.unwrap_or(scoreboard::UNBOUNDED), params.segment),
             ack_work: 0,
             budget_blocked: None,
             rtt,
@@ -127,8 +124,7 @@ impl Sender {
     /// its length once known. Until then only whole segments go out, so
     /// segment boundaries stay where a known length would put them.
     pub(crate) fn grow(&mut self, available: u64, len: Option<u64>) {
-        if let (Some(len), false) = (len, self.len_known) {
-            self.len_known = true;
+        if let (Some(len), None) = (len, self.board.page_len()) {
             self.board.set_page_len(len);
         }
         self.available = self.available.max(available);
@@ -141,7 +137,7 @@ impl Sender {
 
     /// The page's length, once known.
     pub(crate) fn known_len(&self) -> Option<u64> {
-        self.len_known.then(|| self.range(self.board.total()).0)
+        self.board.page_len()
     }
 
     /// Whether new segment `index` exists to be sent.
@@ -414,9 +410,12 @@ mod tests {
     }
 
     fn sender_in_mode(page_len: u64, window: u64, fast: bool) -> Sender {
-        let params =
-            SenderParams { segment: SEG, fast, cc: Box::new(Fixed(window)), peer_window: window, window_cap: window };
-        Sender::new(page_len, params, RttEstimator::new(RtoConfig::default()))
+        Sender::new(page_len, params(window, fast), RttEstimator::new(RtoConfig::default()))
+    }
+
+    /// Segments of SEG, a fixed window of `window` bytes, the client's too.
+    fn params(window: u64, fast: bool) -> SenderParams {
+        SenderParams { segment: SEG, fast, cc: Box::new(Fixed(window)), peer_window: window, window_cap: window }
     }
 
     /// Sends everything the windows allow at `now`.
@@ -430,14 +429,7 @@ mod tests {
     #[test]
     fn a_growing_page_sends_whole_segments_of_what_exists_then_its_end() {
         let now = Instant::now();
-        let params = SenderParams {
-            segment: SEG,
-            fast: true,
-            cc: Box::new(Fixed(100 * SEG)),
-            peer_window: 100 * SEG,
-            window_cap: 100 * SEG,
-        };
-        let mut s = Sender::growing(0, None, params, RttEstimator::new(RtoConfig::default()));
+        let mut s = Sender::growing(0, None, params(100 * SEG, true), RttEstimator::new(RtoConfig::default()));
         assert!(send_all(&mut s, now).is_empty() && !s.wants_transmit(now), "nothing exists yet");
         s.grow(2 * SEG + 500, None);
         let sent: Vec<u64> = send_all(&mut s, now).iter().map(|x| x.index).collect();

@@ -61,6 +61,10 @@ pub(super) struct Sent {
     pub transmissions: u32,
 }
 
+/// The length a board is made with for a page whose length is not known
+/// yet (a streamed page); no page is this long.
+pub(super) const UNBOUNDED: u64 = u64::MAX;
+
 #[derive(Debug)]
 pub(super) struct Scoreboard {
     page_len: u64,
@@ -99,6 +103,12 @@ impl Scoreboard {
             lost: VecDeque::new(),
             in_flight: 0,
         }
+    }
+
+    /// The page's length; `None` for a board made [`UNBOUNDED`] whose
+    /// length is not known yet.
+    pub(super) fn page_len(&self) -> Option<u64> {
+        (self.page_len != UNBOUNDED).then_some(self.page_len)
     }
 
     /// A streamed page's length, once known (docs/PROTOCOL.md §9.7): the

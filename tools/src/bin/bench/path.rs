@@ -569,6 +569,7 @@ impl Runner<'_> {
         let run = run?;
         let (server_cpu, server_rss_kib) = usage?;
         let server_cpu = server_cpu - cpu_at_ready;
+        let client_lines: Vec<String> = run.stderr.lines().map(str::to_string).collect();
         let secs = match t {
             Transport::TcpCubic | Transport::TcpBbr => number_after(&run.stdout, "time_total "),
             Transport::QuicCubic | Transport::QuicBbr => number_after(&run.stderr, " in "),
@@ -576,7 +577,7 @@ impl Runner<'_> {
             | Transport::AnonSecure
             | Transport::AnonBaseline
             | Transport::AnonProxy
-            | Transport::AnonProxySlow => reported_secs(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>()),
+            | Transport::AnonProxySlow => reported_secs(&client_lines),
         }
         .ok_or_else(|| io::Error::other(format!("no time in {:?} {:?}", run.stdout, run.stderr)))?;
         let retransmissions = if t.is_anon() { server_retransmissions(&server.stderr) } else { None };
@@ -596,7 +597,7 @@ impl Runner<'_> {
             retransmissions,
             link: link_stats,
             first_byte_lag: origin_first
-                .zip(reported_first_byte(&run.stderr.lines().map(str::to_string).collect::<Vec<_>>()))
+                .zip(reported_first_byte(&client_lines))
                 .map(|(origin, first)| Duration::from_secs_f64((spawned_at + first - origin).max(0.0))),
             origin_alone,
         })
