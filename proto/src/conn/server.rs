@@ -225,9 +225,9 @@ impl ServerConn {
     }
 
     /// A streamed page grew (or ended): the sender learns how far it may
-    /// go. A connection waiting on its page is not idle while the page
-    /// grows: the idle timeout runs from the later of the client's last
-    /// progress and the page's. Returns false once the page's end is known
+    /// go. A connection waiting on its page (everything sent acknowledged)
+    /// is not idle while the page grows: the idle timeout runs from the
+    /// later of the client's last progress and the page's. Returns false once the page's end is known
     /// (nothing more will come).
     pub(crate) fn sync_stream(&mut self, now: Instant) -> bool {
         if !self.body.is_streaming() {
@@ -235,7 +235,10 @@ impl ServerConn {
         }
         let (available, len) = self.body.available();
         if let State::Established(sender) = &mut self.state {
-            if available > sender.available() {
+            // Only while it waits on the origin (everything sent is
+            // acknowledged): a client that stopped acknowledging is not
+            // kept alive by the page's growth.
+            if available > sender.available() && sender.acked() == sender.sent_end() {
                 self.idle_deadline = after(now, self.idle_timeout);
             }
             sender.grow(available, len);
