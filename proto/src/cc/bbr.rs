@@ -38,6 +38,14 @@ const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// Startup ends when three rounds in a row grew the bandwidth by < 25%.
 const FULL_BW_GROWTH: f64 = 1.25;
 const FULL_BW_ROUNDS: u32 = 3;
+/// Rounds over which the ACK-aggregation maximum is kept once the pipe is
+/// full (draft-ietf-ccwg-bbr "BBRExtraAckedFilterLen"); one in Startup.
+const EXTRA_ACKED_ROUNDS: u64 = 10;
+/// Pacing time worth of data in one send quantum (draft-ietf-ccwg-bbr
+/// BBRSetSendQuantum): what a GSO batch carries at once.
+const SEND_QUANTUM_TIME: Duration = Duration::from_millis(1);
+/// Largest send quantum: one GSO batch (64 KiB, the draft's cap too).
+const MAX_SEND_QUANTUM: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
@@ -67,6 +75,12 @@ pub struct Bbr {
     /// Current pacing rate, bytes per second; it only grows until the pipe
     /// is full (draft-ietf-ccwg-bbr BBRSetPacingRateWithGain).
     pacing_rate: u64,
+    /// ACK aggregation (draft-ietf-ccwg-bbr BBRUpdateACKAggregation): bytes
+    /// acknowledged since `aggregation_start` and the per-round maxima of
+    /// what that ran ahead of the estimated bandwidth, newest last.
+    aggregation_start: Option<Instant>,
+    aggregated: u64,
+    extra_acked: VecDeque<(u64, u64)>,
 }
 
 impl Bbr {
@@ -90,6 +104,9 @@ impl Bbr {
             // or over a nominal millisecond without one.
             pacing_rate: (STARTUP_GAIN * first_window(mss, rtt) as f64
                 / rtt.unwrap_or(Duration::from_millis(1)).as_secs_f64().max(1e-6)) as u64,
+            aggregation_start: None,
+            aggregated: 0,
+            extra_acked: VecDeque::new(),
         }
     }
 
@@ -115,6 +132,46 @@ impl Bbr {
 
     fn min_window(&self) -> u64 {
         4 * self.mss
+    }
+
+    /// Bytes sent back to back at the pacing rate (one GSO batch):
+    /// a millisecond's worth, between 2 segments and 64 KiB.
+    fn send_quantum(&self) -> u64 {
+        // min then max, not clamp: a segment over 32 KiB makes the floor
+        // the larger bound.
+        ((self.pacing_rate as f64 * SEND_QUANTUM_TIME.as_secs_f64()) as u64).min(MAX_SEND_QUANTUM).max(2 * self.mss)
+    }
+
+    /// How far acknowledgments run ahead of the estimated bandwidth: data
+    /// acknowledged in bursts (a receiver that answers once per receive
+    /// batch, stretched or delayed ACKs, a link that aggregates) needs
+    /// that much more in flight to keep sending between the bursts.
+    fn extra_acked(&self) -> u64 {
+        self.extra_acked.iter().map(|&(_, e)| e).max().unwrap_or(0)
+    }
+
+    /// draft-ietf-ccwg-bbr BBRUpdateACKAggregation.
+    fn update_aggregation(&mut self, now: Instant, newly_acked: u64) {
+        let start = *self.aggregation_start.get_or_insert(now);
+        let expected = (self.btl_bw() as f64 * now.saturating_duration_since(start).as_secs_f64()) as u64;
+        // ACKs no faster than the estimate: a new interval starts here.
+        let expected = if self.aggregated <= expected {
+            self.aggregated = 0;
+            self.aggregation_start = Some(now);
+            0
+        } else {
+            expected
+        };
+        self.aggregated = self.aggregated.saturating_add(newly_acked);
+        let extra = (self.aggregated - expected).min(self.cwnd);
+        let rounds = if self.filled_pipe { EXTRA_ACKED_ROUNDS } else { 1 };
+        match self.extra_acked.back_mut() {
+            Some((round, e)) if *round == self.round => *e = (*e).max(extra),
+            _ => self.extra_acked.push_back((self.round, extra)),
+        }
+        while self.extra_acked.front().is_some_and(|&(r, _)| r + rounds <= self.round) {
+            self.extra_acked.pop_front();
+        }
     }
 
     fn update_bw(&mut self, s: &RateSample) {
@@ -209,6 +266,7 @@ impl Controller for Bbr {
 
     fn on_ack(&mut self, now: Instant, s: &RateSample, in_flight: u64, _min_rtt: Duration) {
         self.update_bw(s);
+        self.update_aggregation(now, s.newly_acked);
         self.update_min_rtt(now, s.rtt);
         self.update_state(now, in_flight);
         let bw = self.btl_bw();
@@ -218,7 +276,10 @@ impl Controller for Bbr {
                 self.pacing_rate = rate;
             }
         }
-        // The in-flight target: a few BDPs plus room for ACK aggregation.
+        // The in-flight target: two BDPs plus room for ACK aggregation,
+        // and never less than three send quanta, so that a batch can leave
+        // while two wait for their ACKs (draft-ietf-ccwg-bbr
+        // BBRUpdateMaxInflight, BBRQuantizationBudget).
         let target = match self.state {
             State::ProbeRtt { .. } => self.min_window(),
             // Startup paces fast but keeps in flight at most 2 BDPs
@@ -226,7 +287,14 @@ impl Controller for Bbr {
             // overshoot instead of dropping it. (A cwnd gain of 2.885, as in
             // BBRv1, saturates a round earlier but drops ~15x more in
             // simulation, for the same completion time.)
-            State::Startup | State::Drain | State::ProbeBw { .. } => self.bdp(CWND_GAIN) + 3 * self.mss,
+            // The aggregation term only once the pipe is full: in Startup
+            // the ACKs outrun an estimate that lags a growing rate, and
+            // adding that overshoots the queue (the 100 Mbit/s, 50 ms bench
+            // path dropped 2-5x more).
+            State::Startup | State::Drain | State::ProbeBw { .. } => {
+                let extra = if self.filled_pipe { self.extra_acked() } else { 0 };
+                (self.bdp(CWND_GAIN) + extra).max(3 * self.send_quantum()) + 3 * self.mss
+            }
         };
         if self.filled_pipe {
             self.cwnd = self.cwnd.saturating_add(s.newly_acked).min(target);
@@ -639,6 +707,75 @@ mod tests {
             let expect = if i + 1 < BW_WINDOW_ROUNDS { BW } else { BW / 2 };
             assert_eq!(f.bbr.btl_bw(), expect, "round {i}");
         }
+    }
+
+    /// ACKs that come in bursts (a receiver answering once per receive
+    /// batch, stretched ACKs) run ahead of the bandwidth estimate by the
+    /// burst; the window makes room for that on top of its two BDPs, and
+    /// forgets it ten rounds after the bursts stop.
+    #[test]
+    fn bursts_of_acks_widen_the_window_by_the_burst() {
+        let mut f = Flow::new();
+        f.run_to_probe_bw();
+        let two_bdps = f.bbr.bdp(CWND_GAIN);
+        // Smooth ACKs, one segment at the bandwidth's pace: nothing extra.
+        let pace = Duration::from_secs_f64(MSS as f64 / BW as f64);
+        for _ in 0..2_000 {
+            f.now += pace;
+            f.ack(MSS, BW, f.delivered, RTT, two_bdps);
+        }
+        assert!(f.bbr.extra_acked() <= 2 * MSS, "{}", f.bbr.extra_acked());
+        assert!(f.bbr.window() <= two_bdps + 6 * MSS, "{} vs {two_bdps}", f.bbr.window());
+        // The same bandwidth in one ACK every 20 ms: 250 kB at once.
+        let burst = BW / 50;
+        for _ in 0..5 {
+            f.now += ms(20);
+            f.ack(burst, BW, f.delivered, RTT, two_bdps);
+        }
+        assert!(f.bbr.extra_acked() >= burst, "{}", f.bbr.extra_acked());
+        assert!(f.bbr.window() >= two_bdps + burst, "{} vs {}", f.bbr.window(), two_bdps + burst);
+        // A pause, then smooth ACKs: nothing runs ahead any more, and ten
+        // rounds (ACKs, here) later the extra is gone.
+        f.now += ms(40);
+        for _ in 0..EXTRA_ACKED_ROUNDS + 1 {
+            f.now += pace;
+            f.ack(MSS, BW, f.delivered, RTT, two_bdps);
+        }
+        assert!(f.bbr.extra_acked() <= 2 * MSS, "{}", f.bbr.extra_acked());
+    }
+
+    /// On loopback the BDP is a few kilobytes (20 us at 1 GB/s), less than
+    /// one GSO batch: the window still holds three send quanta of 64 KiB,
+    /// so that a batch leaves while two wait for their ACKs
+    /// (BBRQuantizationBudget). Without it the window was 2 BDPs + 3 MSS,
+    /// 43 kB, and the sender waited on every ACK.
+    #[test]
+    fn window_holds_three_send_quanta_when_the_bdp_is_tiny() {
+        let rtt = Duration::from_micros(20);
+        let bw = 1_000_000_000;
+        let mut b = Bbr::new(MSS, Some(rtt));
+        let (mut now, mut delivered) = (Instant::now(), 0);
+        for _ in 0..1_000 {
+            now += Duration::from_micros(10);
+            let prior = delivered;
+            delivered += 10 * MSS;
+            let s = RateSample {
+                newly_acked: 10 * MSS,
+                delivery_rate: bw,
+                app_limited: false,
+                rtt: Some(rtt),
+                delivered,
+                prior_delivered: prior,
+            };
+            b.on_ack(now, &s, 10 * MSS, rtt);
+        }
+        assert!(matches!(b.state, State::ProbeBw { .. }), "{:?}", b.state);
+        assert_eq!(b.send_quantum(), MAX_SEND_QUANTUM);
+        assert!(b.window() >= 3 * MAX_SEND_QUANTUM, "{}", b.window());
+        assert!(b.window() <= 3 * MAX_SEND_QUANTUM + 3 * MSS, "{}", b.window());
+        // The floor of the quantum is two segments, whatever their size.
+        let slow = Bbr::new(40_000, None);
+        assert_eq!(slow.send_quantum(), 80_000);
     }
 
     /// draft-ietf-ccwg-bbr BBRSaveCwnd keeps the larger of the saved and the
