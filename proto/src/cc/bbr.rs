@@ -41,6 +41,11 @@ const FULL_BW_ROUNDS: u32 = 3;
 /// Rounds over which the ACK-aggregation maximum is kept once the pipe is
 /// full (draft-ietf-ccwg-bbr "BBRExtraAckedFilterLen"); one in Startup.
 const EXTRA_ACKED_ROUNDS: u64 = 10;
+/// Most ACK aggregation believed, as time at the estimated bandwidth
+/// (Linux tcp_bbr's bbr_extra_acked_max_us): a receiver that stalls (a
+/// disk sync, say) and then acknowledges a burst does not widen the window
+/// past that.
+const MAX_EXTRA_ACKED_TIME: Duration = Duration::from_millis(100);
 /// Pacing time worth of data in one send quantum (draft-ietf-ccwg-bbr
 /// BBRSetSendQuantum): what a GSO batch carries at once.
 const SEND_QUANTUM_TIME: Duration = Duration::from_millis(1);
@@ -163,7 +168,8 @@ impl Bbr {
             expected
         };
         self.aggregated = self.aggregated.saturating_add(newly_acked);
-        let extra = (self.aggregated - expected).min(self.cwnd);
+        let cap = (self.btl_bw() as f64 * MAX_EXTRA_ACKED_TIME.as_secs_f64()) as u64;
+        let extra = (self.aggregated - expected).min(self.cwnd).min(cap);
         let rounds = if self.filled_pipe { EXTRA_ACKED_ROUNDS } else { 1 };
         match self.extra_acked.back_mut() {
             Some((round, e)) if *round == self.round => *e = (*e).max(extra),
@@ -742,6 +748,17 @@ mod tests {
             f.ack(MSS, BW, f.delivered, RTT, two_bdps);
         }
         assert!(f.bbr.extra_acked() <= 2 * MSS, "{}", f.bbr.extra_acked());
+    }
+
+    /// A receiver that stalls for a second and then acknowledges it all at
+    /// once is believed for at most 100 ms of the bandwidth.
+    #[test]
+    fn aggregation_believed_is_at_most_100_ms_of_bandwidth() {
+        let mut f = Flow::new();
+        f.run_to_probe_bw();
+        f.now += Duration::from_secs(1);
+        f.ack(BW, BW, f.delivered, RTT, 0);
+        assert_eq!(f.bbr.extra_acked(), BW / 10);
     }
 
     /// On loopback the BDP is a few kilobytes (20 us at 1 GB/s), less than

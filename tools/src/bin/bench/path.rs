@@ -474,6 +474,10 @@ impl Runner<'_> {
                     .arg(&key)
                     .args(["--fetch-allow", "http://127.0.0.1:*/*", "--fetch-private"])
                     .env("RUST_LOG", "info");
+                // Room for the bench's largest page (1 GiB on loopback),
+                // past the defaults of 100 MiB a page and 1 GiB in all.
+                let mib = (size >> 20) + 1;
+                cmd.args(["--fetch-max-size", &mib.to_string(), "--fetch-memory", &(2 * mib).max(1024).to_string()]);
                 (Proc::spawn(&mut cmd)?, "serving")
             }
             Transport::AnonFast | Transport::AnonSecure | Transport::AnonBaseline => {
