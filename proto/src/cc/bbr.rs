@@ -142,17 +142,47 @@ impl Bbr {
     /// Bytes sent back to back at the pacing rate (one GSO batch):
     /// a millisecond's worth, between 2 segments and 64 KiB.
     fn send_quantum(&self) -> u64 {
+        // Startup's pacing rate never falls from its first value (the
+        // initial window over the handshake RTT), which on a slow path with
+        // a short RTT is far above the path: once there is an estimate, the
+        // quantum is the model's rate, not that.
+        let model = (self.pacing_gain() * self.btl_bw() as f64) as u64;
+        let rate = if model > 0 { self.pacing_rate.min(model) } else { self.pacing_rate };
         // min then max, not clamp: a segment over 32 KiB makes the floor
         // the larger bound.
-        ((self.pacing_rate as f64 * SEND_QUANTUM_TIME.as_secs_f64()) as u64).min(MAX_SEND_QUANTUM).max(2 * self.mss)
+        ((rate as f64 * SEND_QUANTUM_TIME.as_secs_f64()) as u64).min(MAX_SEND_QUANTUM).max(2 * self.mss)
     }
 
     /// How far acknowledgments run ahead of the estimated bandwidth: data
     /// acknowledged in bursts (a receiver that answers once per receive
     /// batch, stretched or delayed ACKs, a link that aggregates) needs
     /// that much more in flight to keep sending between the bursts.
+    /// At most 100 ms of the current estimate, as Linux applies its cap.
     fn extra_acked(&self) -> u64 {
-        self.extra_acked.iter().map(|&(_, e)| e).max().unwrap_or(0)
+        let cap = (self.btl_bw() as f64 * MAX_EXTRA_ACKED_TIME.as_secs_f64()) as u64;
+        self.extra_acked.iter().map(|&(_, e)| e).max().unwrap_or(0).min(cap)
+    }
+
+    /// The in-flight target: two BDPs plus room for ACK aggregation, and
+    /// never less than three send quanta, so that a batch can leave while
+    /// two wait for their ACKs (draft-ietf-ccwg-bbr BBRUpdateMaxInflight,
+    /// BBRQuantizationBudget).
+    fn target(&self) -> u64 {
+        match self.state {
+            State::ProbeRtt { .. } => self.min_window(),
+            // Startup paces fast but keeps in flight at most 2 BDPs
+            // (BBRv3's startup cwnd gain): a buffer of one BDP absorbs the
+            // overshoot instead of dropping it. (A cwnd gain of 2.885, as in
+            // BBRv1, saturates a round earlier but drops ~15x more in
+            // simulation, for the same completion time.)
+            // The aggregation term only once the pipe is full, as Linux
+            // adds it: in Startup the ACKs outrun an estimate that lags a
+            // growing rate, and what they run ahead by is that growth.
+            State::Startup | State::Drain | State::ProbeBw { .. } => {
+                let extra = if self.filled_pipe { self.extra_acked() } else { 0 };
+                self.bdp(CWND_GAIN).saturating_add(extra).max(3 * self.send_quantum()).saturating_add(3 * self.mss)
+            }
+        }
     }
 
     /// draft-ietf-ccwg-bbr BBRUpdateACKAggregation.
@@ -168,8 +198,7 @@ impl Bbr {
             expected
         };
         self.aggregated = self.aggregated.saturating_add(newly_acked);
-        let cap = (self.btl_bw() as f64 * MAX_EXTRA_ACKED_TIME.as_secs_f64()) as u64;
-        let extra = (self.aggregated - expected).min(self.cwnd).min(cap);
+        let extra = (self.aggregated - expected).min(self.cwnd);
         let rounds = if self.filled_pipe { EXTRA_ACKED_ROUNDS } else { 1 };
         match self.extra_acked.back_mut() {
             Some((round, e)) if *round == self.round => *e = (*e).max(extra),
@@ -282,26 +311,7 @@ impl Controller for Bbr {
                 self.pacing_rate = rate;
             }
         }
-        // The in-flight target: two BDPs plus room for ACK aggregation,
-        // and never less than three send quanta, so that a batch can leave
-        // while two wait for their ACKs (draft-ietf-ccwg-bbr
-        // BBRUpdateMaxInflight, BBRQuantizationBudget).
-        let target = match self.state {
-            State::ProbeRtt { .. } => self.min_window(),
-            // Startup paces fast but keeps in flight at most 2 BDPs
-            // (BBRv3's startup cwnd gain): a buffer of one BDP absorbs the
-            // overshoot instead of dropping it. (A cwnd gain of 2.885, as in
-            // BBRv1, saturates a round earlier but drops ~15x more in
-            // simulation, for the same completion time.)
-            // The aggregation term only once the pipe is full: in Startup
-            // the ACKs outrun an estimate that lags a growing rate, and
-            // adding that overshoots the queue (the 100 Mbit/s, 50 ms bench
-            // path dropped 2-5x more).
-            State::Startup | State::Drain | State::ProbeBw { .. } => {
-                let extra = if self.filled_pipe { self.extra_acked() } else { 0 };
-                (self.bdp(CWND_GAIN) + extra).max(3 * self.send_quantum()) + 3 * self.mss
-            }
-        };
+        let target = self.target();
         if self.filled_pipe {
             self.cwnd = self.cwnd.saturating_add(s.newly_acked).min(target);
         } else if self.cwnd < target || s.delivered < initial_window(self.mss) {
@@ -740,14 +750,41 @@ mod tests {
         }
         assert!(f.bbr.extra_acked() >= burst, "{}", f.bbr.extra_acked());
         assert!(f.bbr.window() >= two_bdps + burst, "{} vs {}", f.bbr.window(), two_bdps + burst);
-        // A pause, then smooth ACKs: nothing runs ahead any more, and ten
-        // rounds (ACKs, here) later the extra is gone.
+        // A pause, then smooth ACKs: nothing runs ahead any more. The last
+        // burst is kept for ten rounds (ACKs, here), itself included, then
+        // forgotten.
         f.now += ms(40);
-        for _ in 0..EXTRA_ACKED_ROUNDS + 1 {
+        for _ in 0..EXTRA_ACKED_ROUNDS - 1 {
             f.now += pace;
             f.ack(MSS, BW, f.delivered, RTT, two_bdps);
         }
+        assert!(f.bbr.extra_acked() >= burst, "{}", f.bbr.extra_acked());
+        f.now += pace;
+        f.ack(MSS, BW, f.delivered, RTT, two_bdps);
         assert!(f.bbr.extra_acked() <= 2 * MSS, "{}", f.bbr.extra_acked());
+    }
+
+    /// In Startup the ACKs outrun an estimate that lags a growing rate:
+    /// the target does not add that; once the pipe is full it does.
+    #[test]
+    fn startup_adds_no_aggregation() {
+        let mut f = Flow::new();
+        // Two rounds to get an estimate, then bursts of a whole window in
+        // one ACK each, measuring the same rate.
+        f.round(Some(BW));
+        f.round(Some(BW));
+        for _ in 0..3 {
+            f.now += RTT;
+            let flight = f.bbr.window();
+            f.ack(flight, BW / 4, f.delivered, RTT, 0);
+        }
+        assert_eq!(f.bbr.state, State::Startup);
+        let extra = f.bbr.extra_acked();
+        assert!(extra >= 100 * MSS, "the bursts were measured: {extra}");
+        let without = f.bbr.bdp(CWND_GAIN).max(3 * f.bbr.send_quantum()) + 3 * MSS;
+        assert_eq!(f.bbr.target(), without);
+        f.bbr.filled_pipe = true;
+        assert_eq!(f.bbr.target(), (f.bbr.bdp(CWND_GAIN) + extra).max(3 * f.bbr.send_quantum()) + 3 * MSS);
     }
 
     /// A receiver that stalls for a second and then acknowledges it all at
@@ -759,6 +796,7 @@ mod tests {
         f.now += Duration::from_secs(1);
         f.ack(BW, BW, f.delivered, RTT, 0);
         assert_eq!(f.bbr.extra_acked(), BW / 10);
+        assert!(f.bbr.window() <= f.bbr.bdp(CWND_GAIN) + BW / 10 + 3 * MSS, "{}", f.bbr.window());
     }
 
     /// On loopback the BDP is a few kilobytes (20 us at 1 GB/s), less than
@@ -793,6 +831,36 @@ mod tests {
         // The floor of the quantum is two segments, whatever their size.
         let slow = Bbr::new(40_000, None);
         assert_eq!(slow.send_quantum(), 80_000);
+    }
+
+    /// Startup's first pacing rate comes from the handshake (64 segments in
+    /// 1 ms here: 256 MB/s); once the path's 1.25 MB/s is measured, the
+    /// quantum follows the model (4 x 1.25 kB), not that rate, so the
+    /// floor of three quanta does not open the window past two BDPs on a
+    /// slow path with a short RTT.
+    #[test]
+    fn the_quantum_follows_the_estimate_not_startups_first_rate() {
+        let rtt = Duration::from_millis(5);
+        let mut b = Bbr::new(MSS, Some(Duration::from_millis(1)));
+        assert_eq!(b.send_quantum(), MAX_SEND_QUANTUM);
+        let (mut now, mut delivered) = (Instant::now(), 0);
+        for _ in 0..2 {
+            now += Duration::from_micros(800);
+            let prior = delivered;
+            delivered += MSS;
+            let s = RateSample {
+                newly_acked: MSS,
+                delivery_rate: 1_250_000,
+                app_limited: false,
+                rtt: Some(rtt),
+                delivered,
+                prior_delivered: prior,
+            };
+            b.on_ack(now, &s, 0, rtt);
+        }
+        assert_eq!(b.state, State::Startup);
+        assert_eq!(b.pacing_rate, 256_000_000);
+        assert_eq!(b.send_quantum(), 5_000);
     }
 
     /// draft-ietf-ccwg-bbr BBRSaveCwnd keeps the larger of the saved and the
