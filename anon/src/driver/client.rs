@@ -237,6 +237,10 @@ pub struct Output {
     /// Page bytes not yet handed to the writer, sent in chunks.
     pending: Vec<u8>,
     chunks: Option<std::sync::mpsc::SyncSender<Chunk>>,
+    /// Chunks the writer is done with, to be filled again: a fresh 256 KiB
+    /// buffer per chunk cost page faults and zeroing on the receiving
+    /// thread. At most QUEUED_CHUNKS + 2 buffers exist.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     writer: Option<std::thread::JoinHandle<io::Result<Written>>>,
     /// Set when the page will not be kept: the writer skips what is queued.
     abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -418,6 +422,7 @@ impl Output {
             .tempfile_in(dir)
             .map_err(err)?;
         let (chunks, queue) = std::sync::mpsc::sync_channel::<Chunk>(QUEUED_CHUNKS);
+        let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = std::sync::Arc::clone(&abandoned);
         let prefix_from = partial.as_ref().map(|p| p.data.clone());
@@ -451,6 +456,10 @@ impl Output {
                     sha256.update(&chunk);
                     len += chunk.len() as u64;
                     file.write_all(&chunk)?;
+                    let mut chunk = chunk;
+                    chunk.clear();
+                    // The receiving side may be gone already; then it is freed.
+                    let _ = give_back.send(chunk);
                 }
                 let temp = file.into_inner().map_err(|e| e.into_error())?;
                 Ok(Written { temp, sha256: sha256.finalize().into(), len })
@@ -460,6 +469,7 @@ impl Output {
             path: path.to_path_buf(),
             pending: Vec::with_capacity(CHUNK),
             chunks: Some(chunks),
+            spare,
             writer: Some(writer),
             abandoned,
             partial,
@@ -500,7 +510,8 @@ impl Output {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.pending, next);
         match self.chunks.as_ref().map(|c| c.send(Chunk::Data(chunk))) {
             Some(Ok(())) => Ok(()),
             // The writer stopped: a write failed. Its error says why.
