@@ -492,7 +492,8 @@ pub struct ClientArgs {
     pub bridge: Option<Bridge>,
     /// Secure mode, with the server's public key (base64url), and the server
     /// named by -s and -p.
-    #[arg(long, value_name = "KEY", value_parser = parse_public_key, conflicts_with = "no_fast")]
+    // A base64url key starts with '-' one time in 64: still the value.
+    #[arg(long, value_name = "KEY", value_parser = parse_public_key, conflicts_with = "no_fast", allow_hyphen_values = true)]
     pub server_key: Option<PublicKey>,
     /// Secure mode: this client's private key (a file `anonserver keygen`
     /// writes), for a server that serves only the clients it lists
@@ -1172,6 +1173,28 @@ mod tests {
     }
 
     const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
+
+    /// base64url uses '-': a key that starts with it is the flag's value,
+    /// not a flag (an end-to-end test met one by chance).
+    #[test]
+    fn a_server_key_may_start_with_a_hyphen() {
+        let key = format!("-{}", &KEY[1..]);
+        let c = ClientArgs::try_parse_from([
+            "anonclient",
+            "-s",
+            "h",
+            "-p",
+            "1",
+            "-l",
+            "L",
+            "-f",
+            "F",
+            "--server-key",
+            &key,
+        ])
+        .unwrap();
+        assert!(c.server_key.is_some());
+    }
 
     #[test]
     fn secure_server_command_lines() {
