@@ -239,7 +239,8 @@ pub struct Output {
     chunks: Option<std::sync::mpsc::SyncSender<Chunk>>,
     /// Chunks the writer is done with, to be filled again: a fresh 256 KiB
     /// buffer per chunk cost page faults and zeroing on the receiving
-    /// thread. At most QUEUED_CHUNKS + 2 buffers exist.
+    /// thread. At most QUEUED_CHUNKS + 3 buffers exist (queued, being
+    /// written, one blocked in the send, and the one being filled).
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
     writer: Option<std::thread::JoinHandle<io::Result<Written>>>,
     /// Set when the page will not be kept: the writer skips what is queued.

@@ -141,10 +141,7 @@ impl DirectionKeys {
         // Decrypted from the datagram straight into `out`, not copied
         // there first: one pass over the bytes less. Only what `out` grows
         // by is zeroed first.
-        if out.len() < ct.len() {
-            out.resize(ct.len(), 0);
-        }
-        out.truncate(ct.len());
+        out.resize(ct.len(), 0);
         let nonce = self.nonce(pn);
         let tag: [u8; TAG_LEN] = tag.try_into().ok()?;
         let buf = InOutBuf::new(ct, out.as_mut_slice()).ok()?;
@@ -317,6 +314,21 @@ mod tests {
             assert_eq!(body.inner, b"inner datagram");
             assert!(body.token.is_none());
         }
+    }
+
+    /// The buffer is reused: after a long datagram a short one leaves the
+    /// short body alone in it, nothing of the long one after it.
+    #[test]
+    fn a_reused_buffer_holds_only_the_last_body() {
+        let k = keys(3);
+        let mut out = Vec::new();
+        let long = sealed(&k, None, &[7u8; 900], 100, 1);
+        assert_eq!(k.open(&long, PN_LEN, &mut out), Some(1));
+        assert_eq!(out.len(), long.len() - PN_LEN - TAG_LEN);
+        let short = sealed(&k, None, b"short", 0, 2);
+        assert_eq!(k.open(&short, PN_LEN, &mut out), Some(2));
+        assert_eq!(out.len(), BODY_PREFIX + 5);
+        assert_eq!(parse_body(&out).expect("body").inner, b"short");
     }
 
     #[test]
