@@ -437,7 +437,7 @@ impl Output {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return Err(io::Error::other("abandoned"));
                     }
-                    let chunk = match chunk {
+                    let mut chunk = match chunk {
                         Chunk::Data(c) => c,
                         // A resumed page starts with the partial file's
                         // bytes, hashed like the rest.
@@ -457,7 +457,6 @@ impl Output {
                     sha256.update(&chunk);
                     len += chunk.len() as u64;
                     file.write_all(&chunk)?;
-                    let mut chunk = chunk;
                     chunk.clear();
                     // The receiving side may be gone already; then it is freed.
                     let _ = give_back.send(chunk);

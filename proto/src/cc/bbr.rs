@@ -52,6 +52,30 @@ const SEND_QUANTUM_TIME: Duration = Duration::from_millis(1);
 /// Largest send quantum: one GSO batch (64 KiB, the draft's cap too).
 const MAX_SEND_QUANTUM: u64 = 64 * 1024;
 
+/// A windowed maximum over rounds (the draft's windowed max filter): the
+/// largest value of each round, the newest last, kept for a number of
+/// rounds.
+#[derive(Debug, Clone, Default)]
+struct RoundMax(VecDeque<(u64, u64)>);
+
+impl RoundMax {
+    /// Takes `value` for `round` and forgets rounds `window` or more before
+    /// it.
+    fn update(&mut self, round: u64, value: u64, window: u64) {
+        match self.0.back_mut() {
+            Some((r, v)) if *r == round => *v = (*v).max(value),
+            _ => self.0.push_back((round, value)),
+        }
+        while self.0.front().is_some_and(|&(r, _)| r + window <= round) {
+            self.0.pop_front();
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.0.iter().map(|&(_, v)| v).max().unwrap_or(0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     Startup,
@@ -66,7 +90,7 @@ pub struct Bbr {
     mss: u64,
     state: State,
     /// Per-round maxima of the delivery rate, newest last.
-    bw_samples: VecDeque<(u64, u64)>,
+    bw_samples: RoundMax,
     min_rtt: Option<Duration>,
     min_rtt_stamp: Option<Instant>,
     round: u64,
@@ -85,7 +109,7 @@ pub struct Bbr {
     /// what that ran ahead of the estimated bandwidth, newest last.
     aggregation_start: Option<Instant>,
     aggregated: u64,
-    extra_acked: VecDeque<(u64, u64)>,
+    extra_acked: RoundMax,
 }
 
 impl Bbr {
@@ -95,7 +119,7 @@ impl Bbr {
         Bbr {
             mss,
             state: State::Startup,
-            bw_samples: VecDeque::new(),
+            bw_samples: RoundMax::default(),
             min_rtt: None,
             min_rtt_stamp: None,
             round: 0,
@@ -111,12 +135,12 @@ impl Bbr {
                 / rtt.unwrap_or(Duration::from_millis(1)).as_secs_f64().max(1e-6)) as u64,
             aggregation_start: None,
             aggregated: 0,
-            extra_acked: VecDeque::new(),
+            extra_acked: RoundMax::default(),
         }
     }
 
     fn btl_bw(&self) -> u64 {
-        self.bw_samples.iter().map(|&(_, bw)| bw).max().unwrap_or(0)
+        self.bw_samples.get()
     }
 
     fn bdp(&self, gain: f64) -> u64 {
@@ -160,7 +184,7 @@ impl Bbr {
     /// At most 100 ms of the current estimate, as Linux applies its cap.
     fn extra_acked(&self) -> u64 {
         let cap = (self.btl_bw() as f64 * MAX_EXTRA_ACKED_TIME.as_secs_f64()) as u64;
-        self.extra_acked.iter().map(|&(_, e)| e).max().unwrap_or(0).min(cap)
+        self.extra_acked.get().min(cap)
     }
 
     /// The in-flight target: two BDPs plus room for ACK aggregation, and
@@ -200,13 +224,7 @@ impl Bbr {
         self.aggregated = self.aggregated.saturating_add(newly_acked);
         let extra = (self.aggregated - expected).min(self.cwnd);
         let rounds = if self.filled_pipe { EXTRA_ACKED_ROUNDS } else { 1 };
-        match self.extra_acked.back_mut() {
-            Some((round, e)) if *round == self.round => *e = (*e).max(extra),
-            _ => self.extra_acked.push_back((self.round, extra)),
-        }
-        while self.extra_acked.front().is_some_and(|&(r, _)| r + rounds <= self.round) {
-            self.extra_acked.pop_front();
-        }
+        self.extra_acked.update(self.round, extra, rounds);
     }
 
     fn update_bw(&mut self, s: &RateSample) {
@@ -219,13 +237,7 @@ impl Bbr {
         if s.delivery_rate == 0 || (s.app_limited && s.delivery_rate < self.btl_bw()) {
             return;
         }
-        match self.bw_samples.back_mut() {
-            Some((round, bw)) if *round == self.round => *bw = (*bw).max(s.delivery_rate),
-            _ => self.bw_samples.push_back((self.round, s.delivery_rate)),
-        }
-        while self.bw_samples.front().is_some_and(|&(r, _)| r + BW_WINDOW_ROUNDS <= self.round) {
-            self.bw_samples.pop_front();
-        }
+        self.bw_samples.update(self.round, s.delivery_rate, BW_WINDOW_ROUNDS);
     }
 
     /// Called once per round: has Startup stopped finding more bandwidth?
@@ -373,7 +385,11 @@ mod tests {
 
     impl Flow {
         fn new() -> Flow {
-            Flow { bbr: Bbr::new(MSS, Some(RTT)), now: Instant::now(), delivered: 0 }
+            Flow::with(Bbr::new(MSS, Some(RTT)))
+        }
+
+        fn with(bbr: Bbr) -> Flow {
+            Flow { bbr, now: Instant::now(), delivered: 0 }
         }
 
         /// One ACK of `bytes` at the current time, for data sent when
@@ -808,22 +824,12 @@ mod tests {
     fn window_holds_three_send_quanta_when_the_bdp_is_tiny() {
         let rtt = Duration::from_micros(20);
         let bw = 1_000_000_000;
-        let mut b = Bbr::new(MSS, Some(rtt));
-        let (mut now, mut delivered) = (Instant::now(), 0);
+        let mut f = Flow::with(Bbr::new(MSS, Some(rtt)));
         for _ in 0..1_000 {
-            now += Duration::from_micros(10);
-            let prior = delivered;
-            delivered += 10 * MSS;
-            let s = RateSample {
-                newly_acked: 10 * MSS,
-                delivery_rate: bw,
-                app_limited: false,
-                rtt: Some(rtt),
-                delivered,
-                prior_delivered: prior,
-            };
-            b.on_ack(now, &s, 10 * MSS, rtt);
+            f.now += Duration::from_micros(10);
+            f.ack(10 * MSS, bw, f.delivered, rtt, 10 * MSS);
         }
+        let b = &f.bbr;
         assert!(matches!(b.state, State::ProbeBw { .. }), "{:?}", b.state);
         assert_eq!(b.send_quantum(), MAX_SEND_QUANTUM);
         assert!(b.window() >= 3 * MAX_SEND_QUANTUM, "{}", b.window());
@@ -841,23 +847,13 @@ mod tests {
     #[test]
     fn the_quantum_follows_the_estimate_not_startups_first_rate() {
         let rtt = Duration::from_millis(5);
-        let mut b = Bbr::new(MSS, Some(Duration::from_millis(1)));
-        assert_eq!(b.send_quantum(), MAX_SEND_QUANTUM);
-        let (mut now, mut delivered) = (Instant::now(), 0);
+        let mut f = Flow::with(Bbr::new(MSS, Some(Duration::from_millis(1))));
+        assert_eq!(f.bbr.send_quantum(), MAX_SEND_QUANTUM);
         for _ in 0..2 {
-            now += Duration::from_micros(800);
-            let prior = delivered;
-            delivered += MSS;
-            let s = RateSample {
-                newly_acked: MSS,
-                delivery_rate: 1_250_000,
-                app_limited: false,
-                rtt: Some(rtt),
-                delivered,
-                prior_delivered: prior,
-            };
-            b.on_ack(now, &s, 0, rtt);
+            f.now += Duration::from_micros(800);
+            f.ack(MSS, 1_250_000, f.delivered, rtt, 0);
         }
+        let b = &f.bbr;
         assert_eq!(b.state, State::Startup);
         assert_eq!(b.pacing_rate, 256_000_000);
         assert_eq!(b.send_quantum(), 5_000);

@@ -34,12 +34,13 @@ impl Pacer {
         // Credit for at most PACING_BURST of sending time (or ten segments
         // of this one's size, so eleven leave at once), after idle or at the
         // start alike.
-        let burst = PACING_BURST.max(Duration::from_secs_f64(MIN_BURST_SEGMENTS * len.max(1) as f64 / rate as f64));
+        let spacing = Duration::from_secs_f64(len.max(1) as f64 / rate as f64);
+        let burst = PACING_BURST.max(spacing.mul_f64(MIN_BURST_SEGMENTS));
         // Where an Instant cannot go that far back (it counts from boot on
         // some systems), the 2 ms at least.
         let earliest = now.checked_sub(burst).or_else(|| now.checked_sub(PACING_BURST)).unwrap_or(now);
         let base = self.next_send.map_or(earliest, |t| t.max(earliest));
-        self.next_send = Some(after(base, Duration::from_secs_f64(len.max(1) as f64 / rate as f64)));
+        self.next_send = Some(after(base, spacing));
     }
 
     /// Whether a segment may leave now.
