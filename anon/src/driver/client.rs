@@ -390,6 +390,64 @@ struct Written {
     len: u64,
 }
 
+/// Starts writing the page to disk while it is still arriving, so that the
+/// sync before the rename waits for the last few megabytes only: for 1 GiB
+/// on this machine's disk that sync alone took 0.5 s, all of it after the
+/// last byte had arrived (curl and wget do not sync at all; the rename's
+/// promise, a complete page or none, needs it across a crash). A thread of
+/// its own calls fdatasync on a second handle of the file every SYNC_EVERY
+/// bytes, so the writer never waits for the disk; while it is behind, the
+/// requests in between fold into one. Small pages never start it.
+#[derive(Debug, Default)]
+struct Syncer {
+    requests: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    synced_to: u64,
+}
+
+const SYNC_EVERY: u64 = 16 << 20;
+
+impl Syncer {
+    /// Whether `written` bytes in, a sync should start.
+    fn due(&self, written: u64) -> bool {
+        written >= self.synced_to + SYNC_EVERY
+    }
+
+    /// Asks for the file's data so far to go to disk, without waiting. A
+    /// failure here is only a lost head start: the final sync reports it.
+    fn sync(&mut self, file: &std::fs::File) {
+        self.synced_to += SYNC_EVERY;
+        if self.requests.is_none() {
+            let Ok(file) = file.try_clone() else { return };
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let spawned = std::thread::Builder::new().name("page-sync".into()).spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = file.sync_data() {
+                        tracing::debug!("early sync of the page: {e}");
+                        return;
+                    }
+                }
+            });
+            let Ok(thread) = spawned else { return };
+            self.requests = Some(tx);
+            self.thread = Some(thread);
+        }
+        if let Some(tx) = &self.requests {
+            // Full: a sync is pending and will cover these bytes too.
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Waits for the sync under way, if any, so that no second handle of
+    /// the file outlives the writer.
+    fn join(mut self) {
+        drop(self.requests.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Bytes handed to the writer at once, and chunks queued at most (4 MiB).
 /// How long the client polls its socket before sleeping, in baseline mode.
 const BUSY_POLL: Duration = Duration::from_micros(100);
@@ -433,6 +491,7 @@ impl Output {
                 let mut file = BufWriter::with_capacity(1 << 16, temp);
                 let mut sha256 = Sha256::new();
                 let mut len = 0u64;
+                let mut syncer = Syncer::default();
                 for chunk in queue {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return Err(io::Error::other("abandoned"));
@@ -457,11 +516,16 @@ impl Output {
                     sha256.update(&chunk);
                     len += chunk.len() as u64;
                     file.write_all(&chunk)?;
+                    if syncer.due(len) {
+                        file.flush()?;
+                        syncer.sync(file.get_ref().as_file());
+                    }
                     chunk.clear();
                     // The receiving side may be gone already; then it is freed.
                     let _ = give_back.send(chunk);
                 }
                 let temp = file.into_inner().map_err(|e| e.into_error())?;
+                syncer.join();
                 Ok(Written { temp, sha256: sha256.finalize().into(), len })
             })
             .map_err(err)?;
@@ -838,4 +902,31 @@ fn on_socket_error(conn: &mut impl Connection, e: &io::Error) -> bool {
     }
     tracing::debug!("socket error: {e}");
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::{SYNC_EVERY, Syncer};
+
+    /// A sync is due once per SYNC_EVERY bytes, not at every chunk after
+    /// the first, and the thread it starts ends with the writer.
+    #[test]
+    fn the_page_is_synced_once_per_period() {
+        let mut file = tempfile::tempfile().expect("temporary file");
+        let mut syncer = Syncer::default();
+        assert!(!syncer.due(SYNC_EVERY - 1));
+        assert!(syncer.thread.is_none(), "a small page starts no thread");
+        file.write_all(&[7; 4096]).expect("write");
+        assert!(syncer.due(SYNC_EVERY));
+        syncer.sync(&file);
+        assert!(syncer.thread.is_some());
+        assert!(!syncer.due(SYNC_EVERY + (256 << 10)), "due again before another period");
+        assert!(syncer.due(2 * SYNC_EVERY));
+        syncer.sync(&file);
+        syncer.sync(&file);
+        assert!(!syncer.due(3 * SYNC_EVERY), "each sync moves the mark by one period");
+        syncer.join();
+    }
 }
