@@ -363,7 +363,7 @@ impl SecureServer {
         let inner_rng =
             Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
         let pages: Vec<Arc<Page>> = pages.into_iter().map(|p| Arc::new(Page::new(p))).collect();
-        let inner = Server::with_shared_pages(inner_config, pages.clone(), inner_rng);
+        let inner = Server::with_shared_pages(inner_config, pages.clone(), inner_rng).with_numbered_peers();
         let plain = plain.map(|c| {
             rng.fill_bytes(&mut seed);
             let r = Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(u64::from_le_bytes(seed)));
