@@ -49,7 +49,8 @@ pub(crate) enum PeerHash {
     Numbered(rustc_hash::FxHasher),
 }
 
-/// Forwards every call, so FxHash keeps its word-sized steps.
+/// Forwards the integer writes (an IPv6 address is hashed as one u128), so
+/// FxHash keeps its word-sized steps; the signed ones fall through to these.
 macro_rules! forward {
     ($($name:ident: $t:ty),*) => {$(
         fn $name(&mut self, x: $t) {
@@ -69,7 +70,7 @@ impl Hasher for PeerHash {
         }
     }
 
-    forward!(write: &[u8], write_u8: u8, write_u16: u16, write_u32: u32, write_u64: u64, write_usize: usize);
+    forward!(write: &[u8], write_u8: u8, write_u16: u16, write_u32: u32, write_u64: u64, write_u128: u128, write_usize: usize);
 }
 
 /// What happened on the server, for logs and counters.
@@ -291,6 +292,7 @@ impl Server {
     /// secure layer), never chosen by the network: cheaper hashing. Before
     /// any datagram.
     pub(crate) fn with_numbered_peers(mut self) -> Self {
+        debug_assert!(self.conns.is_empty() && self.time_wait.is_empty(), "before any datagram");
         self.conns = HashMap::with_hasher(PeerHasher::Numbered);
         self.time_wait = HashMap::with_hasher(PeerHasher::Numbered);
         self

@@ -390,18 +390,24 @@ struct Written {
     len: u64,
 }
 
-/// Starts writing the page to disk while it is still arriving, so that the
-/// sync before the rename waits for the last few megabytes only: for 1 GiB
-/// on this machine's disk that sync alone took 0.5 s, all of it after the
-/// last byte had arrived (curl and wget do not sync at all; the rename's
-/// promise, a complete page or none, needs it across a crash). A thread of
-/// its own calls fdatasync on a second handle of the file every SYNC_EVERY
-/// bytes, so the writer never waits for the disk; while it is behind, the
-/// requests in between fold into one. Small pages never start it.
+/// Starts the page's syncs while it is still arriving, so that the sync
+/// before the rename waits for at most the last SYNC_EVERY bytes and the
+/// one sync in flight: for 1 GiB on this machine's disk that sync alone had
+/// taken 0.5 s, all of it after the last byte (curl and wget do not sync at
+/// all; the rename's promise, a complete page or none, needs it across a
+/// crash). A thread of its own calls fdatasync on a second handle of the
+/// file every SYNC_EVERY bytes, so the writer never waits for the disk;
+/// while it is behind, the requests in between fold into one. Small pages
+/// never start it.
+///
+/// The two handles share one open file, and the kernel reports a failed
+/// writeback once per open file: an error the thread sees is the page's,
+/// returned by [`join`](Self::join), never left for the final sync (which
+/// would then succeed).
 #[derive(Debug, Default)]
 struct Syncer {
     requests: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
     synced_to: u64,
 }
 
@@ -413,20 +419,21 @@ impl Syncer {
         written >= self.synced_to + SYNC_EVERY
     }
 
-    /// Asks for the file's data so far to go to disk, without waiting. A
-    /// failure here is only a lost head start: the final sync reports it.
-    fn sync(&mut self, file: &std::fs::File) {
-        self.synced_to += SYNC_EVERY;
+    /// Asks for the file's first `written` bytes to go to disk, without
+    /// waiting. The mark moves to the last whole period, so that a resumed
+    /// page (whose first chunk is the whole kept prefix) asks once.
+    fn sync(&mut self, file: &std::fs::File, written: u64) {
+        self.synced_to = written - written % SYNC_EVERY;
         if self.requests.is_none() {
+            // No second handle or thread: no head start, and the final
+            // sync does all the work, as before.
             let Ok(file) = file.try_clone() else { return };
             let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
             let spawned = std::thread::Builder::new().name("page-sync".into()).spawn(move || {
                 while rx.recv().is_ok() {
-                    if let Err(e) = file.sync_data() {
-                        tracing::debug!("early sync of the page: {e}");
-                        return;
-                    }
+                    file.sync_data()?;
                 }
+                Ok(())
             });
             let Ok(thread) = spawned else { return };
             self.requests = Some(tx);
@@ -434,17 +441,33 @@ impl Syncer {
         }
         if let Some(tx) = &self.requests {
             // Full: a sync is pending and will cover these bytes too.
+            // Disconnected: the thread stopped on an error, which join
+            // returns.
             let _ = tx.try_send(());
         }
     }
 
-    /// Waits for the sync under way, if any, so that no second handle of
-    /// the file outlives the writer.
-    fn join(mut self) {
+    /// Waits for the sync under way, if any, and returns the first error a
+    /// sync met.
+    fn join(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
         drop(self.requests.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(io::Error::other("the sync thread panicked")),
         }
+    }
+}
+
+impl Drop for Syncer {
+    /// A writer that stops early (an error, an abandoned page) leaves no
+    /// second handle of the file behind it.
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 
@@ -518,14 +541,14 @@ impl Output {
                     file.write_all(&chunk)?;
                     if syncer.due(len) {
                         file.flush()?;
-                        syncer.sync(file.get_ref().as_file());
+                        syncer.sync(file.get_ref().as_file(), len);
                     }
                     chunk.clear();
                     // The receiving side may be gone already; then it is freed.
                     let _ = give_back.send(chunk);
                 }
                 let temp = file.into_inner().map_err(|e| e.into_error())?;
-                syncer.join();
+                syncer.join()?;
                 Ok(Written { temp, sha256: sha256.finalize().into(), len })
             })
             .map_err(err)?;
@@ -911,7 +934,8 @@ mod tests {
     use super::{SYNC_EVERY, Syncer};
 
     /// A sync is due once per SYNC_EVERY bytes, not at every chunk after
-    /// the first, and the thread it starts ends with the writer.
+    /// the first (nor after a resumed page's long first chunk), and the
+    /// thread it starts ends with the writer.
     #[test]
     fn the_page_is_synced_once_per_period() {
         let mut file = tempfile::tempfile().expect("temporary file");
@@ -920,13 +944,26 @@ mod tests {
         assert!(syncer.thread.is_none(), "a small page starts no thread");
         file.write_all(&[7; 4096]).expect("write");
         assert!(syncer.due(SYNC_EVERY));
-        syncer.sync(&file);
+        syncer.sync(&file, SYNC_EVERY);
         assert!(syncer.thread.is_some());
         assert!(!syncer.due(SYNC_EVERY + (256 << 10)), "due again before another period");
         assert!(syncer.due(2 * SYNC_EVERY));
-        syncer.sync(&file);
-        syncer.sync(&file);
-        assert!(!syncer.due(3 * SYNC_EVERY), "each sync moves the mark by one period");
-        syncer.join();
+        // A resumed page: 50 periods at once, then one more chunk.
+        syncer.sync(&file, 50 * SYNC_EVERY + 5);
+        assert!(!syncer.due(50 * SYNC_EVERY + 5 + (256 << 10)), "one sync covers the kept prefix");
+        assert!(syncer.due(51 * SYNC_EVERY));
+        syncer.join().expect("the syncs succeed");
+    }
+
+    /// A sync's error is the page's: join returns it (the final sync on
+    /// the other handle would not see it again). fdatasync fails on a
+    /// socket (EINVAL), which stands in for a disk that fails.
+    #[test]
+    fn a_failed_sync_is_reported() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket");
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(socket));
+        let mut syncer = Syncer::default();
+        syncer.sync(&file, SYNC_EVERY);
+        assert!(syncer.join().is_err());
     }
 }

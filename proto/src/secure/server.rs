@@ -322,15 +322,16 @@ impl HandshakeReplay {
 
 /// Where the 64-bit connection number goes in a virtual address (never on
 /// the wire): the discard prefix 100::/64 (RFC 6666), the number in the low
-/// 64 bits in little-endian byte order. The order matters: FxHash reads the
-/// octets as native words and multiplies, which carries a bit only upwards,
-/// so a counter stored big-endian (its changing byte at the top of the word)
-/// left the bucket bits of `virtuals` the same for every connection, and
-/// each lookup probed through all of them.
+/// 64 bits in the machine's byte order. The order matters: the address is
+/// hashed as one native integer, and FxHash multiplies, which carries a bit
+/// only upwards; a counter stored big-endian (on this little-endian machine,
+/// its changing byte at the top of the word) left the bucket bits of
+/// `virtuals` the same for every connection, and each lookup probed through
+/// all of them.
 fn virtual_addr(n: u64) -> SocketAddr {
     let mut octets = [0u8; 16];
     octets[..2].copy_from_slice(&0x0100_u16.to_be_bytes());
-    octets[8..].copy_from_slice(&n.to_le_bytes());
+    octets[8..].copy_from_slice(&n.to_ne_bytes());
     SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), 1, 0, 0))
 }
 
