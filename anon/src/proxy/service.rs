@@ -301,7 +301,8 @@ impl Proxy {
             }
             // Answered at once: the client's handshake completes while the
             // origin is asked, and the page goes on as it arrives.
-            let stream = Arc::new(Stream::new(0));
+            let max_page = usize::try_from(self.limits.max_page).unwrap_or(usize::MAX);
+            let stream = Arc::new(Stream::with_limit(0, max_page));
             endpoint.fetch_done(now, id, Ok(streamed(&stream)));
             self.next_fetch += 1;
             let fetch = self.next_fetch;
