@@ -340,7 +340,8 @@ impl Sender {
             self.retransmissions += 1;
         }
         self.cc.on_sent(now, len, self.board.in_flight());
-        self.pacer.on_sent(now, len, self.cc.pacing_rate());
+        let window = self.min_rtt.map(|rtt| (self.cc.window(), rtt));
+        self.pacer.on_sent(now, len, self.cc.pacing_rate(), window);
         self.rto.start(now, self.rtt.rto());
         if !sent.retransmission {
             self.arm_tlp(now);
