@@ -283,7 +283,12 @@ impl Stream {
             let need = s.bytes.len().saturating_add(data.len());
             if need > s.bytes.capacity() {
                 let cap = s.bytes.capacity().saturating_mul(2).max(need);
-                let cap = s.limit.map_or(cap, |limit| cap.min(limit.max(need)));
+                // Past the limit (a writer that does not hold to it), plain
+                // doubling again, not a copy per push.
+                let cap = match s.limit {
+                    Some(limit) if need <= limit => cap.min(limit),
+                    _ => cap,
+                };
                 let len = s.bytes.len();
                 s.bytes.reserve_exact(cap - len);
             }
@@ -550,7 +555,8 @@ mod tests {
 
     /// A budget counts a fetch under way as its limit: the buffer never
     /// holds more, however the page arrives (plain doubling took this one
-    /// to 4 MiB), and a Content-Length beyond the limit reserves only it.
+    /// to 4,096,000 bytes), and a Content-Length beyond the limit reserves
+    /// only it.
     #[test]
     fn a_streams_buffer_stays_within_its_limit() {
         let meta = PageMeta { status: 200, content_type: String::new(), final_url: "https://a.b/".into() };
@@ -569,8 +575,15 @@ mod tests {
         let reserved = Stream::with_limit(0, limit);
         reserved.reserve(10 << 20);
         assert_eq!(reserved.held_bytes(), limit as u64);
+        // A writer that does not hold to the limit: the buffer doubles
+        // again rather than growing by each piece.
+        stream.push(&piece);
+        let past = stream.held_bytes();
+        assert!(past >= 2 * limit as u64, "{past}");
+        stream.push(&piece);
+        assert_eq!(stream.held_bytes(), past, "no new buffer for the next piece");
         let page = stream.finish().expect("a complete page");
-        assert_eq!(page.len(), limit as u64);
+        assert_eq!(page.len(), limit as u64 + 2000);
     }
 
     #[test]

@@ -240,7 +240,11 @@ impl Sender {
         }
         // RFC 8985 §6.2 step 2: a retransmitted segment acknowledged sooner
         // than the minimum RTT was probably delivered by its first copy.
-        if newest.transmissions == 1 || self.min_rtt.is_none_or(|m| rtt >= m) {
+        // Before there is a minimum, none is taken: after a spurious RTO the
+        // original's ACK, timed from the resend, would set the minimum to
+        // microseconds for good (and with it RACK's window and the pacer's
+        // bursts).
+        if newest.transmissions == 1 || self.min_rtt.is_some_and(|m| rtt >= m) {
             self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
             self.rack.on_delivered(newest.sent_at, newest.index, rtt);
         }
@@ -445,6 +449,25 @@ mod tests {
         assert_eq!(s.known_len(), Some(3 * SEG + 200));
         s.on_ack(now, 3 * SEG + 200, true, &[], None);
         assert!(s.all_acked());
+    }
+
+    /// A spurious RTO: the first copy's ACK comes just after the resend.
+    /// That sample times the ACK from the resend, and must not become the
+    /// minimum RTT; a later segment sent once sets it.
+    #[test]
+    fn a_resent_segment_does_not_set_the_first_minimum_rtt() {
+        let mut s = sender(20 * SEG, 10 * SEG);
+        let t0 = Instant::now();
+        assert_eq!(send_all(&mut s, t0).len(), 10);
+        let rto = s.poll_timeout().expect("the RTO is armed");
+        s.handle_timeout(rto);
+        assert_eq!(send_all(&mut s, rto).len(), 10, "all resent after the RTO");
+        s.on_ack(rto + Duration::from_micros(5), 10 * SEG, false, &[], None);
+        assert_eq!(s.min_rtt, None, "no minimum from resent segments");
+        let at = rto + Duration::from_millis(1);
+        assert_eq!(send_all(&mut s, at).len(), 10, "new segments, sent once");
+        s.on_ack(at + Duration::from_millis(50), 20 * SEG, false, &[], None);
+        assert_eq!(s.min_rtt, Some(Duration::from_millis(50)));
     }
 
     /// The hostile client of issue 10: a 16 MiB window, the first segment
