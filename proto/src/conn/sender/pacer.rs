@@ -28,9 +28,9 @@ const MIN_BURST_SEGMENTS: f64 = 10.0;
 /// a standing queue the window exceeds one BDP by the queue, and the burst
 /// with it: still far from the whole windows unpaced TCP sends.) Credit
 /// builds only while the sender waits, so a connection kept busy by its
-/// ACKs sends no such burst. (100 secure clients of a
-/// 1 MiB page at once on loopback: 65-89 ACKs per page against 110-132,
-/// and the crowd in 0.84-1.02 s against 1.00-1.19 s, by hand.)
+/// ACKs sends no such burst. (100 secure clients of a 1 MiB page at once on
+/// loopback: 65-89 ACKs per page against 110-132, and the crowd in
+/// 0.84-1.02 s against 1.00-1.19 s, by hand.)
 const MAX_BURST_SEGMENTS: f64 = 256.0;
 
 #[derive(Debug, Default)]
@@ -93,11 +93,12 @@ mod tests {
         Duration::from_micros(n)
     }
 
-    /// Segments sent at `now` while the pacer allows.
-    fn burst(p: &mut Pacer, now: Instant, rate: u64) -> u32 {
+    /// Segments sent at `now` while the pacer allows (at most 1,000), with
+    /// a congestion window and minimum RTT if `window`.
+    fn burst(p: &mut Pacer, now: Instant, rate: u64, window: Option<(u64, Duration)>) -> u32 {
         let mut n = 0;
-        while p.allows(now) && n < 100 {
-            p.on_sent(now, 1000, Some(rate), None);
+        while p.allows(now) && n < 1000 {
+            p.on_sent(now, 1000, Some(rate), window);
             n += 1;
         }
         n
@@ -122,7 +123,7 @@ mod tests {
     fn rate_sets_the_spacing() {
         let t0 = Instant::now() + Duration::from_secs(1);
         let mut p = Pacer::default();
-        burst(&mut p, t0, 1_000_000);
+        burst(&mut p, t0, 1_000_000, None);
         let next = p.next_send().unwrap();
         assert_eq!(next, t0 + us(1000));
         assert!(!p.allows(next - us(1)) && p.allows(next));
@@ -136,16 +137,6 @@ mod tests {
         assert_eq!(p.next_send(), Some(next + us(1251)));
     }
 
-    /// Segments sent at `now` while the pacer allows, with a window.
-    fn burst_with(p: &mut Pacer, now: Instant, rate: u64, window: (u64, Duration)) -> u32 {
-        let mut n = 0;
-        while p.allows(now) && n < 1000 {
-            p.on_sent(now, 1000, Some(rate), Some(window));
-            n += 1;
-        }
-        n
-    }
-
     /// After idle the credit is also 2 ms of the window's rate over the
     /// minimum RTT: 40 segments for a 200-segment window on 10 ms, the
     /// ten-segment floor on 100 ms, at most 256 on a near-zero or zero RTT;
@@ -157,21 +148,21 @@ mod tests {
         let idle = t0 + Duration::from_secs(1);
         let mut p = Pacer::default();
         p.on_sent(t0, 1000, Some(rate), None);
-        assert_eq!(burst_with(&mut p, idle, rate, (200_000, Duration::from_millis(10))), 41);
+        assert_eq!(burst(&mut p, idle, rate, Some((200_000, Duration::from_millis(10)))), 41);
         let mut p = Pacer::default();
         p.on_sent(t0, 1000, Some(rate), None);
-        assert_eq!(burst_with(&mut p, idle, rate, (200_000, Duration::from_millis(100))), 11);
+        assert_eq!(burst(&mut p, idle, rate, Some((200_000, Duration::from_millis(100)))), 11);
         let mut p = Pacer::default();
         p.on_sent(t0, 1000, Some(rate), None);
-        assert_eq!(burst_with(&mut p, idle, rate, (200_000, Duration::from_micros(1))), 257);
+        assert_eq!(burst(&mut p, idle, rate, Some((200_000, Duration::from_micros(1)))), 257);
         let mut p = Pacer::default();
         p.on_sent(t0, 1000, Some(rate), None);
-        assert_eq!(burst_with(&mut p, idle, rate, (200_000, Duration::ZERO)), 257);
+        assert_eq!(burst(&mut p, idle, rate, Some((200_000, Duration::ZERO))), 257);
         // 2 ms at 50 MB/s is 100 segments, more than the window's 40: 100.
         let fast = 50_000_000;
         let mut p = Pacer::default();
         p.on_sent(t0, 1000, Some(fast), None);
-        assert_eq!(burst_with(&mut p, idle, fast, (200_000, Duration::from_millis(10))), 101);
+        assert_eq!(burst(&mut p, idle, fast, Some((200_000, Duration::from_millis(10)))), 101);
     }
 
     /// PACING_BURST of credit, or ten segments' worth where that is more:
@@ -182,12 +173,12 @@ mod tests {
     fn burst_credit_is_two_milliseconds_or_ten_segments_after_idle() {
         let t0 = Instant::now() + Duration::from_secs(1);
         let mut p = Pacer::default();
-        assert_eq!(burst(&mut p, t0, 1_000_000), 11);
-        assert_eq!(burst(&mut p, t0 + us(1000), 1_000_000), 1, "no credit while busy");
+        assert_eq!(burst(&mut p, t0, 1_000_000, None), 11);
+        assert_eq!(burst(&mut p, t0 + us(1000), 1_000_000, None), 1, "no credit while busy");
         let idle = t0 + Duration::from_secs(10);
-        assert_eq!(burst(&mut p, idle, 1_000_000), 11, "idle time does not add up");
+        assert_eq!(burst(&mut p, idle, 1_000_000, None), 11, "idle time does not add up");
         let later = idle + Duration::from_secs(10);
-        assert_eq!(burst(&mut p, later, 20_000_000), 41);
+        assert_eq!(burst(&mut p, later, 20_000_000, None), 41);
         p.reset();
         assert!(p.allows(later) && p.next_send().is_none());
     }
