@@ -377,6 +377,23 @@ fn interrupted_client_exits_130_and_leaves_no_file() {
     assert_eq!(files_in(dir.path()), ["c.log"]);
 }
 
+/// A baseline transfer on loopback never sleeps (the client polls its socket
+/// between round trips), and Ctrl-C still stops it: before, the signal
+/// waited for the end of the page, and the client exited 0.
+#[test]
+fn a_busy_polling_client_stops_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::serve(page(40 << 20, 9)).unwrap();
+    let server =
+        ServerProcess::start(Path::new(SERVER), &dir.path().join("server.log"), &origin.url(), &[], READY).unwrap();
+    let (mut client, out) = fetch_verbose(server.port, dir.path(), "c", &["--no-fast"]);
+    client.wait_for_line("connected", READY).unwrap();
+    client.signal("INT").unwrap();
+    let status = client.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(130), "{:?}", client.stderr);
+    assert!(!out.exists());
+}
+
 /// A fake fast-mode server written here announces a SHA-256 that does not
 /// match the page it sends: the client refuses the page and writes nothing.
 #[test]
@@ -494,6 +511,10 @@ fn sigterm_drains_transfers_in_flight_then_exits_0() {
     .unwrap();
     let (mut first, out) = fetch_verbose(server.port, dir.path(), "first", &["--no-fast"]);
     first.wait_for_line("connected", READY).unwrap();
+    // Stopped, the first client keeps its transfer in flight for as long as
+    // the checks below take, however fast loopback is; continued, it reads
+    // the server's retransmissions queued meanwhile and carries on.
+    first.signal("STOP").unwrap();
     server.proc.signal("TERM").unwrap();
     wait_for_metrics(metrics, Duration::from_secs(10), |t| metric(t, "anon_draining") == 1);
     // A new client is refused while the first one finishes.
@@ -504,6 +525,7 @@ fn sigterm_drains_transfers_in_flight_then_exits_0() {
     assert!(metric(&text, "anon_syn_refused_total{limit=\"draining\"}") >= 1, "{text}");
     assert_eq!(metric(&text, "anon_connections_open"), 1, "the first transfer is still running:\n{text}");
     // The transfer in flight completes byte exact, then the server exits 0.
+    first.signal("CONT").unwrap();
     assert!(first.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", first.stderr);
     assert!(std::fs::read(&out).unwrap() == body);
     assert_eq!(server.proc.wait(Duration::from_secs(10)).unwrap().code(), Some(0));

@@ -471,10 +471,12 @@ impl Drop for Syncer {
     }
 }
 
-/// Bytes handed to the writer at once, and chunks queued at most (4 MiB).
 /// How long the client polls its socket before sleeping, in baseline mode.
 const BUSY_POLL: Duration = Duration::from_micros(100);
+/// How often a busy-polling client lets tokio's reactor turn (signals).
+const REACTOR_TURN: Duration = Duration::from_millis(1);
 
+/// Bytes handed to the writer at once, and chunks queued at most (4 MiB).
 const CHUNK: usize = 256 << 10;
 const QUEUED_CHUNKS: usize = 16;
 
@@ -741,6 +743,7 @@ pub async fn run<C: Connection>(
     let mut first_byte = None;
     let mut bar: Option<ProgressBar> = None;
     let mut tx = Vec::with_capacity(64);
+    let mut next_turn = start;
     tracing::debug!(%server, "connecting");
     let result = loop {
         let now = Instant::now();
@@ -817,22 +820,49 @@ pub async fn run<C: Connection>(
 
         // Baseline mode has one datagram in flight, and the user waits for
         // every round trip: on a LAN the answer comes within tens of
-        // microseconds. Polling the socket that long before sleeping saves
-        // the sleep and wake-up through epoll, the largest cost of a round
-        // trip on loopback (the README's TFTP comparison); on a longer path
-        // it costs BUSY_POLL of CPU per round trip.
+        // microseconds. Receiving for that long before sleeping saves the
+        // sleep and wake-up through epoll, the largest cost of a round trip
+        // on loopback (the README's TFTP comparison); on a longer path it
+        // costs BUSY_POLL of CPU per round trip. The receive is a system
+        // call of its own: waiting for tokio's reactor to report the
+        // datagram would cost an epoll call per round trip.
         let inner = conn.conn();
         if inner.mode() == Mode::Baseline && inner.is_established() && !inner.is_finished() && socket.drained() {
             let until = Instant::now() + BUSY_POLL;
             let mut got = false;
-            while !got && Instant::now() < until {
-                got = socket.poll_readable();
+            loop {
+                let now = Instant::now();
+                let polled = socket.recv_batch_now(|_, datagram| {
+                    conn.handle(now, datagram);
+                    log.record_kind(now, Direction::Recv, datagram, Belongs::Connection, conn.shown_received());
+                });
+                match polled {
+                    Ok(_) => got = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // An error is reported once (an ICMP message, say): the
+                    // loop's top sees what it did to the connection.
+                    Err(e) => {
+                        on_socket_error(&mut conn, &e);
+                        got = true;
+                    }
+                }
+                if got || now >= until {
+                    break;
+                }
                 std::hint::spin_loop();
             }
             if got {
-                // tokio learns of the readiness only from its reactor: one
-                // turn of it (epoll with no wait), not a sleep.
-                tokio::task::yield_now().await;
+                // Signals reach tokio through its reactor, which a transfer
+                // that never sleeps would not turn: one turn (epoll with no
+                // wait) every REACTOR_TURN, so that Ctrl-C still stops it.
+                if Instant::now() >= next_turn {
+                    tokio::task::yield_now().await;
+                    next_turn = Instant::now() + REACTOR_TURN;
+                    if poll_now(interrupt.as_mut()) {
+                        log.flush();
+                        return Err(FetchFailed::Interrupted);
+                    }
+                }
                 continue;
             }
         }
@@ -870,6 +900,12 @@ pub async fn run<C: Connection>(
         meta: conn.meta().cloned(),
         first_byte,
     })
+}
+
+/// Polls `f` once, without a waker that anything will call: whether it has
+/// completed. The loop's `select!` polls it again with a real one.
+fn poll_now<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
+    f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready()
 }
 
 /// Sends everything the connection has queued.

@@ -19,6 +19,8 @@ use crate::proxy::service::{FetchResult, Fetches, Proxy};
 /// input cannot starve retransmissions, and a burst of timers cannot starve
 /// the socket.
 const RECV_BUDGET: usize = 512;
+/// How often a busy-polling server lets tokio's reactor turn (signals).
+const REACTOR_TURN: Duration = Duration::from_millis(1);
 const SEND_BUDGET: usize = 256;
 /// Bytes one GSO send carries at most (a UDP datagram's limit, with room).
 const GSO_BYTES: usize = 60_000;
@@ -254,6 +256,7 @@ pub async fn run<E: Endpoint>(
     // backoff that keeps fruitless polling rare when traffic is sparse.
     let mut active = false;
     let mut spin = SpinBackoff::default();
+    let mut next_turn = Instant::now();
     loop {
         let now = Instant::now();
         server.handle_timeout(now);
@@ -306,29 +309,51 @@ pub async fn run<E: Endpoint>(
             let until = Instant::now() + options.busy_poll;
             deadline.map_or(until, |d| d.min(until))
         });
-        let spin = &mut spin;
+        active = false;
+        let mut turned = false;
+        if let Some(until) = spin_until {
+            // Each poll a receive of its own: waiting for tokio's reactor
+            // to report the datagram would cost an epoll call per round
+            // trip, the very cost polling saves.
+            let got = loop {
+                let now = Instant::now();
+                match receive(&mut socket, &mut server, &mut log, now, false) {
+                    Ok(_) => break true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        tracing::debug!("receive error: {e}");
+                        break true;
+                    }
+                }
+                if now >= until {
+                    break false;
+                }
+                std::hint::spin_loop();
+            };
+            spin.result(got);
+            if got {
+                active = true;
+                // A server that never sleeps would starve the other tasks
+                // on its thread (the metrics endpoint) and tokio's reactor,
+                // through which signals come: they get a turn (epoll with
+                // no wait) every REACTOR_TURN, then the signals are looked
+                // at below.
+                let now = Instant::now();
+                if now < next_turn {
+                    continue;
+                }
+                next_turn = now + REACTOR_TURN;
+                tokio::task::yield_now().await;
+                turned = true;
+            }
+        }
         let wait = async {
             if pending {
                 tokio::task::yield_now().await;
-                return;
+            } else if !turned {
+                super::sleep_until(deadline).await;
             }
-            if let Some(until) = spin_until {
-                let mut got = socket.poll_readable();
-                while !got && Instant::now() < until {
-                    std::hint::spin_loop();
-                    got = socket.poll_readable();
-                }
-                spin.result(got);
-                if got {
-                    // tokio learns of the readiness from its reactor: one
-                    // turn of it (epoll with no wait), not a sleep.
-                    tokio::task::yield_now().await;
-                    return;
-                }
-            }
-            super::sleep_until(deadline).await;
         };
-        active = false;
         tokio::select! {
             biased;
             () = super::hangup(&mut hangup) => {
@@ -356,15 +381,7 @@ pub async fn run<E: Endpoint>(
                 active = true;
                 let mut taken = 0;
                 while taken < RECV_BUDGET {
-                    let now = Instant::now();
-                    let got = socket.try_recv_batch(|from, datagram| {
-                        // Datagrams that belong to no connection (strays,
-                        // forgeries, SYNs answered with a cookie) are logged
-                        // within a rate, so a flood cannot fill the disk.
-                        let Logged { belongs, shown } = server.handle(now, from, datagram);
-                        log.record_kind(now, Direction::Recv, datagram, belongs, shown);
-                    });
-                    match got {
+                    match receive(&mut socket, &mut server, &mut log, Instant::now(), true) {
                         Ok(n) => {
                             taken += n.max(1);
                             if socket.drained() {
@@ -398,6 +415,26 @@ pub async fn run<E: Endpoint>(
     reporter.last_word(&snapshot);
     super::metrics::log_counters(&snapshot, "stopped");
     Ok(server.stats())
+}
+
+/// Receives one batch and hands it to the server, through tokio's
+/// readiness (`via_tokio`) or with a system call whatever it says (busy
+/// polling).
+fn receive<E: Endpoint>(
+    socket: &mut BatchSocket,
+    server: &mut E,
+    log: &mut PacketLog,
+    now: Instant,
+    via_tokio: bool,
+) -> io::Result<usize> {
+    let each = |from, datagram: &[u8]| {
+        // Datagrams that belong to no connection (strays, forgeries, SYNs
+        // answered with a cookie) are logged within a rate, so a flood
+        // cannot fill the disk.
+        let Logged { belongs, shown } = server.handle(now, from, datagram);
+        log.record_kind(now, Direction::Recv, datagram, belongs, shown);
+    };
+    if via_tokio { socket.try_recv_batch(each) } else { socket.recv_batch_now(each) }
 }
 
 /// The counters and gauges the reporter and the metrics endpoint show.

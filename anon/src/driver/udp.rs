@@ -128,12 +128,27 @@ impl BatchSocket {
     /// Receives one batch without waiting and hands every datagram in it to
     /// `each` (source, bytes). Returns the number of datagrams, or
     /// `WouldBlock` when none is waiting.
-    pub fn try_recv_batch(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+    pub fn try_recv_batch(&mut self, each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        self.recv_batch(true, each)
+    }
+
+    /// As `try_recv_batch`, but always a system call, whatever tokio last
+    /// learnt of the socket's readiness: for busy polling, which must not
+    /// wait for a turn of tokio's reactor (an epoll call) to learn that a
+    /// datagram came. tokio's readiness is left as it was; the next wait
+    /// for readability may wake once for nothing, never miss a datagram
+    /// (epoll reports every arrival after the last `WouldBlock` it saw).
+    pub fn recv_batch_now(&mut self, each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        self.recv_batch(false, each)
+    }
+
+    fn recv_batch(&mut self, via_tokio: bool, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
         let BatchSocket { socket, state, rx, meta, last_messages } = self;
         let socket = &*socket;
         let mut slices: Vec<std::io::IoSliceMut<'_>> = rx.iter_mut().map(|b| std::io::IoSliceMut::new(b)).collect();
         *last_messages = 0;
-        let n = socket.try_io(tokio::io::Interest::READABLE, || state.recv(socket.into(), &mut slices, meta))?;
+        let mut recv = || state.recv(socket.into(), &mut slices, meta);
+        let n = if via_tokio { socket.try_io(tokio::io::Interest::READABLE, recv)? } else { recv()? };
         *last_messages = n;
         let mut count = 0;
         for (m, buf) in meta.iter().zip(rx.iter()).take(n) {
@@ -145,14 +160,6 @@ impl BatchSocket {
             }
         }
         Ok(count)
-    }
-
-    /// Whether a datagram is waiting, without taking it (a non-blocking
-    /// `MSG_PEEK` of one byte). For busy polling.
-    pub fn poll_readable(&self) -> bool {
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        let socket = socket2::SockRef::from(&self.socket);
-        socket.peek(&mut byte).is_ok()
     }
 
     /// Whether the last receive call found the socket's queue emptied: it
