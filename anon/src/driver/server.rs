@@ -317,13 +317,8 @@ pub async fn run<E: Endpoint>(
             // trip, the very cost polling saves.
             let got = loop {
                 let now = Instant::now();
-                match receive(&mut socket, &mut server, &mut log, now, false) {
-                    Ok(_) => break true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        tracing::debug!("receive error: {e}");
-                        break true;
-                    }
+                if receive_all(&mut socket, &mut server, &mut log, false) > 0 {
+                    break true;
                 }
                 if now >= until {
                     break false;
@@ -379,24 +374,7 @@ pub async fn run<E: Endpoint>(
             ready = socket.readable() => {
                 ready?;
                 active = true;
-                let mut taken = 0;
-                while taken < RECV_BUDGET {
-                    match receive(&mut socket, &mut server, &mut log, Instant::now(), true) {
-                        Ok(n) => {
-                            taken += n.max(1);
-                            if socket.drained() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // ICMP errors from earlier sends and the like: the
-                        // connection's timers deal with the peer.
-                        Err(e) => {
-                            tracing::debug!("receive error: {e}");
-                            taken += 1;
-                        }
-                    }
-                }
+                receive_all(&mut socket, &mut server, &mut log, true);
             }
             done = next_fetch(&mut proxy) => {
                 if let (Some(p), Some(f)) = (proxy.as_mut(), server.fetches()) {
@@ -417,24 +395,39 @@ pub async fn run<E: Endpoint>(
     Ok(server.stats())
 }
 
-/// Receives one batch and hands it to the server, through tokio's
-/// readiness (`via_tokio`) or with a system call whatever it says (busy
-/// polling).
-fn receive<E: Endpoint>(
-    socket: &mut BatchSocket,
-    server: &mut E,
-    log: &mut PacketLog,
-    now: Instant,
-    via_tokio: bool,
-) -> io::Result<usize> {
-    let each = |from, datagram: &[u8]| {
-        // Datagrams that belong to no connection (strays, forgeries, SYNs
-        // answered with a cookie) are logged within a rate, so a flood
-        // cannot fill the disk.
-        let Logged { belongs, shown } = server.handle(now, from, datagram);
-        log.record_kind(now, Direction::Recv, datagram, belongs, shown);
-    };
-    if via_tokio { socket.try_recv_batch(each) } else { socket.recv_batch_now(each) }
+/// Receives batches and hands them to the server until the socket's queue
+/// is empty or RECV_BUDGET datagrams are taken; returns how many were
+/// (an error counts as one). Through tokio's readiness (`via_tokio`), or
+/// with system calls whatever it says (busy polling).
+fn receive_all<E: Endpoint>(socket: &mut BatchSocket, server: &mut E, log: &mut PacketLog, via_tokio: bool) -> usize {
+    let mut taken = 0;
+    while taken < RECV_BUDGET {
+        let now = Instant::now();
+        let each = |from, datagram: &[u8]| {
+            // Datagrams that belong to no connection (strays, forgeries,
+            // SYNs answered with a cookie) are logged within a rate, so a
+            // flood cannot fill the disk.
+            let Logged { belongs, shown } = server.handle(now, from, datagram);
+            log.record_kind(now, Direction::Recv, datagram, belongs, shown);
+        };
+        let got = if via_tokio { socket.try_recv_batch(each) } else { socket.recv_batch_now(each) };
+        match got {
+            Ok(n) => {
+                taken += n.max(1);
+                if socket.drained() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // ICMP errors from earlier sends and the like: the
+            // connection's timers deal with the peer.
+            Err(e) => {
+                tracing::debug!("receive error: {e}");
+                taken += 1;
+            }
+        }
+    }
+    taken
 }
 
 /// The counters and gauges the reporter and the metrics endpoint show.
