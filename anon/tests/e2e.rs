@@ -511,12 +511,14 @@ fn sigterm_drains_transfers_in_flight_then_exits_0() {
     .unwrap();
     let (mut first, out) = fetch_verbose(server.port, dir.path(), "first", &["--no-fast"]);
     first.wait_for_line("connected", READY).unwrap();
+    // The signal and the scrapes reach a server that busy polls a
+    // stop-and-wait transfer and so never sleeps.
+    server.proc.signal("TERM").unwrap();
+    wait_for_metrics(metrics, Duration::from_secs(10), |t| metric(t, "anon_draining") == 1);
     // Stopped, the first client keeps its transfer in flight for as long as
     // the checks below take, however fast loopback is; continued, it reads
     // the server's retransmissions queued meanwhile and carries on.
     first.signal("STOP").unwrap();
-    server.proc.signal("TERM").unwrap();
-    wait_for_metrics(metrics, Duration::from_secs(10), |t| metric(t, "anon_draining") == 1);
     // A new client is refused while the first one finishes.
     let (mut late, late_out, late_log) = fetch(server.port, dir.path(), "late", &["--connect-timeout", "1"]);
     assert_eq!(late.wait(CLIENT_DEADLINE).unwrap().code(), Some(1), "{:?}", late.stderr);

@@ -473,8 +473,6 @@ impl Drop for Syncer {
 
 /// How long the client polls its socket before sleeping, in baseline mode.
 const BUSY_POLL: Duration = Duration::from_micros(100);
-/// How often a busy-polling client lets tokio's reactor turn (signals).
-const REACTOR_TURN: Duration = Duration::from_millis(1);
 
 /// Bytes handed to the writer at once, and chunks queued at most (4 MiB).
 const CHUNK: usize = 256 << 10;
@@ -754,11 +752,7 @@ pub async fn run<C: Connection>(
         // ACKs that fall due within one receive batch collapse into one
         // (docs/PROTOCOL.md §6.3), never more than that.
         for _ in 0..4 {
-            let got = socket.try_recv_batch(|_, datagram| {
-                conn.handle(now, datagram);
-                log.record_kind(now, Direction::Recv, datagram, Belongs::Connection, conn.shown_received());
-            });
-            let more = match got {
+            let more = match receive(&mut socket, &mut conn, &mut log, now, true) {
                 Ok(_) => !socket.drained(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                 Err(e) => !on_socket_error(&mut conn, &e),
@@ -828,41 +822,39 @@ pub async fn run<C: Connection>(
         // datagram would cost an epoll call per round trip.
         let inner = conn.conn();
         if inner.mode() == Mode::Baseline && inner.is_established() && !inner.is_finished() && socket.drained() {
-            let until = Instant::now() + BUSY_POLL;
-            let mut got = false;
-            loop {
-                let now = Instant::now();
-                let polled = socket.recv_batch_now(|_, datagram| {
-                    conn.handle(now, datagram);
-                    log.record_kind(now, Direction::Recv, datagram, Belongs::Connection, conn.shown_received());
-                });
-                match polled {
-                    Ok(_) => got = true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // An error is reported once (an ICMP message, say): the
-                    // loop's top sees what it did to the connection.
-                    Err(e) => {
-                        on_socket_error(&mut conn, &e);
-                        got = true;
-                    }
+            // Signals reach tokio through its reactor, which a transfer
+            // that never sleeps would not turn: one turn (epoll with no
+            // wait) every REACTOR_TURN, so that Ctrl-C still stops it. Here,
+            // with everything received so far answered and handed to the
+            // writer.
+            if Instant::now() >= next_turn {
+                tokio::task::yield_now().await;
+                next_turn = Instant::now() + super::REACTOR_TURN;
+                if poll_now(interrupt.as_mut()) {
+                    log.flush();
+                    return Err(FetchFailed::Interrupted);
                 }
-                if got || now >= until {
-                    break;
+            }
+            let until = Instant::now() + BUSY_POLL;
+            let got = loop {
+                let now = Instant::now();
+                // The last poll goes through tokio, which clears its
+                // readiness if stale: the wait below then sleeps at once
+                // instead of waking for nothing and polling again.
+                let last = now >= until;
+                match receive(&mut socket, &mut conn, &mut log, now, last) {
+                    Ok(_) => break true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // Reported once (an ICMP message, say): the connection's
+                    // timers decide, unless it ended it.
+                    Err(e) => break on_socket_error(&mut conn, &e),
+                }
+                if last {
+                    break false;
                 }
                 std::hint::spin_loop();
-            }
+            };
             if got {
-                // Signals reach tokio through its reactor, which a transfer
-                // that never sleeps would not turn: one turn (epoll with no
-                // wait) every REACTOR_TURN, so that Ctrl-C still stops it.
-                if Instant::now() >= next_turn {
-                    tokio::task::yield_now().await;
-                    next_turn = Instant::now() + REACTOR_TURN;
-                    if poll_now(interrupt.as_mut()) {
-                        log.flush();
-                        return Err(FetchFailed::Interrupted);
-                    }
-                }
                 continue;
             }
         }
@@ -900,6 +892,23 @@ pub async fn run<C: Connection>(
         meta: conn.meta().cloned(),
         first_byte,
     })
+}
+
+/// Receives one batch and hands it to the connection, through tokio's
+/// readiness (`via_tokio`) or with a system call whatever it says (busy
+/// polling).
+fn receive(
+    socket: &mut BatchSocket,
+    conn: &mut impl Connection,
+    log: &mut PacketLog,
+    now: Instant,
+    via_tokio: bool,
+) -> io::Result<usize> {
+    let each = |_, datagram: &[u8]| {
+        conn.handle(now, datagram);
+        log.record_kind(now, Direction::Recv, datagram, Belongs::Connection, conn.shown_received());
+    };
+    if via_tokio { socket.try_recv_batch(each) } else { socket.recv_batch_now(each) }
 }
 
 /// Polls `f` once, without a waker that anything will call: whether it has

@@ -9,6 +9,11 @@ pub mod udp;
 /// Largest UDP payload: a receive buffer this large never truncates.
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
+/// How often a driver that busy polls (and so never sleeps) lets tokio's
+/// reactor turn: signals come through it, and the server's metrics endpoint
+/// is another task on its thread.
+pub(crate) const REACTOR_TURN: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Sleeps until `deadline`, or forever without one (the other branches of
 /// the driver's `select!` then decide).
 pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {

@@ -19,8 +19,6 @@ use crate::proxy::service::{FetchResult, Fetches, Proxy};
 /// input cannot starve retransmissions, and a burst of timers cannot starve
 /// the socket.
 const RECV_BUDGET: usize = 512;
-/// How often a busy-polling server lets tokio's reactor turn (signals).
-const REACTOR_TURN: Duration = Duration::from_millis(1);
 const SEND_BUDGET: usize = 256;
 /// Bytes one GSO send carries at most (a UDP datagram's limit, with room).
 const GSO_BYTES: usize = 60_000;
@@ -257,6 +255,7 @@ pub async fn run<E: Endpoint>(
     let mut active = false;
     let mut spin = SpinBackoff::default();
     let mut next_turn = Instant::now();
+    let mut turn_due = false;
     loop {
         let now = Instant::now();
         server.handle_timeout(now);
@@ -309,38 +308,40 @@ pub async fn run<E: Endpoint>(
             let until = Instant::now() + options.busy_poll;
             deadline.map_or(until, |d| d.min(until))
         });
-        active = false;
         let mut turned = false;
-        if let Some(until) = spin_until {
+        if turn_due {
+            // A server that never sleeps would starve the other tasks on
+            // its thread (the metrics endpoint) and tokio's reactor, through
+            // which signals come: they get a turn (epoll with no wait) every
+            // REACTOR_TURN, after the last datagrams were answered above;
+            // then the signals are looked at below.
+            tokio::task::yield_now().await;
+            turn_due = false;
+            next_turn = Instant::now() + super::REACTOR_TURN;
+            turned = true;
+        } else if let Some(until) = spin_until {
             // Each poll a receive of its own: waiting for tokio's reactor
             // to report the datagram would cost an epoll call per round
-            // trip, the very cost polling saves.
+            // trip, the very cost polling saves. The last goes through
+            // tokio, which clears its readiness if stale, so that the wait
+            // below does not wake for nothing.
             let got = loop {
                 let now = Instant::now();
-                if receive_all(&mut socket, &mut server, &mut log, false) > 0 {
-                    break true;
-                }
-                if now >= until {
-                    break false;
+                let last = now >= until;
+                let r = receive_all(&mut socket, &mut server, &mut log, last);
+                if r.taken > 0 || last {
+                    break r.moved > 0;
                 }
                 std::hint::spin_loop();
             };
             spin.result(got);
+            active = got;
             if got {
-                active = true;
-                // A server that never sleeps would starve the other tasks
-                // on its thread (the metrics endpoint) and tokio's reactor,
-                // through which signals come: they get a turn (epoll with
-                // no wait) every REACTOR_TURN, then the signals are looked
-                // at below.
-                let now = Instant::now();
-                if now < next_turn {
-                    continue;
-                }
-                next_turn = now + REACTOR_TURN;
-                tokio::task::yield_now().await;
-                turned = true;
+                turn_due = Instant::now() >= next_turn;
+                continue;
             }
+        } else {
+            active = false;
         }
         let wait = async {
             if pending {
@@ -373,8 +374,7 @@ pub async fn run<E: Endpoint>(
             }
             ready = socket.readable() => {
                 ready?;
-                active = true;
-                receive_all(&mut socket, &mut server, &mut log, true);
+                active = receive_all(&mut socket, &mut server, &mut log, true).moved > 0;
             }
             done = next_fetch(&mut proxy) => {
                 if let (Some(p), Some(f)) = (proxy.as_mut(), server.fetches()) {
@@ -395,25 +395,42 @@ pub async fn run<E: Endpoint>(
     Ok(server.stats())
 }
 
+/// What one receive loop took.
+struct Received {
+    /// Datagrams, and errors (each counts as one against the budget).
+    taken: usize,
+    /// Datagrams that moved a connection's exchange: only these keep busy
+    /// polling on, so that strays and forgeries cannot keep the server
+    /// from sleeping.
+    moved: usize,
+}
+
 /// Receives batches and hands them to the server until the socket's queue
-/// is empty or RECV_BUDGET datagrams are taken; returns how many were
-/// (an error counts as one). Through tokio's readiness (`via_tokio`), or
-/// with system calls whatever it says (busy polling).
-fn receive_all<E: Endpoint>(socket: &mut BatchSocket, server: &mut E, log: &mut PacketLog, via_tokio: bool) -> usize {
-    let mut taken = 0;
-    while taken < RECV_BUDGET {
+/// is empty or RECV_BUDGET datagrams are taken. Through tokio's readiness
+/// (`via_tokio`), or with system calls whatever it says (busy polling).
+fn receive_all<E: Endpoint>(
+    socket: &mut BatchSocket,
+    server: &mut E,
+    log: &mut PacketLog,
+    via_tokio: bool,
+) -> Received {
+    let mut r = Received { taken: 0, moved: 0 };
+    while r.taken < RECV_BUDGET {
         let now = Instant::now();
+        let mut moved = 0;
         let each = |from, datagram: &[u8]| {
             // Datagrams that belong to no connection (strays, forgeries,
             // SYNs answered with a cookie) are logged within a rate, so a
             // flood cannot fill the disk.
             let Logged { belongs, shown } = server.handle(now, from, datagram);
+            moved += usize::from(belongs == Belongs::Connection);
             log.record_kind(now, Direction::Recv, datagram, belongs, shown);
         };
         let got = if via_tokio { socket.try_recv_batch(each) } else { socket.recv_batch_now(each) };
+        r.moved += moved;
         match got {
             Ok(n) => {
-                taken += n.max(1);
+                r.taken += n.max(1);
                 if socket.drained() {
                     break;
                 }
@@ -423,11 +440,11 @@ fn receive_all<E: Endpoint>(socket: &mut BatchSocket, server: &mut E, log: &mut 
             // connection's timers deal with the peer.
             Err(e) => {
                 tracing::debug!("receive error: {e}");
-                taken += 1;
+                r.taken += 1;
             }
         }
     }
-    taken
+    r
 }
 
 /// The counters and gauges the reporter and the metrics endpoint show.

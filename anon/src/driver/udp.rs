@@ -135,9 +135,11 @@ impl BatchSocket {
     /// As `try_recv_batch`, but always a system call, whatever tokio last
     /// learnt of the socket's readiness: for busy polling, which must not
     /// wait for a turn of tokio's reactor (an epoll call) to learn that a
-    /// datagram came. tokio's readiness is left as it was; the next wait
-    /// for readability may wake once for nothing, never miss a datagram
-    /// (epoll reports every arrival after the last `WouldBlock` it saw).
+    /// datagram came. tokio's readiness is left as it was, so the next wait
+    /// for readability may wake once for nothing, but never misses a
+    /// datagram: tokio clears readiness only when a receive through it
+    /// found the socket empty, and edge-triggered epoll reports every
+    /// arrival after that.
     pub fn recv_batch_now(&mut self, each: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
         self.recv_batch(false, each)
     }
