@@ -640,7 +640,55 @@ fn report_events(server: &mut impl Endpoint) {
 
 #[cfg(test)]
 mod tests {
-    use super::SpinBackoff;
+    use super::{SpinBackoff, receive_all};
+
+    /// Busy polling stays on only for datagrams that move a connection:
+    /// garbage is received and counted, but does not keep the server from
+    /// sleeping; a SYN that opens a connection does.
+    #[test]
+    fn only_a_connections_datagrams_count_as_traffic() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("temporary folder");
+            let mut log = crate::packet_log::PacketLog::open(&dir.path().join("log")).expect("log");
+            let std = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            std.set_nonblocking(true).expect("non-blocking");
+            let addr = std.local_addr().expect("address");
+            let mut socket = super::BatchSocket::new(std).expect("socket");
+            let mut server = anon_proto::Server::new(
+                anon_proto::ServerConfig::default(),
+                bytes::Bytes::from_static(b"page"),
+                Box::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1)),
+            );
+            let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut receive = |datagrams: &[&[u8]]| {
+                for d in datagrams {
+                    peer.send_to(d, addr).expect("send");
+                }
+                let mut r = super::Received { taken: 0, moved: 0 };
+                for _ in 0..1000 {
+                    let got = receive_all(&mut socket, &mut server, &mut log, false);
+                    r.taken += got.taken;
+                    r.moved += got.moved;
+                    if r.taken >= datagrams.len() {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                (r.taken, r.moved)
+            };
+            let garbage: &[u8] = &[0xff; 40];
+            assert_eq!(receive(&[garbage, &[1, 2, 3], garbage]), (3, 0));
+            let mut syn = Vec::new();
+            anon_proto::wire::Header::new(
+                anon_proto::wire::Seq(7),
+                anon_proto::wire::Seq(0),
+                anon_proto::wire::Flags::SYN,
+            )
+            .encode(&[], &mut syn);
+            assert_eq!(receive(&[&syn]), (1, 1));
+        });
+    }
 
     /// Sparse traffic: fruitless polls back off to one in 65 wake-ups; a
     /// poll that finds a datagram brings polling back at once.
