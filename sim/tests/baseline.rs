@@ -164,6 +164,29 @@ fn clean_link_sends_each_byte_once() {
     assert!(report.elapsed >= rtt * 197, "{:?}", report.elapsed);
 }
 
+/// A short page over a clean path: the client lingers four of the server's
+/// RTOs as it follows them (docs/PROTOCOL.md §3), not the one-second floor
+/// it keeps when the server may have retransmitted; and a FIN|ACK lost once
+/// or twice is still answered within that linger, so the server completes.
+#[test]
+fn short_page_lingers_four_server_rtos() {
+    for (one_way, lost) in [(5, 0), (5, 1), (5, 2), (40, 0), (40, 2)] {
+        let rtt = Duration::from_millis(2 * one_way);
+        let mut sim = Sim::new(baseline(11, LinkConfig::clean(rtt / 2), page(1541, 11)));
+        sim.net.set_filter(drop_first(lost, is_client_fin_ack));
+        let report = sim.run(Duration::from_secs(600), 100_000);
+        check(&sim, &report, &page(1541, 11), 1, 11);
+        assert_eq!(sim.net.dropped, lost as u64);
+        let c = &sim.clients[0];
+        let linger = c.closed_at.unwrap() - c.finished_at.unwrap();
+        // Four samples of the round trip: the server's RTO is at most the
+        // 50 ms floor or about three round trips.
+        let rto = Duration::from_millis(50).max(rtt * 3);
+        assert!(linger <= rto * 4 + rtt, "RTT {rtt:?}, {lost} lost: lingered {linger:?}");
+        assert!(linger < Duration::from_secs(1), "RTT {rtt:?}, {lost} lost: lingered {linger:?}");
+    }
+}
+
 #[test]
 fn client_gives_up_without_server_answer() {
     let mut setup = baseline(1, LinkConfig::clean(Duration::from_millis(10)), page(10, 1));

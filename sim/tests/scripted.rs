@@ -699,28 +699,65 @@ fn server_fin_retransmission_is_unchanged() {
     assert_eq!(sends(&mut s, at), fin, "the FIN went out changed");
 }
 
-/// The baseline linger: at least 1 s while the client has few RTT samples
-/// (the server's estimate may still be inflated), four RTOs once both sides
-/// have many (docs/PROTOCOL.md §3, TIME-WAIT).
+/// The baseline linger (docs/PROTOCOL.md §3, TIME-WAIT): four of the
+/// server's RTOs as the client follows them from the segments' arrivals,
+/// with no floor while nothing suggests the server retransmitted; at least
+/// 1 s when something does and the client has few RTT samples; four RTOs
+/// once both sides have many.
 #[test]
-fn baseline_linger_floor_holds_only_for_short_transfers() {
-    for (segments, long) in [(3u32, true), (40, false)] {
+fn baseline_linger_follows_the_servers_rto() {
+    /// The linger after `segments` segments 2 ms apart, the SYN|ACK
+    /// received twice or not, segment 1 received twice or not, each ACK
+    /// sent `ack_delay` after its segment arrived (a slow client, which the
+    /// server's samples include and its own do not).
+    /// `late_last` more before the last one (the server's RTO, say).
+    fn linger(
+        segments: u32,
+        dup_syn_ack: bool,
+        dup_segment: bool,
+        ack_delay: Duration,
+        late_last: Duration,
+    ) -> Duration {
         let (mut c, start) = connected_client();
+        if dup_syn_ack {
+            c.handle(start, &dgram(100, 5001, ACK | SYN, &[]));
+            assert_eq!(client_sends(&mut c, start).len(), 1);
+        }
         let mut now = start;
         let mut seq = 101u32;
         for i in 0..segments {
             now += Duration::from_millis(2);
             let fin = i + 1 == segments;
-            c.handle(now, &dgram(seq, 5002 + i, if fin { ACK | FIN } else { ACK }, &[7; 512]));
+            if fin {
+                now += late_last;
+            }
+            let segment = dgram(seq, 5002 + i, if fin { ACK | FIN } else { ACK }, &[7; 512]);
+            c.handle(now, &segment);
+            if dup_segment && i == 1 {
+                c.handle(now, &segment);
+            }
+            now += ack_delay;
+            assert!(!client_sends(&mut c, now).is_empty());
             seq += 512;
-            assert_eq!(client_sends(&mut c, now).len(), 1);
         }
         assert!(c.is_finished());
-        let linger = c.poll_timeout().unwrap() - now;
-        if long {
-            assert!(linger >= Duration::from_secs(1), "{segments} segments: {linger:?}");
-        } else {
-            assert!(linger < Duration::from_millis(300), "{segments} segments: {linger:?}");
-        }
+        c.poll_timeout().unwrap() - now
     }
+    let ms = Duration::from_millis;
+    let clean = linger(3, false, false, ms(0), ms(0));
+    assert!(clean >= ms(200) && clean < ms(300), "3 clean segments: {clean:?}");
+    for (what, l) in [
+        ("a duplicate SYN|ACK", linger(3, true, false, ms(0), ms(0))),
+        ("a duplicate segment", linger(3, false, true, ms(0), ms(0))),
+        ("a segment as late as the RTO", linger(3, false, false, ms(0), ms(50))),
+    ] {
+        assert!(l >= Duration::from_secs(1), "3 segments after {what}: {l:?}");
+    }
+    // ACKs sent 100 ms late: the server measures 100 ms round trips, the
+    // client 2 ms ones (four of its RTOs would be 200 ms); the linger
+    // follows the server's.
+    let slow = linger(3, false, false, ms(100), ms(0));
+    assert!(slow > ms(500), "a slow client: {slow:?}");
+    let long = linger(40, true, false, ms(0), ms(0));
+    assert!(long < ms(300), "40 segments: {long:?}");
 }

@@ -47,6 +47,54 @@ const OFFERS_BEFORE_BARE_SYN: u32 = 2;
 /// sample's weight in SRTT is then (7/8)^32, about 1.4% (RFC 6298 §2).
 const SETTLED_SAMPLES: u32 = 32;
 
+/// The baseline server's retransmission timeout, as far as the client can
+/// follow it (docs/PROTOCOL.md §3, TIME-WAIT): the linger must outlast its
+/// FIN retransmissions, and the client's own estimate is not the server's.
+///
+/// In stop-and-wait the server samples from sending a segment to our ACK
+/// of it; the time from one segment's arrival here to the next one's holds
+/// that round trip and the server's own processing, so RFC 6298's estimator
+/// fed with those intervals (the SYN|ACK's arrival is the first) stays at
+/// or above the server's. That holds while the server has never
+/// retransmitted: a retransmission backs its timer off and, by Karn's
+/// rule, skips a sample, which the client can see only as a duplicate, a
+/// SYN of ours sent again, a handshake as long as half the initial timeout,
+/// or an interval as long as the RTO followed so far (the first copy was
+/// lost). Any of these makes the estimate doubtful, and the linger then
+/// keeps its floor.
+#[derive(Debug, Clone)]
+struct ServerRto {
+    rtt: RttEstimator,
+    last_arrival: Option<Instant>,
+    doubtful: bool,
+}
+
+impl ServerRto {
+    fn new(config: crate::recovery::RtoConfig) -> ServerRto {
+        ServerRto { rtt: RttEstimator::new(config), last_arrival: None, doubtful: false }
+    }
+
+    /// A segment with new data (or the SYN|ACK) arrived at `now`.
+    fn on_arrival(&mut self, now: Instant) {
+        if let Some(last) = self.last_arrival {
+            let interval = now.saturating_duration_since(last);
+            // As long as the RTO: most likely the server's retransmission of
+            // a segment whose first copy was lost.
+            if interval >= self.rtt.rto() {
+                self.doubtful = true;
+            }
+            self.rtt.on_sample(interval);
+        }
+        self.last_arrival = Some(now);
+    }
+
+    /// The server's RTO, when it can be trusted: no sign of a
+    /// retransmission, and at least one interval measured.
+    fn rto(&self) -> Option<Duration> {
+        (!self.doubtful && self.rtt.srtt().is_some()).then(|| self.rtt.rto())
+    }
+}
+
 /// Packets queued for the wire at most. In baseline mode every segment
 /// received queues one ACK; the driver drains the queue after each receive
 /// batch, so this only bounds what a flood can queue.
@@ -192,6 +240,8 @@ pub struct ClientConn {
     rtt: RttEstimator,
     /// RTT samples taken, for the baseline linger (see [`Linger`]).
     rtt_samples: u32,
+    /// The server's own RTO, followed from here (baseline mode).
+    server_rto: ServerRto,
     /// A segment with new page bytes has arrived: the server has our
     /// handshake ACK. Until then our own timer repeats it.
     heard_data: bool,
@@ -217,6 +267,7 @@ impl ClientConn {
     pub fn new(config: ClientConfig, isn: u32, now: Instant) -> Self {
         let isn = Seq(isn);
         let rtt = RttEstimator::new(config.rto);
+        let server_rto = ServerRto::new(config.rto);
         let mut offer = Vec::new();
         if let Some(fast) = config.fast {
             Offer { max_segment: fast.max_segment, recv_window: fast.recv_window }.encode(&mut offer);
@@ -240,6 +291,7 @@ impl ClientConn {
             last_sent_at: None,
             rtt,
             rtt_samples: 0,
+            server_rto,
             heard_data: false,
             silence_probes: 0,
             rto_deadline: None,
@@ -308,6 +360,13 @@ impl ClientConn {
             Some(a) => Mode::Fast { segment: a.segment },
             None => Mode::Baseline,
         };
+        // Our SYN sent again, or an answer as late as half the initial
+        // timeout: the server's SYN|ACK timer may have fired (ServerRto).
+        let handshake = self.last_sent_at.map(|t| now.saturating_duration_since(t));
+        if self.last_resent || handshake.is_none_or(|d| d >= self.config.rto.initial / 2) {
+            self.server_rto.doubtful = true;
+        }
+        self.server_rto.on_arrival(now);
         self.sample_rtt(now);
         self.peer_isn = h.seq;
         self.rcv_nxt = h.seq + 1;
@@ -331,6 +390,7 @@ impl ClientConn {
     fn on_segment(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
         if h.flags.contains(Flags::SYN) {
             if self.is_dup_syn_ack(h) {
+                self.server_rto.doubtful = true;
                 self.resend();
                 return true;
             }
@@ -376,14 +436,21 @@ impl ClientConn {
         if offset > 0 {
             // Beyond what we expect: a baseline server never sends ahead.
             // Repeat our acknowledgment so the sender learns where we are.
+            self.server_rto.doubtful = true;
             self.resend();
             return;
         }
         let fresh = payload.get(offset.unsigned_abs() as usize..).unwrap_or(&[]);
         self.stats.duplicate_bytes += (payload.len() - fresh.len()) as u64;
+        if fresh.len() < payload.len() || (payload.is_empty() && !h.flags.contains(Flags::FIN)) {
+            // Sent again (or duplicated on the way): the server's timer
+            // may have fired.
+            self.server_rto.doubtful = true;
+        }
         if !fresh.is_empty() {
             // Our last ACK drew this new segment: one round trip.
             self.sample_rtt(now);
+            self.server_rto.on_arrival(now);
             self.deliver(fresh);
         }
         // The FIN counts only when every byte before it is here.
@@ -537,13 +604,17 @@ impl ClientConn {
         let linger = match self.config.linger {
             Linger::Fixed(d) => d,
             Linger::Adaptive { min, max } => {
-                // The floor guards against a server whose estimate is still
-                // inflated by its first samples; once both sides have taken
-                // many, the server's has converged as the client's has, and
-                // four of the client's RTOs cover its first two FIN
-                // retransmissions.
-                let min = if self.rtt_samples >= SETTLED_SAMPLES { Duration::ZERO } else { min };
-                self.rtt.rto().saturating_mul(4).clamp(min, max.max(min))
+                // Four RTOs cover the server's first two FIN
+                // retransmissions. In baseline mode the server's RTO, as
+                // followed here, when it can be trusted; otherwise the
+                // floor guards against a server whose estimate is still
+                // inflated by its first samples or backed off, until both
+                // sides have taken many and the server's has converged as
+                // the client's has.
+                let server = self.fast().is_none().then(|| self.server_rto.rto()).flatten();
+                let rto = server.map_or(self.rtt.rto(), |s| s.max(self.rtt.rto()));
+                let min = if server.is_some() || self.rtt_samples >= SETTLED_SAMPLES { Duration::ZERO } else { min };
+                rto.saturating_mul(4).clamp(min, max.max(min))
             }
         };
         let until = after(now, linger);
