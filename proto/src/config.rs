@@ -10,17 +10,17 @@ use crate::wire::ext;
 /// (PROTOCOL.md §3, like TCP's TIME-WAIT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Linger {
-    /// Four retransmission timeouts, within the given bounds: the server's
-    /// first two retransmissions of a FIN whose FIN|ACK was lost come after
-    /// one and three of its RTOs; one more is margin. In baseline mode the
-    /// RTO is the server's as the client follows it from the segments'
-    /// arrivals (or the client's own, if longer). When the client has seen
-    /// a sign that the server retransmitted, which backs the server's timer
-    /// off and skips a sample, and in fast mode, it is the client's own
-    /// estimate with a floor of one second, the RFC 6298 initial RTO, until
-    /// the client has taken 32 RTT samples: by then the server, which
-    /// samples every segment too, has converged, and the floor is the
-    /// RTO's own minimum (docs/PROTOCOL.md §3).
+    /// Four retransmission timeouts of the client's own estimate, within the
+    /// given bounds: the server's first two retransmissions of a FIN whose
+    /// FIN|ACK was lost come after one and three of its RTOs; one more is
+    /// margin. The server's estimate can be well above the client's (a lost
+    /// handshake ACK inflates its first sample), hence a floor of one
+    /// second, the RFC 6298 initial RTO, until the client has taken 32 RTT
+    /// samples: by then the server, which samples every segment too, has
+    /// converged, and the floor is the RTO's own minimum. In baseline mode,
+    /// four of a bound on the server's RTO from what the client saw, where
+    /// that is shorter (docs/PROTOCOL.md §3). A FIN sent again restarts it,
+    /// up to `max` from the first FIN|ACK.
     Adaptive {
         /// Shortest linger.
         min: Duration,

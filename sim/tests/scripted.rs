@@ -700,17 +700,14 @@ fn server_fin_retransmission_is_unchanged() {
 }
 
 /// The baseline linger (docs/PROTOCOL.md §3, TIME-WAIT): four of the
-/// server's RTOs as the client follows them from the segments' arrivals,
-/// with no floor while nothing suggests the server retransmitted; at least
-/// 1 s when something does and the client has few RTT samples; four RTOs
-/// once both sides have many.
+/// client's RTOs, at least 1 s while it has few RTT samples, unless a bound
+/// on the server's RTO from what it saw is shorter: then four of that.
 #[test]
-fn baseline_linger_follows_the_servers_rto() {
-    /// The linger after `segments` segments 2 ms apart, the SYN|ACK
-    /// received twice or not, segment 1 received twice or not, each ACK
-    /// sent `ack_delay` after its segment arrived (a slow client, which the
-    /// server's samples include and its own do not).
-    /// `late_last` more before the last one (the server's RTO, say).
+fn baseline_linger_is_bounded_by_the_servers_rto() {
+    /// The linger after `segments` segments 2 ms apart (`late_last` more
+    /// before the last one), the SYN|ACK received twice or not, segment 1
+    /// received twice or not, each ACK sent `ack_delay` after its segment
+    /// (a slow client: the server's samples hold that, the client's not).
     fn linger(
         segments: u32,
         dup_syn_ack: bool,
@@ -744,20 +741,53 @@ fn baseline_linger_follows_the_servers_rto() {
         c.poll_timeout().unwrap() - now
     }
     let ms = Duration::from_millis;
-    let clean = linger(3, false, false, ms(0), ms(0));
-    assert!(clean >= ms(200) && clean < ms(300), "3 clean segments: {clean:?}");
+    let none = ms(0);
+    // Every sample of the server's at most 4 ms: its RTO is the 50 ms floor.
+    let clean = linger(3, false, false, none, none);
+    assert_eq!(clean, ms(200), "3 clean segments");
+    // One segment: the server may have no sample at all (a connection
+    // rebuilt from a SYN cookie has none of the handshake), so its RTO may
+    // be the initial 1 s. A duplicate: its timer fired and backed off.
     for (what, l) in [
-        ("a duplicate SYN|ACK", linger(3, true, false, ms(0), ms(0))),
-        ("a duplicate segment", linger(3, false, true, ms(0), ms(0))),
-        ("a segment as late as the RTO", linger(3, false, false, ms(0), ms(50))),
+        ("1 segment", linger(1, false, false, none, none)),
+        ("a duplicate SYN|ACK", linger(3, true, false, none, none)),
+        ("a duplicate segment", linger(3, false, true, none, none)),
     ] {
-        assert!(l >= Duration::from_secs(1), "3 segments after {what}: {l:?}");
+        assert!(l >= Duration::from_secs(1), "{what}: {l:?}");
     }
-    // ACKs sent 100 ms late: the server measures 100 ms round trips, the
-    // client 2 ms ones (four of its RTOs would be 200 ms); the linger
-    // follows the server's.
-    let slow = linger(3, false, false, ms(100), ms(0));
-    assert!(slow > ms(500), "a slow client: {slow:?}");
-    let long = linger(40, true, false, ms(0), ms(0));
+    // The last segment 50 ms late (its first copy lost, say): the server's
+    // timer backed off to 100 ms, its FIN comes again after 100 and 300 ms.
+    let late = linger(3, false, false, none, ms(50));
+    assert!(late > ms(300), "a late segment: {late:?}");
+    // ACKs sent 100 ms late: the server's RTO is about 190 ms, its FIN
+    // comes again after about 190 and 570 ms (the client's own RTO is 50).
+    let slow = linger(3, false, false, ms(100), none);
+    assert!(slow > ms(600), "a slow client: {slow:?}");
+    // Many samples: four of the client's RTOs, whatever happened early.
+    let long = linger(40, true, false, none, none);
     assert!(long < ms(300), "40 segments: {long:?}");
+}
+
+/// TIME-WAIT restarts on a FIN sent again (RFC 9293 §3.10.7.4): the FIN|ACK
+/// was lost, and the one sent now may be too.
+#[test]
+fn baseline_time_wait_restarts_on_a_fin_sent_again() {
+    let (mut c, start) = connected_client();
+    let fin = dgram(101, 5002, ACK | FIN, &[7; 100]);
+    c.handle(start, &fin);
+    assert_eq!(client_sends(&mut c, start).len(), 1);
+    let first = c.poll_timeout().unwrap();
+    let later = start + (first - start) / 2;
+    c.handle(later, &fin);
+    assert_eq!(client_sends(&mut c, later), [dgram(5002, 201, ACK | FIN, &[])], "the FIN|ACK again");
+    let restarted = c.poll_timeout().unwrap();
+    assert_eq!(restarted - later, first - start, "TIME-WAIT restarted");
+    // Never past the longest linger, however many FINs come.
+    let mut now = later;
+    for _ in 0..100 {
+        now += Duration::from_millis(500);
+        c.handle(now, &fin);
+        let _ = client_sends(&mut c, now);
+    }
+    assert!(c.poll_timeout().unwrap() <= start + Duration::from_secs(10));
 }

@@ -47,51 +47,60 @@ const OFFERS_BEFORE_BARE_SYN: u32 = 2;
 /// sample's weight in SRTT is then (7/8)^32, about 1.4% (RFC 6298 §2).
 const SETTLED_SAMPLES: u32 = 32;
 
-/// The baseline server's retransmission timeout, as far as the client can
-/// follow it (docs/PROTOCOL.md §3, TIME-WAIT): the linger must outlast its
-/// FIN retransmissions, and the client's own estimate is not the server's.
+/// A bound on the baseline server's retransmission timeout, from what the
+/// client sees (docs/PROTOCOL.md §3, TIME-WAIT): the linger must outlast the
+/// server's FIN retransmissions, and the client's own estimate is not the
+/// server's.
 ///
-/// In stop-and-wait the server samples from sending a segment to our ACK
-/// of it; the time from one segment's arrival here to the next one's holds
-/// that round trip and the server's own processing, so RFC 6298's estimator
-/// fed with those intervals (the SYN|ACK's arrival is the first) stays at
-/// or above the server's. That holds while the server has never
-/// retransmitted: a retransmission backs its timer off and, by Karn's
-/// rule, skips a sample, which the client can see only as a duplicate, a
-/// SYN of ours sent again, a handshake as long as half the initial timeout,
-/// or an interval as long as the RTO followed so far (the first copy was
-/// lost). Any of these makes the estimate doubtful, and the linger then
-/// keeps its floor.
-#[derive(Debug, Clone)]
-struct ServerRto {
-    rtt: RttEstimator,
-    last_arrival: Option<Instant>,
+/// In stop-and-wait the server sends a segment only once our packet that
+/// asked for it has arrived, and samples from sending it to our ACK of it
+/// (Karn's rule skips segments sent again). So each of its samples is at
+/// most the time from our sending the packet that drew that segment to the
+/// arrival of the next segment, which our ACK drew; the handshake's sample
+/// is at most the time from our SYN to the first segment. With every sample
+/// at most M, RFC 6298 keeps SRTT and RTTVAR at most M, so the RTO is at
+/// most max(min RTO, 5M + G), if the server has a sample at all and has not
+/// backed off since its last one. It has one once two segments have come
+/// (the first one's ACK sampled), unless the first was sent again. A timer
+/// that fired either shows (a duplicate, which makes the bound doubtful) or
+/// delays the next segment by the RTO it backed off from, which M then
+/// holds. Only a server following RFC 6298 with our constants is bounded
+/// so: the linger uses the bound only where it is shorter than the
+/// client's own estimate with its floor.
+#[derive(Debug, Clone, Default)]
+struct ServerRtoBound {
+    /// When our packet that drew the latest arrival (the SYN for the
+    /// SYN|ACK, then our ACKs) was first sent.
+    drew_latest: Option<Instant>,
+    /// The largest bound on one of the server's samples.
+    max_sample: Duration,
+    /// Segments with new data so far.
+    segments: u32,
+    /// A sign that the server sent something again.
     doubtful: bool,
 }
 
-impl ServerRto {
-    fn new(config: crate::recovery::RtoConfig) -> ServerRto {
-        ServerRto { rtt: RttEstimator::new(config), last_arrival: None, doubtful: false }
-    }
-
-    /// A segment with new data (or the SYN|ACK) arrived at `now`.
-    fn on_arrival(&mut self, now: Instant) {
-        if let Some(last) = self.last_arrival {
-            let interval = now.saturating_duration_since(last);
-            // As long as the RTO: most likely the server's retransmission of
-            // a segment whose first copy was lost.
-            if interval >= self.rtt.rto() {
-                self.doubtful = true;
+impl ServerRtoBound {
+    /// Something new arrived at `now` (the SYN|ACK, or a segment with new
+    /// data): `drew` is when our packet that asked for it was first sent.
+    fn on_arrival(&mut self, now: Instant, drew: Option<Instant>, data: bool) {
+        if data {
+            match self.drew_latest {
+                Some(t) => self.max_sample = self.max_sample.max(now.saturating_duration_since(t)),
+                None => self.doubtful = true,
             }
-            self.rtt.on_sample(interval);
+            self.segments = self.segments.saturating_add(1);
         }
-        self.last_arrival = Some(now);
+        self.drew_latest = drew;
+        if drew.is_none() {
+            self.doubtful = true;
+        }
     }
 
-    /// The server's RTO, when it can be trusted: no sign of a
-    /// retransmission, and at least one interval measured.
-    fn rto(&self) -> Option<Duration> {
-        (!self.doubtful && self.rtt.srtt().is_some()).then(|| self.rtt.rto())
+    /// The bound, when it holds.
+    fn rto(&self, config: &crate::recovery::RtoConfig) -> Option<Duration> {
+        let bound = self.max_sample.saturating_mul(5).saturating_add(config.granularity);
+        (!self.doubtful && self.segments >= 2).then(|| bound.clamp(config.min, config.max.max(config.min)))
     }
 }
 
@@ -146,6 +155,11 @@ enum State {
     /// `until` (TIME-WAIT, PROTOCOL.md §3).
     TimeWait {
         until: Instant,
+        /// How long after a FIN sent again: TIME-WAIT restarts then (RFC
+        /// 9293 §3.10.7.4, "TIME-WAIT STATE"), as our FIN|ACK was lost.
+        linger: Duration,
+        /// Never past this, however many FINs come.
+        cap: Instant,
     },
     Closed,
 }
@@ -240,8 +254,8 @@ pub struct ClientConn {
     rtt: RttEstimator,
     /// RTT samples taken, for the baseline linger (see [`Linger`]).
     rtt_samples: u32,
-    /// The server's own RTO, followed from here (baseline mode).
-    server_rto: ServerRto,
+    /// A bound on the server's RTO (baseline mode).
+    server_rto: ServerRtoBound,
     /// A segment with new page bytes has arrived: the server has our
     /// handshake ACK. Until then our own timer repeats it.
     heard_data: bool,
@@ -267,7 +281,6 @@ impl ClientConn {
     pub fn new(config: ClientConfig, isn: u32, now: Instant) -> Self {
         let isn = Seq(isn);
         let rtt = RttEstimator::new(config.rto);
-        let server_rto = ServerRto::new(config.rto);
         let mut offer = Vec::new();
         if let Some(fast) = config.fast {
             Offer { max_segment: fast.max_segment, recv_window: fast.recv_window }.encode(&mut offer);
@@ -291,7 +304,7 @@ impl ClientConn {
             last_sent_at: None,
             rtt,
             rtt_samples: 0,
-            server_rto,
+            server_rto: ServerRtoBound::default(),
             heard_data: false,
             silence_probes: 0,
             rto_deadline: None,
@@ -314,7 +327,7 @@ impl ClientConn {
             State::SynSent { .. } => self.on_syn_sent(now, header, payload),
             State::Established(_) => self.on_segment(now, header, payload),
             State::LastAck { fin_seq, .. } => self.on_last_ack(header, payload, fin_seq),
-            State::TimeWait { .. } => self.on_time_wait(header),
+            State::TimeWait { .. } => self.on_time_wait(now, header, payload),
             State::Closed => false,
         };
         if !accepted {
@@ -360,13 +373,12 @@ impl ClientConn {
             Some(a) => Mode::Fast { segment: a.segment },
             None => Mode::Baseline,
         };
-        // Our SYN sent again, or an answer as late as half the initial
-        // timeout: the server's SYN|ACK timer may have fired (ServerRto).
-        let handshake = self.last_sent_at.map(|t| now.saturating_duration_since(t));
-        if self.last_resent || handshake.is_none_or(|d| d >= self.config.rto.initial / 2) {
+        // Our SYN sent again: the bound starts from its first sending,
+        // and the server may have answered a later copy.
+        if self.last_resent {
             self.server_rto.doubtful = true;
         }
-        self.server_rto.on_arrival(now);
+        self.server_rto.on_arrival(now, self.last_sent_at, false);
         self.sample_rtt(now);
         self.peer_isn = h.seq;
         self.rcv_nxt = h.seq + 1;
@@ -421,9 +433,16 @@ impl ClientConn {
 
     /// TIME-WAIT: whatever the server still sends means it missed our
     /// FIN|ACK, which acknowledges everything: send it again.
-    fn on_time_wait(&mut self, h: Header) -> bool {
+    fn on_time_wait(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
         if h.flags.contains(Flags::SYN) && !self.is_dup_syn_ack(h) {
             return false;
+        }
+        // The FIN sent again: our FIN|ACK was lost, and the one we send now
+        // may be too. Wait for the next retransmission as long again.
+        if h.flags.contains(Flags::FIN) && h.seq + payload.len() as u32 == self.rcv_nxt {
+            if let State::TimeWait { until, linger, cap } = &mut self.state {
+                *until = (*until).max(after(now, *linger).min(*cap));
+            }
         }
         self.resend();
         true
@@ -450,11 +469,16 @@ impl ClientConn {
         if !fresh.is_empty() {
             // Our last ACK drew this new segment: one round trip.
             self.sample_rtt(now);
-            self.server_rto.on_arrival(now);
+            self.server_rto.on_arrival(now, self.last_sent_at, true);
             self.deliver(fresh);
         }
         // The FIN counts only when every byte before it is here.
         let fin_now = h.flags.contains(Flags::FIN) && h.seq + payload.len() as u32 == self.rcv_nxt;
+        if fin_now && fresh.is_empty() {
+            // A FIN of its own after the data: the server sent it on our
+            // ACK of the last data, which it sampled.
+            self.server_rto.on_arrival(now, self.last_sent_at, true);
+        }
         if fin_now {
             self.finish(now);
         } else if !fresh.is_empty() {
@@ -601,20 +625,24 @@ impl ClientConn {
         let payload = self.ack_info(false);
         let fin_seq = self.next_seq();
         self.send_new(Header::new(fin_seq, self.rcv_nxt, Flags::ACK | Flags::FIN), payload);
+        let longest = match self.config.linger {
+            Linger::Fixed(d) => d,
+            Linger::Adaptive { min, max } => max.max(min),
+        };
         let linger = match self.config.linger {
             Linger::Fixed(d) => d,
             Linger::Adaptive { min, max } => {
                 // Four RTOs cover the server's first two FIN
-                // retransmissions. In baseline mode the server's RTO, as
-                // followed here, when it can be trusted; otherwise the
-                // floor guards against a server whose estimate is still
-                // inflated by its first samples or backed off, until both
-                // sides have taken many and the server's has converged as
-                // the client's has.
-                let server = self.fast().is_none().then(|| self.server_rto.rto()).flatten();
-                let rto = server.map_or(self.rtt.rto(), |s| s.max(self.rtt.rto()));
-                let min = if server.is_some() || self.rtt_samples >= SETTLED_SAMPLES { Duration::ZERO } else { min };
-                rto.saturating_mul(4).clamp(min, max.max(min))
+                // retransmissions. The floor guards against a server whose
+                // estimate is still inflated by its first samples; once
+                // both sides have taken many, the server's has converged as
+                // the client's has. In baseline mode a bound on the
+                // server's RTO, where it holds and is shorter, replaces
+                // that estimate (ServerRtoBound).
+                let min = if self.rtt_samples >= SETTLED_SAMPLES { Duration::ZERO } else { min };
+                let estimate = self.rtt.rto().saturating_mul(4).clamp(min, max.max(min));
+                let bound = self.fast().is_none().then(|| self.server_rto.rto(&self.config.rto)).flatten();
+                bound.map_or(estimate, |b| estimate.min(b.saturating_mul(4).min(max)))
             }
         };
         let until = after(now, linger);
@@ -625,7 +653,7 @@ impl ClientConn {
             self.rto_deadline = Some(after(now, self.rtt.rto()));
             State::LastAck { fin_seq, until }
         } else {
-            State::TimeWait { until }
+            State::TimeWait { until, linger, cap: after(now, longest) }
         };
         self.events.push_back(ClientEvent::Finished { len: self.received });
     }
@@ -783,7 +811,7 @@ impl ClientConn {
                 [Some(self.give_up_at), self.rto_deadline, reasm.ack_deadline].into_iter().flatten().min()
             }
             State::LastAck { until, .. } => [Some(*until), self.rto_deadline].into_iter().flatten().min(),
-            State::TimeWait { until } => Some(*until),
+            State::TimeWait { until, .. } => Some(*until),
             State::Closed => None,
         }
     }
@@ -831,7 +859,7 @@ impl ClientConn {
                     self.send_fast_ack();
                 }
             }
-            State::LastAck { until, .. } | State::TimeWait { until } if now >= *until => self.close(Ok(())),
+            State::LastAck { until, .. } | State::TimeWait { until, .. } if now >= *until => self.close(Ok(())),
             State::LastAck { .. } => {
                 if rto_due {
                     self.retransmit_on_timer();
