@@ -14,13 +14,13 @@ pub enum Linger {
     /// given bounds: the server's first two retransmissions of a FIN whose
     /// FIN|ACK was lost come after one and three of its RTOs; one more is
     /// margin. The server's estimate can be well above the client's (a lost
-    /// handshake ACK inflates its first sample), hence a floor of one
-    /// second, the RFC 6298 initial RTO, until the client has taken 32 RTT
-    /// samples: by then the server, which samples every segment too, has
-    /// converged, and the floor is the RTO's own minimum. In baseline mode,
-    /// four of a bound on the server's RTO from what the client saw, where
-    /// that is shorter (docs/PROTOCOL.md §3). A FIN sent again restarts it,
-    /// up to `max` from the first FIN|ACK.
+    /// handshake ACK inflates its first sample), hence a floor of `min` (one
+    /// second, the RFC 6298 initial RTO) plus one RTO, until the client has
+    /// taken 32 RTT samples: by then the server, which samples every segment
+    /// too, has converged, and the floor is the RTO's own minimum. In
+    /// baseline mode, four of a bound on anonserver's RTO from what the
+    /// client saw, where that is shorter (docs/PROTOCOL.md §3). A FIN sent
+    /// again restarts it, up to `max` from the first FIN|ACK.
     Adaptive {
         /// Shortest linger.
         min: Duration,

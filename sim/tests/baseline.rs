@@ -185,10 +185,29 @@ fn short_page_lingers_less_than_a_second_on_a_short_path() {
             // Every sample of the server's is at most two round trips; each
             // FIN sent again restarts TIME-WAIT.
             let bound = Duration::from_millis(50).max(one_way * 4 * 5 + Duration::from_millis(1));
-            assert!(linger <= bound * 4 * (lost + 1), "{ctx}");
+            assert!(linger <= bound * 4 * (lost + 1) * 11 / 10, "{ctx}");
             assert!(lost > 0 || linger < Duration::from_secs(1), "{ctx}");
         } else {
             assert!(linger >= Duration::from_secs(1), "{ctx}");
+        }
+    }
+}
+
+/// Uneven delays (up to 20 ms of jitter on a 1 ms path, so that one leg of
+/// a round trip can take far longer than the other) and the FIN|ACK lost
+/// once or twice: the client's bound on the server's RTO still makes it
+/// linger long enough, and the server completes every time.
+#[test]
+fn lost_fin_acks_are_answered_over_uneven_delays() {
+    for seed in seeds(60) {
+        for (size, lost) in [(1024usize, 1usize), (1541, 2), (10_000, 1), (10_000, 2)] {
+            let mut link = LinkConfig::clean(Duration::from_millis(1));
+            link.jitter = Duration::from_millis(20);
+            let mut sim = Sim::new(baseline(seed, link, page(size, seed)));
+            sim.net.set_filter(drop_first(lost, is_client_fin_ack));
+            let report = sim.run(Duration::from_secs(600), 1_000_000);
+            check(&sim, &report, &page(size, seed), 1, seed);
+            assert_eq!(sim.net.dropped, lost as u64, "seed {seed}");
         }
     }
 }

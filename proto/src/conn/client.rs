@@ -64,9 +64,18 @@ const SETTLED_SAMPLES: u32 = 32;
 /// (the first one's ACK sampled), unless the first was sent again. A timer
 /// that fired either shows (a duplicate, which makes the bound doubtful) or
 /// delays the next segment by the RTO it backed off from, which M then
-/// holds. Only a server following RFC 6298 with our constants is bounded
-/// so: the linger uses the bound only where it is shorter than the
-/// client's own estimate with its floor.
+/// holds. Only a server following RFC 6298 with our constants (anonserver)
+/// is bounded so; the linger uses the bound where it is shorter than the
+/// client's own estimate with its floor, so against a server with longer
+/// timers a lost FIN|ACK may go unanswered (docs/PROTOCOL.md §3).
+/// What arrived, for [`ServerRtoBound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    SynAck,
+    Data,
+    EmptyFin,
+}
+
 #[derive(Debug, Clone, Default)]
 struct ServerRtoBound {
     /// When our packet that drew the latest arrival (the SYN for the
@@ -81,14 +90,19 @@ struct ServerRtoBound {
 }
 
 impl ServerRtoBound {
-    /// Something new arrived at `now` (the SYN|ACK, or a segment with new
-    /// data): `drew` is when our packet that asked for it was first sent.
-    fn on_arrival(&mut self, now: Instant, drew: Option<Instant>, data: bool) {
-        if data {
+    /// Something new arrived at `now` (the SYN|ACK, a segment with new
+    /// data, or a FIN of its own after them): `drew` is when our packet that
+    /// asked for it was first sent. Only segments with data count towards
+    /// the two after which the server has a sample: an empty FIN might have
+    /// gone out before our ACK of the data.
+    fn on_arrival(&mut self, now: Instant, drew: Option<Instant>, kind: Arrival) {
+        if kind != Arrival::SynAck {
             match self.drew_latest {
                 Some(t) => self.max_sample = self.max_sample.max(now.saturating_duration_since(t)),
                 None => self.doubtful = true,
             }
+        }
+        if kind == Arrival::Data {
             self.segments = self.segments.saturating_add(1);
         }
         self.drew_latest = drew;
@@ -378,7 +392,7 @@ impl ClientConn {
         if self.last_resent {
             self.server_rto.doubtful = true;
         }
-        self.server_rto.on_arrival(now, self.last_sent_at, false);
+        self.server_rto.on_arrival(now, self.last_sent_at, Arrival::SynAck);
         self.sample_rtt(now);
         self.peer_isn = h.seq;
         self.rcv_nxt = h.seq + 1;
@@ -469,15 +483,15 @@ impl ClientConn {
         if !fresh.is_empty() {
             // Our last ACK drew this new segment: one round trip.
             self.sample_rtt(now);
-            self.server_rto.on_arrival(now, self.last_sent_at, true);
+            self.server_rto.on_arrival(now, self.last_sent_at, Arrival::Data);
             self.deliver(fresh);
         }
         // The FIN counts only when every byte before it is here.
         let fin_now = h.flags.contains(Flags::FIN) && h.seq + payload.len() as u32 == self.rcv_nxt;
         if fin_now && fresh.is_empty() {
-            // A FIN of its own after the data: the server sent it on our
-            // ACK of the last data, which it sampled.
-            self.server_rto.on_arrival(now, self.last_sent_at, true);
+            // A FIN of its own after the data: if the server sent it on our
+            // ACK of the last data, it sampled that.
+            self.server_rto.on_arrival(now, self.last_sent_at, Arrival::EmptyFin);
         }
         if fin_now {
             self.finish(now);
@@ -639,7 +653,14 @@ impl ClientConn {
                 // the client's has. In baseline mode a bound on the
                 // server's RTO, where it holds and is shorter, replaces
                 // that estimate (ServerRtoBound).
-                let min = if self.rtt_samples >= SETTLED_SAMPLES { Duration::ZERO } else { min };
+                // The floor is a server timer at its initial value plus
+                // one of our RTOs, so that the retransmission that timer
+                // sends arrives before the linger ends, not with it.
+                let min = if self.rtt_samples >= SETTLED_SAMPLES {
+                    Duration::ZERO
+                } else {
+                    min.saturating_add(self.rtt.rto())
+                };
                 let estimate = self.rtt.rto().saturating_mul(4).clamp(min, max.max(min));
                 let bound = self.fast().is_none().then(|| self.server_rto.rto(&self.config.rto)).flatten();
                 bound.map_or(estimate, |b| estimate.min(b.saturating_mul(4).min(max)))
