@@ -47,6 +47,14 @@ const OFFERS_BEFORE_BARE_SYN: u32 = 2;
 /// sample's weight in SRTT is then (7/8)^32, about 1.4% (RFC 6298 §2).
 const SETTLED_SAMPLES: u32 = 32;
 
+/// What arrived, for [`ServerRtoBound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    SynAck,
+    Data,
+    EmptyFin,
+}
+
 /// A bound on the baseline server's retransmission timeout, from what the
 /// client sees (docs/PROTOCOL.md §3, TIME-WAIT): the linger must outlast the
 /// server's FIN retransmissions, and the client's own estimate is not the
@@ -60,22 +68,14 @@ const SETTLED_SAMPLES: u32 = 32;
 /// is at most the time from our SYN to the first segment. With every sample
 /// at most M, RFC 6298 keeps SRTT and RTTVAR at most M, so the RTO is at
 /// most max(min RTO, 5M + G), if the server has a sample at all and has not
-/// backed off since its last one. It has one once two segments have come
-/// (the first one's ACK sampled), unless the first was sent again. A timer
+/// backed off since its last one. It has one once two segments with data
+/// have come (the first one's ACK sampled), unless the first was sent again. A timer
 /// that fired either shows (a duplicate, which makes the bound doubtful) or
 /// delays the next segment by the RTO it backed off from, which M then
 /// holds. Only a server following RFC 6298 with our constants (anonserver)
 /// is bounded so; the linger uses the bound where it is shorter than the
 /// client's own estimate with its floor, so against a server with longer
 /// timers a lost FIN|ACK may go unanswered (docs/PROTOCOL.md §3).
-/// What arrived, for [`ServerRtoBound`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arrival {
-    SynAck,
-    Data,
-    EmptyFin,
-}
-
 #[derive(Debug, Clone, Default)]
 struct ServerRtoBound {
     /// When our packet that drew the latest arrival (the SYN for the
@@ -114,7 +114,7 @@ impl ServerRtoBound {
     /// The bound, when it holds.
     fn rto(&self, config: &crate::recovery::RtoConfig) -> Option<Duration> {
         let bound = self.max_sample.saturating_mul(5).saturating_add(config.granularity);
-        (!self.doubtful && self.segments >= 2).then(|| bound.clamp(config.min, config.max.max(config.min)))
+        (!self.doubtful && self.segments >= 2).then(|| config.clamp(bound))
     }
 }
 
@@ -639,31 +639,28 @@ impl ClientConn {
         let payload = self.ack_info(false);
         let fin_seq = self.next_seq();
         self.send_new(Header::new(fin_seq, self.rcv_nxt, Flags::ACK | Flags::FIN), payload);
-        let longest = match self.config.linger {
-            Linger::Fixed(d) => d,
-            Linger::Adaptive { min, max } => max.max(min),
-        };
-        let linger = match self.config.linger {
-            Linger::Fixed(d) => d,
+        // How long, and the longest it may become by restarting.
+        let (linger, longest) = match self.config.linger {
+            Linger::Fixed(d) => (d, d),
             Linger::Adaptive { min, max } => {
                 // Four RTOs cover the server's first two FIN
                 // retransmissions. The floor guards against a server whose
-                // estimate is still inflated by its first samples; once
-                // both sides have taken many, the server's has converged as
-                // the client's has. In baseline mode a bound on the
-                // server's RTO, where it holds and is shorter, replaces
-                // that estimate (ServerRtoBound).
-                // The floor is a server timer at its initial value plus
-                // one of our RTOs, so that the retransmission that timer
-                // sends arrives before the linger ends, not with it.
-                let min = if self.rtt_samples >= SETTLED_SAMPLES {
+                // estimate is still inflated by its first samples: a server
+                // timer at its initial value plus one of our RTOs, so that
+                // the retransmission that timer sends arrives before the
+                // linger ends, not with it. Once both sides have taken many
+                // samples, the server's has converged as the client's has.
+                // In baseline mode a bound on the server's RTO, where it
+                // holds and is shorter, replaces that estimate
+                // (ServerRtoBound).
+                let floor = if self.rtt_samples >= SETTLED_SAMPLES {
                     Duration::ZERO
                 } else {
                     min.saturating_add(self.rtt.rto())
                 };
-                let estimate = self.rtt.rto().saturating_mul(4).clamp(min, max.max(min));
+                let estimate = self.rtt.rto().saturating_mul(4).clamp(floor, max.max(floor));
                 let bound = self.fast().is_none().then(|| self.server_rto.rto(&self.config.rto)).flatten();
-                bound.map_or(estimate, |b| estimate.min(b.saturating_mul(4).min(max)))
+                (bound.map_or(estimate, |b| estimate.min(b.saturating_mul(4).min(max))), max.max(min))
             }
         };
         let until = after(now, linger);

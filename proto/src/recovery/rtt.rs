@@ -16,6 +16,14 @@ pub struct RtoConfig {
     pub granularity: Duration,
 }
 
+impl RtoConfig {
+    /// `rto` within the floor and the ceiling (the floor wins if they
+    /// cross).
+    pub fn clamp(&self, rto: Duration) -> Duration {
+        rto.clamp(self.min, self.max.max(self.min))
+    }
+}
+
 impl Default for RtoConfig {
     fn default() -> Self {
         RtoConfig {
@@ -76,7 +84,7 @@ impl RttEstimator {
             None => self.config.initial,
             Some(srtt) => srtt.saturating_add(self.config.granularity.max(self.rttvar.saturating_mul(4))),
         };
-        raw.clamp(self.config.min, self.config.max.max(self.config.min))
+        self.config.clamp(raw)
     }
 
     /// The RTO to arm the timer with now, backoff included.
