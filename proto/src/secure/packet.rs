@@ -59,6 +59,14 @@ pub(crate) struct KeyMaterial {
     pub(crate) hp: zeroize::Zeroizing<[u8; 16]>,
 }
 
+/// The IV is not a key, but it is secret all the same (RFC 9001 §5.3):
+/// wiped like the keys beside it, which wipe themselves.
+impl Drop for DirectionKeys {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.iv);
+    }
+}
+
 impl DirectionKeys {
     /// Keys of one direction from its Noise transport key and the
     /// handshake hash: HKDF-SHA256 with distinct labels, so the AEAD key,
@@ -359,21 +367,22 @@ mod tests {
     /// Session keys are erased when a connection ends (issue 11): the
     /// cipher types that hold them wipe themselves on drop. This does not
     /// compile if the crates are built without their `zeroize` features
-    /// (`aes` with `features = ["zeroize"]` in the workspace Cargo.toml);
-    /// `chacha20poly1305` always wipes its key. What these crates do NOT
-    /// wipe, and nothing here can without unsafe code: the GHASH key H
-    /// inside `Aes256Gcm` (polyval keeps its backend in a `ManuallyDrop`
-    /// union with no `Drop`, whatever the features), and the
-    /// Noise handshake state inside `snow` 0.10 (ephemeral and static
-    /// private key copies, chaining key), which has no zeroize support.
+    /// (`aes` and `aes-gcm` with `features = ["zeroize"]` in the workspace
+    /// Cargo.toml); `chacha20poly1305` always wipes its key. `aes-gcm`'s
+    /// feature also turns on polyval's, whose `Drop` wipes the GHASH key
+    /// and its powers (polyval 0.7.3, as locked; polyval 0.6 kept them in a
+    /// union with no `Drop`). What nothing here can wipe without unsafe
+    /// code: the Noise handshake state inside `snow` 0.10 (ephemeral and
+    /// static private key copies, chaining key), which has no zeroize
+    /// support.
     #[test]
     fn key_holding_types_wipe_themselves_on_drop() {
         fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
         // Header protection and the server's token key.
         wipes_on_drop::<Aes128>();
-        // The AES-256 key schedule inside each direction's Aes256Gcm.
+        // Each direction's AEAD: its AES-256 key schedule and GHASH key.
         wipes_on_drop::<aes::Aes256>();
-        assert!(std::mem::needs_drop::<Aes256Gcm>());
+        wipes_on_drop::<Aes256Gcm>();
         // The outer layer of handshake datagrams (a key derived from the
         // public key, but wiped all the same).
         wipes_on_drop::<chacha20poly1305::XChaCha20Poly1305>();
