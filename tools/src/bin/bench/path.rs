@@ -379,10 +379,9 @@ fn write_page(path: &Path, size: usize, seed: u64) -> io::Result<()> {
         f.write_all(part)?;
         left -= n;
     }
-    // On disk before any transfer starts: otherwise the kernel writes the
-    // page back during the first transfers, and a client that syncs its
-    // output (anonclient does) waits behind that writeback. Once, 1 GiB of
-    // it made the first transport in the row take 3.5 s instead of 2.2 s.
+    // On disk before any transfer starts: otherwise the kernel may write
+    // the page back during the first transfers, and a client that syncs
+    // its output (anonclient does) would wait behind that writeback.
     f.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
 }
 
