@@ -80,6 +80,10 @@ enum What {
         /// Also append the rows to this CSV file (header written if new).
         #[arg(long, value_name = "FILE")]
         csv: Option<PathBuf>,
+        /// Runs of every transport, interleaved (a run of each in turn);
+        /// each row is then the run with the median process time.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+        runs: u32,
     },
     /// Many concurrent clients (the protocol core's client, one socket
     /// each, both modes) against one server on loopback: all byte-exact,
@@ -196,8 +200,8 @@ fn main() -> ExitCode {
                 storm,
             },
         ),
-        What::Path { only, quick, timeout, seed, csv } => {
-            path::run(&path::Options { bins, only, quick, timeout, seed, csv })
+        What::Path { only, quick, timeout, seed, csv, runs } => {
+            path::run(&path::Options { bins, only, quick, timeout, seed, csv, runs: runs.max(1) })
         }
         What::Crowd { clients, size, runs, timeout } => crowd::run(&crowd::Options {
             bins,
