@@ -712,7 +712,7 @@ pub fn run(opts: &Options) -> io::Result<()> {
             if s.loopback() {
                 // One transfer first, not reported. On this VM, memory the
                 // guest has not used since boot is slow on first touch:
-                // the 1 GiB fast-mode row, always first, took 3.4-3.5 s
+                // the 1 GiB fast-mode row, always first, took 3.4-3.6 s
                 // (its client writing the page cache at a third of the
                 // usual speed) and 1.04 s once all memory had been touched
                 // once, while the later rows reused memory freed by the
