@@ -370,8 +370,8 @@ mod tests {
     /// (`aes` and `aes-gcm` with `features = ["zeroize"]` in the workspace
     /// Cargo.toml); `chacha20poly1305` always wipes its key. `aes-gcm`'s
     /// feature also turns on polyval's, whose `Drop` wipes the GHASH key
-    /// and its powers (polyval 0.7.3, as locked; polyval 0.6 kept them in a
-    /// union with no `Drop`). What nothing here can wipe without unsafe
+    /// and its powers (polyval 0.7.3, as locked). What nothing here can
+    /// wipe without unsafe
     /// code: the Noise handshake state inside `snow` 0.10 (ephemeral and
     /// static private key copies, chaining key), which has no zeroize
     /// support.

@@ -719,7 +719,8 @@ pub fn run(opts: &Options) -> io::Result<()> {
                 // earlier ones.
                 eprintln!("{} {} MiB: warm-up, not reported…", s.name, size as f64 / MIB as f64);
                 if let Err(e) = runner.transfer(s, None, Transport::AnonFast, &page, size) {
-                    eprintln!("  warm-up failed: {e}");
+                    // With the table: the rows below may then be cold.
+                    println!("{} {} MiB: the warm-up transfer failed: {e}", s.name, size / MIB);
                 }
             }
             // Runs interleaved, one of each transport in turn, so that a
@@ -746,11 +747,15 @@ pub fn run(opts: &Options) -> io::Result<()> {
                         Err(e) => {
                             eprintln!("  failed: {e}");
                             // `timeout` exits 124 when it had to stop the client.
-                            let why = if e.to_string().contains("exit status: 124") {
+                            let mut why = if e.to_string().contains("exit status: 124") {
                                 format!("no result within --timeout {} s", opts.timeout)
                             } else {
                                 e.to_string().lines().next().unwrap_or_default().chars().take(100).collect()
                             };
+                            if opts.runs > 1 {
+                                // Its earlier runs' rows are not shown.
+                                why = format!("in run {run} of {} ({} before it succeeded): {why}", opts.runs, run - 1);
+                            }
                             failed.push((t, why));
                         }
                     }
