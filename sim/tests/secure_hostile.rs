@@ -65,6 +65,7 @@ fn moved(before: SecureStats, after: SecureStats) -> Vec<(&'static str, u64)> {
             ("forged", s.forged),
             ("replayed", s.replayed),
             ("migrations", s.migrations),
+            ("unconfirmed_elsewhere", s.unconfirmed_elsewhere),
         ]
     };
     named(&before).into_iter().zip(named(&after)).filter(|(b, a)| a.1 != b.1).map(|(b, a)| (b.0, a.1 - b.1)).collect()
@@ -269,13 +270,46 @@ fn an_unlisted_client_gets_silence() {
         let before = server.secure_stats();
         silent(&mut server, start, prober(seed as u32), &msg, "unlisted");
         assert_eq!(moved(before, server.secure_stats()), vec![("unlisted_clients", 1)]);
-        // Nor does sending it again (a replay now) draw anything.
+        // Nor does sending it again draw anything.
         silent(&mut server, start, prober(seed as u32), &msg, "unlisted, again");
     }
     no_state(&server, "unlisted clients");
+    // Nor do they take room in the replay cache, which a client outside
+    // the list could otherwise fill to lock the listed ones out.
+    assert_eq!(server.replay_entries(), 0);
     let mut c = secure_client(key.public(), Some(listed), "index", clock(start), 61, start);
     let msg = secure::first_datagram(&mut c, start);
     answered(&mut server, start, client_addr(0), &msg, "listed");
+}
+
+/// The client's first sealed datagram, which confirms its connection, counts
+/// only from the address its first message came from: the answer, and the
+/// tokens in it, went there. Sent from anywhere else (a client aiming the
+/// page at a victim's address) it is dropped and counted, confirms nothing
+/// and draws nothing; from the right address it then confirms as usual.
+#[test]
+fn a_connection_is_confirmed_only_from_its_first_messages_address() {
+    for seed in seeds(4) {
+        let (mut server, key, start) = probe_server(seed, false);
+        let (mut c, msg) = first_message(key.public(), 950 + seed, clock(start), start);
+        let answer = answered(&mut server, start, client_addr(0), &msg, "the answer");
+        c.handle(start, &answer);
+        let sealed = secure::drain_client(&mut c, start);
+        assert!(!sealed.is_empty(), "seed {seed}: the client answers the answer");
+        let victim = prober(7);
+        for d in &sealed {
+            let before = server.secure_stats();
+            silent(&mut server, start, victim, d, &format!("seed {seed}: from the victim's address"));
+            assert_eq!(moved(before, server.secure_stats()), vec![("unconfirmed_elsewhere", 1)], "seed {seed}");
+        }
+        assert_eq!(server.secure_stats().confirmed, 0, "seed {seed}");
+        // The same datagrams from the client's own address: their numbers
+        // were not used up by the dropped copies.
+        server.handle_kind(start, client_addr(0), &sealed[0]);
+        assert_eq!(server.secure_stats().confirmed, 1, "seed {seed}");
+        let sent = drain(&mut server, start);
+        assert!(sent.iter().all(|(to, _)| *to == client_addr(0)), "seed {seed}: sent elsewhere");
+    }
 }
 
 /// The per-source limit counts sources by the configured prefixes, as the

@@ -119,6 +119,10 @@ pub struct SecureStats {
     pub replayed: u64,
     /// Connections whose client's address changed.
     pub migrations: u64,
+    /// Authenticated datagrams of an unconfirmed connection from another
+    /// address than its first message's, dropped: only the address the
+    /// answer went to can confirm it.
+    pub unconfirmed_elsewhere: u64,
     /// Pages asked for by URL, handed to the driver.
     pub fetch_requests: u64,
     /// First messages sent again while their URL was being fetched (the
@@ -458,6 +462,15 @@ impl SecureServer {
             self.stats.forged += 1;
             return Some(Belongs::None);
         };
+        // The answer went to the first message's address, and the tokens
+        // in it are what this datagram carries: from another address it
+        // proves nothing about that one, and confirming from it would let a
+        // client aim the page at an address it does not hold. Checked
+        // before the replay window, so the datagram's number stays unused.
+        if !matches!(session.phase, Phase::Confirmed) && session.peer != peer {
+            self.stats.unconfirmed_elsewhere += 1;
+            return Some(Belongs::None);
+        }
         if !session.replay.accept(pn) {
             self.stats.replayed += 1;
             return Some(Belongs::None);
@@ -510,6 +523,16 @@ impl SecureServer {
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         let noise = self.scratch.get(range)?;
+        // A replay is dropped before the Diffie-Hellman work of reading it:
+        // the client's ephemeral key opens the Noise message in clear, so a
+        // recorded first message, sent again at line rate by anyone who saw
+        // it, costs a set lookup instead of two X25519 operations.
+        let now_ms = self.config.clock.unix_ms(now);
+        self.replay.expire(now_ms);
+        if noise.get(..16).and_then(|e| <[u8; 16]>::try_from(e).ok()).is_some_and(|e| self.replay.seen.contains(&e)) {
+            self.stats.replayed_handshakes += 1;
+            return Some(Belongs::None);
+        }
         let Some(init) = Responder::read(&self.config.key, seed, noise) else {
             self.stats.bad_handshakes += 1;
             return Some(Belongs::None);
@@ -519,7 +542,9 @@ impl SecureServer {
             match kind {
                 field::TIME => hello.time = value.try_into().ok().map(u64::from_be_bytes),
                 field::CONN_ID => hello.conn_id = value.try_into().ok(),
-                field::PAGE => hello.page = std::str::from_utf8(value).ok().map(str::to_owned),
+                // Not UTF-8: a name no page has (not the empty name of the
+                // default page), so the answer says it is not found.
+                field::PAGE => hello.page = Some(String::from_utf8_lossy(value).into_owned()),
                 // Not UTF-8: empty, which no pattern allows.
                 field::URL => hello.url = Some(std::str::from_utf8(value).unwrap_or_default().to_owned()),
                 field::INNER => hello.inner = Some(value.to_vec()),
@@ -536,17 +561,20 @@ impl SecureServer {
             self.stats.bad_handshakes += 1;
             return Some(Belongs::None);
         };
-        let now_ms = self.config.clock.unix_ms(now);
         let skew = self.config.max_clock_skew.as_millis() as u64;
         if time.abs_diff(now_ms) > skew {
             self.stats.stale_handshakes += 1;
             return Some(Belongs::None);
         }
-        self.replay.expire(now_ms);
+        // The key the replay check above looked up (the Noise message's
+        // first bytes are its ephemeral key).
         let mut eph = [0u8; 16];
         eph.copy_from_slice(init.ephemeral.get(..16)?);
-        if self.replay.seen.contains(&eph) {
-            self.stats.replayed_handshakes += 1;
+        // Before the replay cache: a client that is not served gets no
+        // entry, so one outside the allow list cannot fill the cache and
+        // lock out the listed ones.
+        if self.config.allow_clients.as_ref().is_some_and(|allow| !allow.contains(&init.client)) {
+            self.stats.unlisted_clients += 1;
             return Some(Belongs::None);
         }
         if self.replay.seen.len() >= self.config.max_replay_entries {
@@ -558,10 +586,6 @@ impl SecureServer {
         // skew of its own, so up to 2 * skew from now inclusive: remember
         // it until strictly after that (an entry goes when `until <= now`).
         self.replay.order.push_back((now_ms + 2 * skew + 1, eph));
-        if self.config.allow_clients.as_ref().is_some_and(|allow| !allow.contains(&init.client)) {
-            self.stats.unlisted_clients += 1;
-            return Some(Belongs::None);
-        }
         // An authenticated first message from a client we serve: the log
         // shows its inner SYN (a refused request's included).
         self.last_inner = Header::decode(&inner).ok().map(|(h, _)| h);
