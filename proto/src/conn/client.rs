@@ -445,6 +445,12 @@ impl ClientConn {
         true
     }
 
+    /// A FIN whose segment ends at the next byte we expect: it comes after
+    /// every byte of the page (in TIME-WAIT, the same FIN again).
+    fn is_fin_after_every_byte(&self, h: Header, payload: &[u8]) -> bool {
+        h.flags.contains(Flags::FIN) && h.seq + payload.len() as u32 == self.rcv_nxt
+    }
+
     /// TIME-WAIT: whatever the server still sends means it missed our
     /// FIN|ACK, which acknowledges everything: send it again.
     fn on_time_wait(&mut self, now: Instant, h: Header, payload: &[u8]) -> bool {
@@ -453,7 +459,7 @@ impl ClientConn {
         }
         // The FIN sent again: our FIN|ACK was lost, and the one we send now
         // may be too. Wait for the next retransmission as long again.
-        if h.flags.contains(Flags::FIN) && h.seq + payload.len() as u32 == self.rcv_nxt {
+        if self.is_fin_after_every_byte(h, payload) {
             if let State::TimeWait { until, linger, cap } = &mut self.state {
                 *until = (*until).max(after(now, *linger).min(*cap));
             }
@@ -487,7 +493,7 @@ impl ClientConn {
             self.deliver(fresh);
         }
         // The FIN counts only when every byte before it is here.
-        let fin_now = h.flags.contains(Flags::FIN) && h.seq + payload.len() as u32 == self.rcv_nxt;
+        let fin_now = self.is_fin_after_every_byte(h, payload);
         if fin_now && fresh.is_empty() {
             // A FIN of its own after the data: if the server sent it on our
             // ACK of the last data, it sampled that.

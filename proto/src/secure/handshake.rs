@@ -15,7 +15,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use snow::{Builder, HandshakeState};
 
-use super::keys::{KEY_LEN, PublicKey, StaticSecret, obfuscation_key};
+use super::keys::{PublicKey, StaticSecret, obfuscation_key};
 use super::packet::{DirectionKeys, KeyMaterial};
 
 /// The Noise protocol: IK (the client knows the server's static key in
@@ -271,9 +271,14 @@ pub(crate) struct Initiation {
     pub(crate) payload: Vec<u8>,
     /// The client's static key (authenticated by the handshake).
     pub(crate) client: PublicKey,
-    /// The client's ephemeral key, which no two honest handshakes share:
-    /// the replay cache's key.
-    pub(crate) ephemeral: [u8; KEY_LEN],
+}
+
+/// A first message's key in the replay cache: the first 16 bytes of the
+/// client's ephemeral key, which no two honest handshakes share. IK sends
+/// it first and in clear, so it is known before the Diffie-Hellman work of
+/// reading the message.
+pub(crate) fn replay_key(msg: &[u8]) -> Option<[u8; 16]> {
+    msg.get(..16)?.try_into().ok()
 }
 
 impl Responder {
@@ -285,8 +290,7 @@ impl Responder {
         let n = hs.read_message(msg, &mut payload).ok()?;
         payload.truncate(n);
         let client = PublicKey(hs.get_remote_static()?.try_into().ok()?);
-        let ephemeral = msg.get(..KEY_LEN)?.try_into().ok()?;
-        Some(Initiation { responder: Responder(hs), payload, client, ephemeral })
+        Some(Initiation { responder: Responder(hs), payload, client })
     }
 
     /// Writes the answer carrying `payload`: the Noise message and the keys.

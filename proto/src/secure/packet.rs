@@ -371,10 +371,9 @@ mod tests {
     /// Cargo.toml); `chacha20poly1305` always wipes its key. `aes-gcm`'s
     /// feature also turns on polyval's, whose `Drop` wipes the GHASH key
     /// and its powers (polyval 0.7.3, as locked). What nothing here can
-    /// wipe without unsafe
-    /// code: the Noise handshake state inside `snow` 0.10 (ephemeral and
-    /// static private key copies, chaining key), which has no zeroize
-    /// support.
+    /// wipe without unsafe code: the Noise handshake state inside `snow`
+    /// 0.10 (ephemeral and static private key copies, chaining key), which
+    /// has no zeroize support.
     #[test]
     fn key_holding_types_wipe_themselves_on_drop() {
         fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}

@@ -529,7 +529,8 @@ impl SecureServer {
         // it, costs a set lookup instead of two X25519 operations.
         let now_ms = self.config.clock.unix_ms(now);
         self.replay.expire(now_ms);
-        if noise.get(..16).and_then(|e| <[u8; 16]>::try_from(e).ok()).is_some_and(|e| self.replay.seen.contains(&e)) {
+        let eph = handshake::replay_key(noise);
+        if eph.is_some_and(|e| self.replay.seen.contains(&e)) {
             self.stats.replayed_handshakes += 1;
             return Some(Belongs::None);
         }
@@ -566,10 +567,8 @@ impl SecureServer {
             self.stats.stale_handshakes += 1;
             return Some(Belongs::None);
         }
-        // The key the replay check above looked up (the Noise message's
-        // first bytes are its ephemeral key).
-        let mut eph = [0u8; 16];
-        eph.copy_from_slice(init.ephemeral.get(..16)?);
+        // Some: Noise read the message, which is longer than that key.
+        let eph = eph?;
         // Before the replay cache: a client that is not served gets no
         // entry, so one outside the allow list cannot fill the cache and
         // lock out the listed ones.

@@ -201,7 +201,7 @@ fn main() -> ExitCode {
             },
         ),
         What::Path { only, quick, timeout, seed, csv, runs } => {
-            path::run(&path::Options { bins, only, quick, timeout, seed, csv, runs: runs.max(1) })
+            path::run(&path::Options { bins, only, quick, timeout, seed, csv, runs })
         }
         What::Crowd { clients, size, runs, timeout } => crowd::run(&crowd::Options {
             bins,

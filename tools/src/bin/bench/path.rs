@@ -754,7 +754,7 @@ pub fn run(opts: &Options) -> io::Result<()> {
                             };
                             if opts.runs > 1 {
                                 // Its earlier runs' rows are not shown.
-                                why = format!("in run {run} of {} ({} before it succeeded): {why}", opts.runs, run - 1);
+                                why = format!("in run {run} of {}, after {} that succeeded: {why}", opts.runs, run - 1);
                             }
                             failed.push((t, why));
                         }
@@ -770,12 +770,15 @@ pub fn run(opts: &Options) -> io::Result<()> {
                     opts.runs
                 );
                 for r in &rows {
-                    let mut times: Vec<f64> =
-                        all.iter().filter(|a| a.transport == r.transport).map(|a| a.process.as_secs_f64()).collect();
-                    times.sort_by(f64::total_cmp);
-                    let (lo, hi) =
-                        (times.first().copied().unwrap_or_default(), times.last().copied().unwrap_or_default());
-                    println!("  {:<22} {lo:.3} / {:.3} / {hi:.3}", r.transport.name(), r.process.as_secs_f64());
+                    let runs = sorted_runs(&all, r.transport);
+                    let secs = |r: Option<&&Row>| r.map_or(0.0, |r| r.process.as_secs_f64());
+                    println!(
+                        "  {:<22} {:.3} / {:.3} / {:.3}",
+                        r.transport.name(),
+                        secs(runs.first()),
+                        r.process.as_secs_f64(),
+                        secs(runs.last())
+                    );
                 }
             }
             report(s, size, &rows, csv.as_mut())?;
@@ -799,14 +802,19 @@ fn median_rows(all: &[Row], failed: &[(Transport, String)]) -> Vec<Row> {
         if failed.iter().any(|(f, _)| *f == t) {
             continue;
         }
-        let mut of_t: Vec<Row> = all.iter().filter(|r| r.transport == t).cloned().collect();
-        of_t.sort_by_key(|r| r.process);
-        let middle = of_t.len().saturating_sub(1) / 2;
-        if let Some(row) = of_t.into_iter().nth(middle) {
-            rows.push(row);
+        let runs = sorted_runs(all, t);
+        if let Some(&row) = runs.get(runs.len().saturating_sub(1) / 2) {
+            rows.push(row.clone());
         }
     }
     rows
+}
+
+/// A transport's runs, fastest process time first.
+fn sorted_runs(all: &[Row], t: Transport) -> Vec<&Row> {
+    let mut runs: Vec<&Row> = all.iter().filter(|r| r.transport == t).collect();
+    runs.sort_by_key(|r| r.process);
+    runs
 }
 
 /// At least three significant digits, so that a slow rate is not "0.0".
