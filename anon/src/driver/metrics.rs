@@ -188,12 +188,6 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
         &[("", st.migrations)],
     );
     metric(
-        "secure_unconfirmed_elsewhere_total",
-        "counter",
-        "Sealed datagrams of an unconfirmed secure connection from another address than its first message's, dropped.",
-        &[("", st.unconfirmed_elsewhere)],
-    );
-    metric(
         "secure_fetch_requests_total",
         "counter",
         "Pages asked for by URL (docs/PROTOCOL.md §9), handed to the proxy; first messages sent again while waiting; requests the proxy did not answer in time.",
@@ -305,7 +299,6 @@ pub fn log_counters(s: &Snapshot, what: &str) {
         secure_refused = field(|x| x.refused),
         secure_evicted = field(|x| x.evicted),
         secure_migrations = field(|x| x.migrations),
-        secure_unconfirmed_elsewhere = field(|x| x.unconfirmed_elsewhere),
         "{what}"
     );
 }

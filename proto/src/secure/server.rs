@@ -119,10 +119,6 @@ pub struct SecureStats {
     pub replayed: u64,
     /// Connections whose client's address changed.
     pub migrations: u64,
-    /// Authenticated datagrams of an unconfirmed connection from another
-    /// address than its first message's, dropped: only the address the
-    /// answer went to can confirm it.
-    pub unconfirmed_elsewhere: u64,
     /// Pages asked for by URL, handed to the driver.
     pub fetch_requests: u64,
     /// First messages sent again while their URL was being fetched (the
@@ -462,15 +458,6 @@ impl SecureServer {
             self.stats.forged += 1;
             return Some(Belongs::None);
         };
-        // The answer went to the first message's address, and the tokens
-        // in it are what this datagram carries: from another address it
-        // proves nothing about that one, and confirming from it would let a
-        // client aim the page at an address it does not hold. Checked
-        // before the replay window, so the datagram's number stays unused.
-        if !matches!(session.phase, Phase::Confirmed) && session.peer != peer {
-            self.stats.unconfirmed_elsewhere += 1;
-            return Some(Belongs::None);
-        }
         if !session.replay.accept(pn) {
             self.stats.replayed += 1;
             return Some(Belongs::None);
@@ -543,8 +530,9 @@ impl SecureServer {
             match kind {
                 field::TIME => hello.time = value.try_into().ok().map(u64::from_be_bytes),
                 field::CONN_ID => hello.conn_id = value.try_into().ok(),
-                // Not UTF-8: a name no page has (not the empty name of the
-                // default page), so the answer says it is not found.
+                // Not UTF-8: a name with U+FFFD in it, which no page's has
+                // (names are ASCII, `-w NAME=`) and which is not the empty
+                // name of the default page, so the answer says not found.
                 field::PAGE => hello.page = Some(String::from_utf8_lossy(value).into_owned()),
                 // Not UTF-8: empty, which no pattern allows.
                 field::URL => hello.url = Some(std::str::from_utf8(value).unwrap_or_default().to_owned()),
@@ -567,8 +555,12 @@ impl SecureServer {
             self.stats.stale_handshakes += 1;
             return Some(Belongs::None);
         }
-        // Some: Noise read the message, which is longer than that key.
-        let eph = eph?;
+        // Noise read the message, which is longer than that key: always
+        // there, and were it not, a bad handshake.
+        let Some(eph) = eph else {
+            self.stats.bad_handshakes += 1;
+            return Some(Belongs::None);
+        };
         // Before the replay cache: a client that is not served gets no
         // entry, so one outside the allow list cannot fill the cache and
         // lock out the listed ones.
