@@ -829,6 +829,13 @@ impl Server {
         self.knows_kind(peer) == Belongs::Connection
     }
 
+    /// A payload-free segment that restates where `peer`'s transfer is, and
+    /// draws the client's ACK at once; `None` unless the page is being sent
+    /// (secure mode's path probe, docs/PROTOCOL.md §8.4).
+    pub fn empty_ack(&self, peer: SocketAddr) -> Option<Header> {
+        self.conns.get(&peer).and_then(|slot| slot.conn.empty_ack())
+    }
+
     /// Segments on every connection's scoreboard together.
     pub fn tracked_segments(&self) -> u64 {
         self.tracked

@@ -188,6 +188,16 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
         &[("", st.migrations)],
     );
     metric(
+        "secure_path_validation_total",
+        "counter",
+        "Secure connections' new addresses: probes sent there, addresses proven, datagrams held back for want of proof (docs/PROTOCOL.md §8.4).",
+        &[
+            ("{event=\"probe\"}", st.path_probes),
+            ("{event=\"validated\"}", st.paths_validated),
+            ("{event=\"held_back\"}", st.unproven_dropped),
+        ],
+    );
+    metric(
         "secure_fetch_requests_total",
         "counter",
         "Pages asked for by URL (docs/PROTOCOL.md §9), handed to the proxy; first messages sent again while waiting; requests the proxy did not answer in time.",
@@ -299,6 +309,8 @@ pub fn log_counters(s: &Snapshot, what: &str) {
         secure_refused = field(|x| x.refused),
         secure_evicted = field(|x| x.evicted),
         secure_migrations = field(|x| x.migrations),
+        secure_paths_validated = field(|x| x.paths_validated),
+        secure_unproven_dropped = field(|x| x.unproven_dropped),
         "{what}"
     );
 }

@@ -512,6 +512,16 @@ impl ServerConn {
         Some(Header::new(self.isn + 1 + self.acked_at_close as u32, fin_ack_seq + 1, Flags::ACK))
     }
 
+    /// A segment without payload that restates where the transfer is:
+    /// sequence number at the first byte not yet acknowledged, so that it is
+    /// never beyond what the client holds and draws its ACK at once (a
+    /// duplicate, docs/PROTOCOL.md §6.3); our usual ack field. Only while
+    /// sending the page: secure mode's path probe (§8.4).
+    pub(crate) fn empty_ack(&self) -> Option<Header> {
+        let State::Established(sender) = &self.state else { return None };
+        Some(Header::new(self.isn + 1 + sender.acked() as u32, self.peer_seq + 1, Flags::ACK))
+    }
+
     /// The client's FIN|ACK that completed a fast-mode transfer: its
     /// sequence number and ack field, exactly as received.
     pub(crate) fn fin_ack(&self) -> Option<(Seq, Seq)> {

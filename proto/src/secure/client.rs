@@ -355,10 +355,13 @@ impl SecureClient {
         true
     }
 
-    /// Seals an inner datagram: a fresh token while we have one.
+    /// Seals an inner datagram: a fresh token while we have one, the newest
+    /// first, so that an answer to a datagram the server sent to a new
+    /// address carries a token first sent there, which proves the address
+    /// (docs/PROTOCOL.md §8.4, "Address changes").
     fn seal(&mut self, inner: &[u8], buf: &mut Vec<u8>) {
         let Some(keys) = &self.keys else { return };
-        let token = match self.tokens.pop_front() {
+        let token = match self.tokens.pop_back() {
             Some(t) => t,
             None => {
                 self.stats.token_reuses += 1;

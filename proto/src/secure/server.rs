@@ -119,6 +119,15 @@ pub struct SecureStats {
     pub replayed: u64,
     /// Connections whose client's address changed.
     pub migrations: u64,
+    /// Path probes sent to an address not yet proven (docs/PROTOCOL.md
+    /// §8.4, "Address changes").
+    pub path_probes: u64,
+    /// Addresses proven: a datagram from there carried a token first sent
+    /// there.
+    pub paths_validated: u64,
+    /// Datagrams not sent because an unproven address had been sent three
+    /// times what came from it (the recovery sends them again).
+    pub unproven_dropped: u64,
     /// Pages asked for by URL, handed to the driver.
     pub fetch_requests: u64,
     /// First messages sent again while their URL was being fetched (the
@@ -173,6 +182,32 @@ struct Session {
     /// it: runs of one length keep GSO batches whole.
     pad: usize,
     pad_left: u32,
+    /// The last address the client proved it receives at (at first the
+    /// first message's, where the answer and its tokens went), and while
+    /// `peer` is another, what proves and bounds that one.
+    proven: SocketAddr,
+    unproven: Option<Unproven>,
+}
+
+/// An address a connection moved to and has not proven (RFC 9000 §9,
+/// with tokens for challenges: docs/PROTOCOL.md §8.4).
+struct Unproven {
+    /// The first token serial sent there: a datagram from there carrying
+    /// this one or a later one proves that the client receives there.
+    first_serial: u64,
+    /// Bytes of authenticated datagrams from there, and bytes sent there:
+    /// never more than three times as many (RFC 9000 §8).
+    received: u64,
+    sent: u64,
+    /// A probe is waiting in [`SecureServer::probes`].
+    probe_due: bool,
+}
+
+impl Unproven {
+    /// Whether `len` more bytes may go there.
+    fn allows(&self, len: usize) -> bool {
+        self.sent.saturating_add(len as u64) <= self.received.saturating_mul(AMPLIFICATION)
+    }
 }
 
 /// One secure connection, under its virtual address.
@@ -236,6 +271,9 @@ const MAX_ATTEMPTS: usize = 4;
 const WELCOME_TOKENS: u64 = 4;
 /// Datagrams of one length in a row.
 const PAD_RUN: u32 = 64;
+/// An unproven address is sent at most this many times what came from it
+/// (RFC 9000 §8.1's factor).
+const AMPLIFICATION: u64 = 3;
 /// Padding of a data datagram, drawn per run between these: a token
 /// rides in it, so a datagram with one is as long as one without.
 const PAD_MIN: usize = TOKEN_LEN;
@@ -281,6 +319,9 @@ pub struct SecureServer {
     next_fetch: u64,
     /// Answers written without a connection (refusals).
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Sessions whose unproven address is owed a probe (each at most once:
+    /// [`Unproven::probe_due`]).
+    probes: VecDeque<u64>,
     events: VecDeque<ServerEvent>,
     stats: SecureStats,
     scratch: Vec<u8>,
@@ -399,6 +440,7 @@ impl SecureServer {
             fetch_requests: VecDeque::new(),
             next_fetch: 1,
             outbox: VecDeque::new(),
+            probes: VecDeque::new(),
             events: VecDeque::new(),
             stats: SecureStats::default(),
             scratch: Vec::new(),
@@ -463,11 +505,34 @@ impl SecureServer {
             return Some(Belongs::None);
         }
         let virt = session.virt;
+        let newest = session.replay.highest() == Some(pn);
+        if let Some(u) = session.unproven.as_mut().filter(|_| session.peer == peer) {
+            u.received = u.received.saturating_add(datagram.len() as u64);
+            if serial >= u.first_serial {
+                // It read a datagram sent there: proven.
+                session.proven = peer;
+                session.unproven = None;
+                self.stats.paths_validated += 1;
+            }
+        }
         // Only the newest datagram moves the connection: a reordered or
         // delayed one from the old address must not move it back.
-        if session.peer != peer && session.replay.highest() == Some(pn) {
+        if session.peer != peer && newest {
             session.peer = peer;
             self.stats.migrations += 1;
+            session.unproven = (peer != session.proven).then_some(Unproven {
+                first_serial: session.tokens_issued,
+                received: datagram.len() as u64,
+                sent: 0,
+                probe_due: false,
+            });
+        }
+        // An unproven address is probed on its newest datagrams (one probe
+        // waiting at a time): a probe lost draws another when the client,
+        // hearing nothing, says where it is again.
+        if let Some(u) = session.unproven.as_mut().filter(|u| newest && !u.probe_due) {
+            u.probe_due = true;
+            self.probes.push_back(cid);
         }
         if !matches!(session.phase, Phase::Confirmed) {
             session.phase = Phase::Confirmed;
@@ -810,6 +875,8 @@ impl SecureServer {
                 next_pn: 0,
                 replay: ReplayWindow::default(),
                 tokens_issued: 0,
+                proven: peer,
+                unproven: None,
                 msg1_len,
                 msg1_nonce,
                 pad: 0,
@@ -964,6 +1031,7 @@ impl SecureServer {
     /// Whether a datagram is waiting.
     pub fn has_pending_transmit(&self) -> bool {
         !self.outbox.is_empty()
+            || !self.probes.is_empty()
             || self.inner.has_pending_transmit()
             || self.plain.as_ref().is_some_and(Server::has_pending_transmit)
     }
@@ -992,6 +1060,11 @@ impl SecureServer {
         if let Some((peer, d)) = self.outbox.pop_front() {
             buf.extend_from_slice(&d);
             return Some(Transmit { peer, len: d.len(), belongs: Belongs::None, inner: None, plain: false });
+        }
+        while let Some(cid) = self.probes.pop_front() {
+            if let Some(t) = self.probe(cid, buf) {
+                return Some(t);
+            }
         }
         self.plain_turn = !self.plain_turn;
         if self.plain_turn {
@@ -1026,6 +1099,12 @@ impl SecureServer {
             let Some(v) = self.virtuals.get(&virt) else { continue };
             if let Some(cid) = v.confirmed {
                 let Some(t) = self.seal_data(cid, buf, start, inner_len) else { continue };
+                if !self.within_budget(cid, t.len) {
+                    // Not sent: to the recovery, a loss like any other.
+                    buf.truncate(start);
+                    self.stats.unproven_dropped += 1;
+                    continue;
+                }
                 return Some(Transmit { belongs, inner: header, ..t });
             }
             // Not confirmed: the inner datagram is the SYN|ACK, which goes
@@ -1044,6 +1123,45 @@ impl SecureServer {
             let Some(cid) = newest else { continue };
             if let Some(t) = self.answer(cid, &inner, buf) {
                 return Some(Transmit { belongs, inner: header, ..t });
+            }
+        }
+    }
+
+    /// Whether `len` bytes just sealed for `cid` may go to its address, which
+    /// counts them if so: always to a proven one, within three times what
+    /// came from an unproven one.
+    fn within_budget(&mut self, cid: u64, len: usize) -> bool {
+        let Some(u) = self.sessions.get_mut(&cid).and_then(|s| s.unproven.as_mut()) else { return true };
+        if !u.allows(len) {
+            return false;
+        }
+        u.sent = u.sent.saturating_add(len as u64);
+        true
+    }
+
+    /// The path probe owed to `cid`'s unproven address: a payload-free
+    /// inner segment that draws the client's ACK at once, sealed like any
+    /// datagram with the next token, which the answer carries back (the
+    /// client spends its newest token first).
+    fn probe(&mut self, cid: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let session = self.sessions.get_mut(&cid)?;
+        let u = session.unproven.as_mut()?;
+        if !std::mem::take(&mut u.probe_due) {
+            return None;
+        }
+        let header = self.inner.empty_ack(session.virt)?;
+        let start = buf.len();
+        buf.resize(start + PN_LEN + packet::BODY_PREFIX, 0);
+        buf.extend_from_slice(&header.to_bytes());
+        let t = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN);
+        match t {
+            Some(t) if self.within_budget(cid, t.len) => {
+                self.stats.path_probes += 1;
+                Some(Transmit { inner: Some(header), ..t })
+            }
+            _ => {
+                buf.truncate(start);
+                None
             }
         }
     }
