@@ -55,7 +55,6 @@ fn moved(before: SecureStats, after: SecureStats) -> Vec<(&'static str, u64)> {
             ("bad_handshakes", s.bad_handshakes),
             ("stale_handshakes", s.stale_handshakes),
             ("replayed_handshakes", s.replayed_handshakes),
-            ("replay_cache_full", s.replay_cache_full),
             ("unlisted_clients", s.unlisted_clients),
             ("refused", s.refused),
             ("handshakes", s.handshakes),
@@ -209,7 +208,7 @@ fn a_replayed_first_message_gets_silence() {
     }
 }
 
-/// The replay cache must outlive every message it guards: a message whose
+/// The replay filter must outlive every message it guards: a message whose
 /// clock is as far ahead as allowed stays acceptable until the server's
 /// clock is as far past it, twice the skew after it arrived. Replayed at
 /// that very millisecond, it must still get silence.
@@ -227,10 +226,17 @@ fn a_replay_at_the_edge_of_the_skew_window_gets_silence() {
         silent(&mut server, now, prober(9), &msg, &format!("replay {at:?} later"));
         assert_eq!(moved(before, server.secure_stats()), vec![("replayed_handshakes", 1)], "{at:?}");
     }
-    // A millisecond later the message is stale anyway.
+    // A millisecond later the message is stale anyway (the filter may
+    // still hold it: it keeps a message one to two windows).
     let now = start + 2 * skew + Duration::from_millis(1);
     let before = server.secure_stats();
     silent(&mut server, now, prober(9), &msg, "stale");
+    let why = moved(before, server.secure_stats());
+    assert!(why == [("stale_handshakes", 1)] || why == [("replayed_handshakes", 1)], "{why:?}");
+    // Two windows on, forgotten: dropped as stale by its clock alone.
+    let now = start + 4 * skew + Duration::from_millis(2);
+    let before = server.secure_stats();
+    silent(&mut server, now, prober(9), &msg, "stale, forgotten");
     assert_eq!(moved(before, server.secure_stats()), vec![("stale_handshakes", 1)]);
 }
 
@@ -276,8 +282,9 @@ fn an_unlisted_client_gets_silence() {
         silent(&mut server, start, prober(seed as u32), &msg, "unlisted, again");
     }
     no_state(&server, "unlisted clients");
-    // Nor do they take room in the replay cache, which a client outside
-    // the list could otherwise fill to lock the listed ones out.
+    // Nor do they load the replay filter, which a client outside the list
+    // could otherwise fill until the listed ones' messages look like
+    // replays.
     assert_eq!(server.replay_entries(), 0);
     let mut c = secure_client(key.public(), Some(listed), "index", clock(start), 61, start);
     let msg = secure::first_datagram(&mut c, start);
@@ -777,23 +784,40 @@ fn state_is_freed_after_the_time_wait_and_after_a_vanished_client() {
     no_state(&sim.server, "after the idle timeout");
 }
 
-/// The replay cache forgets a message once its timestamp can no longer
-/// pass the clock check, and holds no more than it is allowed.
+/// The replay filter never fills up: far more first messages than a
+/// bounded set could hold are all answered, each replay of them gets
+/// silence, and a message is forgotten only once its timestamp can no
+/// longer pass the clock check (docs/PROTOCOL.md §8.3, rule 5).
 #[test]
-fn the_replay_cache_is_bounded_and_expires() {
+fn the_replay_filter_never_fills_up_and_forgets_only_stale_messages() {
     let start = Instant::now();
     let key = server_key(8);
-    let mut server = secure_server(&key, 8, start, false, |s, _| s.max_replay_entries = 5);
-    for i in 0..8u64 {
+    // 8,192 bits a generation: what 300 messages use leaves a fresh one
+    // taken for a replay about once in 30,000.
+    let mut server = secure_server(&key, 8, start, false, |s, c| {
+        s.replay_filter_bits = 1 << 13;
+        s.max_pending = 1_000;
+        c.max_connections = 1_000;
+        c.max_per_source = 1_000;
+    });
+    let mut msgs = Vec::new();
+    for i in 0..300u64 {
         let (_, msg) = first_message(key.public(), 1000 + i, clock(start), start);
-        server.handle_kind(start, prober(i as u32), &msg);
+        answered(&mut server, start, prober(i as u32), &msg, &format!("message {i}"));
+        msgs.push(msg);
     }
-    drain(&mut server, start);
-    assert_eq!(server.replay_entries(), 5);
-    assert_eq!(server.secure_stats().replay_cache_full, 3, "fail closed when full");
-    let later = start + Duration::from_secs(601);
-    let c = clock(start);
-    let (_, msg) = first_message(key.public(), 2000, c, later);
-    answered(&mut server, later, prober(50), &msg, "after the old entries expired");
-    assert_eq!(server.replay_entries(), 1);
+    assert_eq!(server.replay_entries(), 300);
+    assert!(server.replay_false_positive_rate() < 1e-4, "{}", server.replay_false_positive_rate());
+    for (i, msg) in msgs.iter().enumerate() {
+        silent(&mut server, start, prober(5_000 + i as u32), msg, &format!("replay {i}"));
+    }
+    assert_eq!(server.secure_stats().replayed_handshakes, 300);
+    // After it, the message is stale by its own clock, and forgotten.
+    let later = start + Duration::from_secs(1_201);
+    let (_, msg) = first_message(key.public(), 2000, clock(start), later);
+    answered(&mut server, later, prober(9_001), &msg, "a new message");
+    assert_eq!(server.replay_entries(), 1, "the old generations are gone");
+    let before = server.secure_stats();
+    silent(&mut server, later, prober(9_002), &msgs[1], "an old replay");
+    assert_eq!(moved(before, server.secure_stats()), vec![("stale_handshakes", 1)]);
 }

@@ -40,6 +40,9 @@ pub struct SecureSnapshot {
     pub sessions: usize,
     /// First messages remembered against replay.
     pub replay_entries: usize,
+    /// The estimated chance, in parts per million, that a fresh first
+    /// message is taken for a replay (the replay filter's load).
+    pub replay_false_positive_ppm: u64,
 }
 
 /// The latest snapshot, written by the socket loop and read by the endpoint.
@@ -140,6 +143,12 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
         &[("", s.replay_entries as u64)],
     );
     metric(
+        "secure_replay_false_positive_ppm",
+        "gauge",
+        "Estimated chance, in parts per million, that a fresh first message is dropped as a replay: the replay filter's load (docs/PROTOCOL.md §8.3, rule 5).",
+        &[("", s.replay_false_positive_ppm)],
+    );
+    metric(
         "secure_datagrams_dropped_total",
         "counter",
         "Datagrams dropped unanswered: not ours (random bytes, probes, plaintext when plaintext is off), sealed for a connection but not authentic, or authentic but seen before.",
@@ -157,7 +166,6 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
             ("{reason=\"bad\"}", st.bad_handshakes),
             ("{reason=\"stale\"}", st.stale_handshakes),
             ("{reason=\"replayed\"}", st.replayed_handshakes),
-            ("{reason=\"replay_cache_full\"}", st.replay_cache_full),
             ("{reason=\"unlisted_client\"}", st.unlisted_clients),
             ("{reason=\"limit\"}", st.refused),
         ],
@@ -409,15 +417,19 @@ impl Reporter {
                     "unconfirmed secure handshakes forgotten to make room: a flood of initiations under our key (has \
                      the bridge line leaked?)",
                 ),
-                (
-                    now.replay_cache_full - last.replay_cache_full,
-                    "secure handshakes ignored: the replay cache was full (a flood of initiations under our key)",
-                ),
             ];
             for (n, what) in ignored {
                 if n > 0 {
                     tracing::warn!("{n} {what} {period}");
                 }
+            }
+            // A gauge, not a counter: said each interval while it lasts.
+            if secure.replay_false_positive_ppm >= 10_000 {
+                tracing::warn!(
+                    "about {:.1}% of new secure handshakes are dropped as replays: the replay filter is loaded by a \
+                     flood of initiations under our key (has the bridge line leaked?)",
+                    secure.replay_false_positive_ppm as f64 / 10_000.0
+                );
             }
             self.last_secure = *now;
         }

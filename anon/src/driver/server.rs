@@ -178,7 +178,12 @@ impl Endpoint for SecureServer {
     }
     fn secure(&self) -> Option<SecureSnapshot> {
         let (sessions, _) = self.session_count();
-        Some(SecureSnapshot { stats: self.secure_stats(), sessions, replay_entries: self.replay_entries() })
+        Some(SecureSnapshot {
+            stats: self.secure_stats(),
+            sessions,
+            replay_entries: self.replay_entries(),
+            replay_false_positive_ppm: (self.replay_false_positive_rate() * 1e6) as u64,
+        })
     }
 }
 

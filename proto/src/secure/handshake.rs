@@ -273,7 +273,7 @@ pub(crate) struct Initiation {
     pub(crate) client: PublicKey,
 }
 
-/// A first message's key in the replay cache: the first 16 bytes of the
+/// A first message's key in the replay filter: the first 16 bytes of the
 /// client's ephemeral key, which no two honest handshakes share. IK sends
 /// it first and in clear, so it is known before the Diffie-Hellman work of
 /// reading the message.

@@ -13,6 +13,8 @@
 //! - [`packet`]: sealed data datagrams: packet numbers apart from page
 //!   offsets, AES-256-GCM, header protection, connection tokens, padding and
 //!   the replay window;
+//! - `replay`: the first messages a server has seen, in memory fixed at
+//!   start;
 //! - [`server`] and [`client`]: the two ends, each wrapping the plaintext
 //!   core's state machines;
 //! - [`proxy`]: pages asked for by URL, which the server's driver fetches
@@ -23,6 +25,7 @@ pub mod handshake;
 pub mod keys;
 pub mod packet;
 pub mod proxy;
+pub(crate) mod replay;
 pub mod server;
 
 use std::time::Instant;

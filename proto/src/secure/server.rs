@@ -21,6 +21,7 @@ use super::handshake::{self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERH
 use super::keys::{PublicKey, StaticSecret};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN, TokenKey};
 use super::proxy::{FetchRequest, FetchedPage, MAX_URL_LEN, PageMeta};
+use super::replay::ReplayFilter;
 use super::{SECURE_MAX_SEGMENT, WallClock, handshake::SessionKeys};
 use crate::Refusal;
 use crate::config::ServerConfig;
@@ -44,9 +45,11 @@ pub struct SecureServerConfig {
     /// Handshakes answered but not yet confirmed by the client, at most;
     /// beyond this the oldest is forgotten.
     pub max_pending: usize,
-    /// First messages remembered against replay, at most; when full, new
-    /// handshakes are ignored until old entries expire (fail closed).
-    pub max_replay_entries: usize,
+    /// Bits of each of the replay filter's two generations (a power of
+    /// two; fixed memory, a quarter of this in bytes in all): the more
+    /// bits, the rarer a fresh first message taken for a replay under a
+    /// flood (docs/PROTOCOL.md §8.3, rule 5).
+    pub replay_filter_bits: usize,
     /// The wall clock, for the first message's timestamp.
     pub clock: WallClock,
     /// Whether clients may ask for pages by URL (docs/PROTOCOL.md §9): the
@@ -74,7 +77,7 @@ impl SecureServerConfig {
             page_names,
             max_clock_skew: Duration::from_secs(300),
             max_pending: 4096,
-            max_replay_entries: 1 << 20,
+            replay_filter_bits: 1 << 25,
             clock,
             fetch: false,
             max_fetching: 256,
@@ -98,8 +101,6 @@ pub struct SecureStats {
     pub stale_handshakes: u64,
     /// First messages seen before (a replay), ignored.
     pub replayed_handshakes: u64,
-    /// First messages ignored because the replay cache was full.
-    pub replay_cache_full: u64,
     /// Clients not on the allow list, ignored.
     pub unlisted_clients: u64,
     /// First messages from a source over `max_per_source`, or beyond
@@ -306,7 +307,7 @@ pub struct SecureServer {
     /// The prefixes that make one source (`--source-prefix-v4`/`-v6`).
     source_prefixes: (u8, u8),
     max_connections: usize,
-    replay: HandshakeReplay,
+    replay: ReplayFilter,
     /// Requests being fetched, by request ID (a counter); by client, for
     /// first messages sent again meanwhile; by source; their deadlines,
     /// oldest first (answered ones skipped); and those the driver has not
@@ -337,27 +338,6 @@ impl std::fmt::Debug for SecureServer {
             .field("connections", &self.virtuals.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
-    }
-}
-
-/// First messages seen, by ephemeral key, until their timestamps are too
-/// old to pass the clock check (WireGuard keeps a timestamp per peer; a
-/// client here may have a fresh static key every run, so the handshake
-/// itself is remembered).
-struct HandshakeReplay {
-    seen: HashSet<[u8; 16]>,
-    order: VecDeque<(u64, [u8; 16])>,
-}
-
-impl HandshakeReplay {
-    fn expire(&mut self, now_ms: u64) {
-        while let Some(&(until, key)) = self.order.front() {
-            if until > now_ms {
-                break;
-            }
-            self.order.pop_front();
-            self.seen.remove(&key);
-        }
     }
 }
 
@@ -413,6 +393,12 @@ impl SecureServer {
         });
         let mut token_key = zeroize::Zeroizing::new([0u8; 16]);
         rng.fill_bytes(&mut token_key[..]);
+        let mut replay_key = [0u8; 16];
+        rng.fill_bytes(&mut replay_key);
+        // A message is remembered while its timestamp can pass the clock
+        // check, up to twice the skew after it arrived (rule 5).
+        let period = 2 * secure.max_clock_skew.as_millis() as u64 + 1;
+        let replay = ReplayFilter::new(&replay_key, secure.replay_filter_bits, period, secure.clock.unix_ms);
         SecureServer {
             outer: Outer::new(&secure.key.public()),
             tokens: TokenKey::new(&token_key),
@@ -432,7 +418,7 @@ impl SecureServer {
             max_per_source,
             source_prefixes,
             max_connections,
-            replay: HandshakeReplay { seen: HashSet::new(), order: VecDeque::new() },
+            replay,
             fetching: FxHashMap::default(),
             fetching_by_client: HashMap::new(),
             fetching_per_source: HashMap::new(),
@@ -582,7 +568,7 @@ impl SecureServer {
         let now_ms = self.config.clock.unix_ms(now);
         self.replay.expire(now_ms);
         let eph = handshake::replay_key(noise);
-        if eph.is_some_and(|e| self.replay.seen.contains(&e)) {
+        if eph.is_some_and(|e| self.replay.contains(&e)) {
             self.stats.replayed_handshakes += 1;
             return Some(Belongs::None);
         }
@@ -626,22 +612,14 @@ impl SecureServer {
             self.stats.bad_handshakes += 1;
             return Some(Belongs::None);
         };
-        // Before the replay cache: a client that is not served gets no
-        // entry, so one outside the allow list cannot fill the cache and
-        // lock out the listed ones.
+        // Before the replay filter: a client that is not served gets no
+        // entry, so one outside the allow list cannot load the filter
+        // until the listed ones' messages look like replays.
         if self.config.allow_clients.as_ref().is_some_and(|allow| !allow.contains(&init.client)) {
             self.stats.unlisted_clients += 1;
             return Some(Belongs::None);
         }
-        if self.replay.seen.len() >= self.config.max_replay_entries {
-            self.stats.replay_cache_full += 1;
-            return Some(Belongs::None);
-        }
-        self.replay.seen.insert(eph);
-        // The message passes the clock check while our clock is within the
-        // skew of its own, so up to 2 * skew from now inclusive: remember
-        // it until strictly after that (an entry goes when `until <= now`).
-        self.replay.order.push_back((now_ms + 2 * skew + 1, eph));
+        self.replay.insert(&eph);
         // An authenticated first message from a client we serve: the log
         // shows its inner SYN (a refused request's included).
         self.last_inner = Header::decode(&inner).ok().map(|(h, _)| h);
@@ -1270,9 +1248,17 @@ impl SecureServer {
         (self.sessions.len(), self.virtuals.len())
     }
 
-    /// First messages remembered against replay.
+    /// First messages remembered against replay (in the replay filter's
+    /// two generations).
     pub fn replay_entries(&self) -> usize {
-        self.replay.seen.len()
+        usize::try_from(self.replay.entries()).unwrap_or(usize::MAX)
+    }
+
+    /// The estimated chance that a fresh first message is taken for a
+    /// replay, from how full the replay filter is (near 0 but under a
+    /// flood of first messages under our key).
+    pub fn replay_false_positive_rate(&self) -> f64 {
+        self.replay.false_positive_rate()
     }
 
     /// Starts draining: no new connections, secure or plaintext.
