@@ -192,18 +192,14 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
     metric(
         "secure_migrations_total",
         "counter",
-        "Secure connections whose client's address changed (NAT rebinding).",
+        "Secure connections moved to a new, proven address of their client (NAT rebinding).",
         &[("", st.migrations)],
     );
     metric(
-        "secure_path_validation_total",
+        "secure_path_probes_total",
         "counter",
-        "Secure connections' new addresses: probes sent there, addresses proven, datagrams held back for want of proof (docs/PROTOCOL.md §8.4).",
-        &[
-            ("{event=\"probe\"}", st.path_probes),
-            ("{event=\"validated\"}", st.paths_validated),
-            ("{event=\"held_back\"}", st.unproven_dropped),
-        ],
+        "Probes sent to a secure client's new address, to prove it before the connection moves there (docs/PROTOCOL.md §8.4).",
+        &[("", st.path_probes)],
     );
     metric(
         "secure_fetch_requests_total",
@@ -317,8 +313,7 @@ pub fn log_counters(s: &Snapshot, what: &str) {
         secure_refused = field(|x| x.refused),
         secure_evicted = field(|x| x.evicted),
         secure_migrations = field(|x| x.migrations),
-        secure_paths_validated = field(|x| x.paths_validated),
-        secure_unproven_dropped = field(|x| x.unproven_dropped),
+        secure_path_probes = field(|x| x.path_probes),
         "{what}"
     );
 }

@@ -118,17 +118,11 @@ pub struct SecureStats {
     pub forged: u64,
     /// Authenticated datagrams seen before, dropped.
     pub replayed: u64,
-    /// Connections whose client's address changed.
+    /// Connections moved to a new address of their client, once proven.
     pub migrations: u64,
-    /// Path probes sent to an address not yet proven (docs/PROTOCOL.md
-    /// §8.4, "Address changes").
+    /// Path probes sent to a new address, to prove it before the
+    /// connection moves there (docs/PROTOCOL.md §8.4, "Path validation").
     pub path_probes: u64,
-    /// Addresses proven: a datagram from there carried a token first sent
-    /// there.
-    pub paths_validated: u64,
-    /// Datagrams not sent because an unproven address had been sent three
-    /// times what came from it (the recovery sends them again).
-    pub unproven_dropped: u64,
     /// Pages asked for by URL, handed to the driver.
     pub fetch_requests: u64,
     /// First messages sent again while their URL was being fetched (the
@@ -183,31 +177,49 @@ struct Session {
     /// it: runs of one length keep GSO batches whole.
     pad: usize,
     pad_left: u32,
-    /// The last address the client proved it receives at (at first the
-    /// first message's, where the answer and its tokens went), and while
-    /// `peer` is another, what proves and bounds that one.
-    proven: SocketAddr,
+    /// The newest datagram came from an address other than `peer` (which
+    /// the client proved it receives at: at first the first message's,
+    /// where the answer went), not yet proven.
     unproven: Option<Unproven>,
+    /// In [`SecureServer::probes`].
+    probe_queued: bool,
 }
 
-/// An address a connection moved to and has not proven (RFC 9000 §9,
-/// with tokens for challenges: docs/PROTOCOL.md §8.4).
+/// An address a connection may move to, once the client proves it
+/// receives there (RFC 9000 §8.2 and §9, with tokens as challenges:
+/// docs/PROTOCOL.md §8.4). Until then only probes go there.
 struct Unproven {
-    /// The first token serial sent there: a datagram from there carrying
-    /// this one or a later one proves that the client receives there.
-    first_serial: u64,
-    /// Bytes of authenticated datagrams from there, and bytes sent there:
-    /// never more than three times as many (RFC 9000 §8).
+    addr: SocketAddr,
+    /// The token serials of the newest probes sent there: a datagram that
+    /// carries one, from wherever, proves the address.
+    probes: [Option<u64>; PROBES_KEPT],
+    /// Bytes of authenticated datagrams from there, and of probes sent
+    /// there: never more than three times as many (RFC 9000 §8.1).
     received: u64,
     sent: u64,
-    /// A probe is waiting in [`SecureServer::probes`].
-    probe_due: bool,
 }
 
 impl Unproven {
+    fn new(addr: SocketAddr, received: usize) -> Unproven {
+        Unproven { addr, probes: [None; PROBES_KEPT], received: received as u64, sent: 0 }
+    }
+
     /// Whether `len` more bytes may go there.
     fn allows(&self, len: usize) -> bool {
         self.sent.saturating_add(len as u64) <= self.received.saturating_mul(AMPLIFICATION)
+    }
+
+    /// A probe of `len` bytes with token serial `serial` went there.
+    fn probed(&mut self, serial: u64, len: usize) {
+        self.sent = self.sent.saturating_add(len as u64);
+        self.probes.rotate_right(1);
+        if let Some(newest) = self.probes.first_mut() {
+            *newest = Some(serial);
+        }
+    }
+
+    fn proven_by(&self, serial: u64) -> bool {
+        self.probes.contains(&Some(serial))
     }
 }
 
@@ -275,6 +287,8 @@ const PAD_RUN: u32 = 64;
 /// An unproven address is sent at most this many times what came from it
 /// (RFC 9000 §8.1's factor).
 const AMPLIFICATION: u64 = 3;
+/// Probes of one address whose tokens still prove it.
+const PROBES_KEPT: usize = 4;
 /// Padding of a data datagram, drawn per run between these: a token
 /// rides in it, so a datagram with one is as long as one without.
 const PAD_MIN: usize = TOKEN_LEN;
@@ -321,7 +335,7 @@ pub struct SecureServer {
     /// Answers written without a connection (refusals).
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Sessions whose unproven address is owed a probe (each at most once:
-    /// [`Unproven::probe_due`]).
+    /// `Session::probe_queued`).
     probes: VecDeque<u64>,
     events: VecDeque<ServerEvent>,
     stats: SecureStats,
@@ -492,33 +506,32 @@ impl SecureServer {
         }
         let virt = session.virt;
         let newest = session.replay.highest() == Some(pn);
-        if let Some(u) = session.unproven.as_mut().filter(|_| session.peer == peer) {
-            u.received = u.received.saturating_add(datagram.len() as u64);
-            if serial >= u.first_serial {
-                // It read a datagram sent there: proven.
-                session.proven = peer;
+        if let Some(u) = &mut session.unproven {
+            if u.proven_by(serial) {
+                // The client read a probe sent there: move.
+                session.peer = u.addr;
                 session.unproven = None;
-                self.stats.paths_validated += 1;
+                self.stats.migrations += 1;
+            } else if u.addr == peer {
+                u.received = u.received.saturating_add(datagram.len() as u64);
             }
         }
-        // Only the newest datagram moves the connection: a reordered or
-        // delayed one from the old address must not move it back.
-        if session.peer != peer && newest {
-            session.peer = peer;
-            self.stats.migrations += 1;
-            session.unproven = (peer != session.proven).then_some(Unproven {
-                first_serial: session.tokens_issued,
-                received: datagram.len() as u64,
-                sent: 0,
-                probe_due: false,
-            });
-        }
-        // An unproven address is probed on its newest datagrams (one probe
-        // waiting at a time): a probe lost draws another when the client,
-        // hearing nothing, says where it is again.
-        if let Some(u) = session.unproven.as_mut().filter(|u| newest && !u.probe_due) {
-            u.probe_due = true;
-            self.probes.push_back(cid);
+        // Only the newest datagram says where the client is: a reordered or
+        // delayed one is not news. From the proven address, it ends any
+        // unproven one (a copy raced from elsewhere, or a move back).
+        if newest && peer == session.peer {
+            session.unproven = None;
+        } else if newest {
+            if session.unproven.as_ref().is_none_or(|u| u.addr != peer) {
+                session.unproven = Some(Unproven::new(peer, datagram.len()));
+            }
+            // Probed on its newest datagrams, one probe waiting at a time:
+            // a probe lost draws another when the client, hearing nothing,
+            // says where it is again.
+            if !session.probe_queued {
+                session.probe_queued = true;
+                self.probes.push_back(cid);
+            }
         }
         if !matches!(session.phase, Phase::Confirmed) {
             session.phase = Phase::Confirmed;
@@ -853,8 +866,8 @@ impl SecureServer {
                 next_pn: 0,
                 replay: ReplayWindow::default(),
                 tokens_issued: 0,
-                proven: peer,
                 unproven: None,
+                probe_queued: false,
                 msg1_len,
                 msg1_nonce,
                 pad: 0,
@@ -1077,12 +1090,6 @@ impl SecureServer {
             let Some(v) = self.virtuals.get(&virt) else { continue };
             if let Some(cid) = v.confirmed {
                 let Some(t) = self.seal_data(cid, buf, start, inner_len) else { continue };
-                if !self.within_budget(cid, t.len) {
-                    // Not sent: to the recovery, a loss like any other.
-                    buf.truncate(start);
-                    self.stats.unproven_dropped += 1;
-                    continue;
-                }
                 return Some(Transmit { belongs, inner: header, ..t });
             }
             // Not confirmed: the inner datagram is the SYN|ACK, which goes
@@ -1105,43 +1112,34 @@ impl SecureServer {
         }
     }
 
-    /// Whether `len` bytes just sealed for `cid` may go to its address, which
-    /// counts them if so: always to a proven one, within three times what
-    /// came from an unproven one.
-    fn within_budget(&mut self, cid: u64, len: usize) -> bool {
-        let Some(u) = self.sessions.get_mut(&cid).and_then(|s| s.unproven.as_mut()) else { return true };
-        if !u.allows(len) {
-            return false;
-        }
-        u.sent = u.sent.saturating_add(len as u64);
-        true
-    }
-
     /// The path probe owed to `cid`'s unproven address: a payload-free
     /// inner segment that draws the client's ACK at once, sealed like any
-    /// datagram with the next token, which the answer carries back (the
-    /// client spends its newest token first).
+    /// datagram with the next token, which that ACK carries back (the
+    /// client spends its newest token first). Within three times what came
+    /// from there; `None` when nothing is owed or it does not fit.
     fn probe(&mut self, cid: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
         let session = self.sessions.get_mut(&cid)?;
-        let u = session.unproven.as_mut()?;
-        if !std::mem::take(&mut u.probe_due) {
+        session.probe_queued = false;
+        let u = session.unproven.as_ref()?;
+        // Its length before sealing, so that nothing is sealed in vain.
+        let len = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
+        if !u.allows(len) {
             return None;
         }
         let header = self.inner.empty_ack(session.virt)?;
         let start = buf.len();
         buf.resize(start + PN_LEN + packet::BODY_PREFIX, 0);
         buf.extend_from_slice(&header.to_bytes());
-        let t = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN);
-        match t {
-            Some(t) if self.within_budget(cid, t.len) => {
-                self.stats.path_probes += 1;
-                Some(Transmit { inner: Some(header), ..t })
-            }
-            _ => {
-                buf.truncate(start);
-                None
-            }
-        }
+        let Some(t) = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN) else {
+            buf.truncate(start);
+            return None;
+        };
+        let session = self.sessions.get_mut(&cid)?;
+        let serial = session.tokens_issued.checked_sub(1)?;
+        let u = session.unproven.as_mut()?;
+        u.probed(serial, t.len);
+        self.stats.path_probes += 1;
+        Some(Transmit { peer: u.addr, inner: Some(header), ..t })
     }
 
     /// Writes the answer of attempt `cid` around the inner SYN|ACK.
@@ -1300,7 +1298,7 @@ mod tests {
     use std::collections::HashSet;
     use std::hash::BuildHasher;
 
-    use super::virtual_addr;
+    use super::{PAD_MAX, PN_LEN, PROBES_KEPT, Unproven, packet, virtual_addr};
 
     /// hashbrown picks a bucket from a hash's low bits: consecutive
     /// connection numbers must spread over them, or every lookup in
@@ -1312,5 +1310,23 @@ mod tests {
         let fx = rustc_hash::FxBuildHasher;
         let buckets: HashSet<u64> = (0..4096).map(|n| fx.hash_one(virtual_addr(n)) & 4095).collect();
         assert!(buckets.len() > 1024, "{} of 4096 buckets used", buckets.len());
+    }
+
+    /// RFC 9000 §8.1: three times what came from the address, and not a
+    /// byte more; the smallest client datagram pays for the largest probe.
+    #[test]
+    fn an_unproven_address_gets_at_most_three_times_what_it_sent() {
+        let mut u = Unproven::new("192.0.2.1:9".parse().unwrap_or_else(|_| unreachable!()), 100);
+        assert!(u.allows(300) && !u.allows(301));
+        u.probed(0, 250);
+        assert!(u.allows(50) && !u.allows(51));
+        let probe = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
+        assert!(Unproven::new(u.addr, packet::C2S_OVERHEAD).allows(probe), "a probe of {probe} bytes");
+        // Only the newest probes' tokens prove it.
+        for serial in 1..=PROBES_KEPT as u64 {
+            u.probed(serial, 0);
+        }
+        assert!(!u.proven_by(0) && (1..=PROBES_KEPT as u64).all(|s| u.proven_by(s)), "{:?}", u.probes);
+        assert!(!u.proven_by(PROBES_KEPT as u64 + 1));
     }
 }
