@@ -255,7 +255,7 @@ fuzz_target!(|input: Input| {
                 };
                 let Some((noise, keys)) = secure_wire::answer(hs, &payload) else { continue };
                 let ad: &[u8] = if ad_wrong { b"" } else { &msg1[..24] };
-                let d = outer.seal([seed ^ 0x55; 24], &noise, usize::from(pad % 1400), ad);
+                let d = outer.seal([seed ^ 0x55; 24], &noise, &[], usize::from(pad % 1400), ad);
                 client.handle(now, &d);
                 crafted = Some(keys);
                 crafted_isn = isn;

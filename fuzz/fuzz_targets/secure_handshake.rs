@@ -208,7 +208,8 @@ fuzz_target!(|input: Input| {
     for step in input.steps.into_iter().take(128) {
         match step {
             Step::Outer { noise, pad, nonce } => {
-                let d = outer.seal([nonce; 24], &noise, usize::from(pad % 1500), b"");
+                let time = clock.unix_ms(now).to_be_bytes();
+                let d = outer.seal([nonce; 24], &noise, &time, usize::from(pad % 1500), b"");
                 server.handle_kind(now, addr(nonce), &d);
             }
             Step::Initiate { client, seed, payload, pad, peer } => {
@@ -231,7 +232,7 @@ fuzz_target!(|input: Input| {
                 };
                 let mut nonce = [seed; 24];
                 nonce[..8].copy_from_slice(&(attempts.len() as u64).to_be_bytes());
-                let d = outer.seal(nonce, &noise, usize::from(pad % 1200), b"");
+                let d = outer.seal(nonce, &noise, &now_ms.to_be_bytes(), usize::from(pad % 1200), b"");
                 server.handle_kind(now, addr(peer), &d);
                 attempts.push(Attempt { datagram: d, hs: Some(hs) });
             }

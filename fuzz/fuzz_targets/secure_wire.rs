@@ -53,12 +53,14 @@ impl Outer {
         Outer(XChaCha20Poly1305::new((&key).into()))
     }
 
-    /// nonce | seal(noise length | noise | zeros to `len`) | tag.
-    pub fn seal(&self, nonce: [u8; OUTER_NONCE], noise: &[u8], len: usize, ad: &[u8]) -> Vec<u8> {
+    /// nonce | seal(noise length | noise | trailer | zeros to `len`) | tag;
+    /// a first message's trailer is its clock (u64 ms, big-endian).
+    pub fn seal(&self, nonce: [u8; OUTER_NONCE], noise: &[u8], trailer: &[u8], len: usize, ad: &[u8]) -> Vec<u8> {
         let mut body = Vec::with_capacity(len);
         body.extend_from_slice(&(noise.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
         body.extend_from_slice(noise);
-        let natural = noise.len() + 2 + OUTER_NONCE + OUTER_TAG;
+        body.extend_from_slice(trailer);
+        let natural = noise.len() + trailer.len() + 2 + OUTER_NONCE + OUTER_TAG;
         body.resize(len.max(natural) - OUTER_NONCE - OUTER_TAG, 0);
         let mut out = nonce.to_vec();
         if let Ok(tag) = self.0.encrypt_in_place_detached(XNonce::from_slice(&nonce), ad, &mut body) {

@@ -172,6 +172,12 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
     );
     metric("secure_handshakes_total", "counter", "Secure handshakes answered.", &[("", st.handshakes)]);
     metric(
+        "secure_handshake_reads_total",
+        "counter",
+        "First handshake messages read under the static key (two X25519 operations each): fresh ones made with the bridge line only.",
+        &[("", st.noise_reads)],
+    );
+    metric(
         "secure_handshakes_confirmed_total",
         "counter",
         "Secure handshakes the client confirmed with a sealed datagram.",

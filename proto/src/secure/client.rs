@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rand::RngCore;
 
-use super::handshake::{self, Initiator, Outer, SessionKeys, field};
+use super::handshake::{self, Initiator, Outer, OuterTime, SessionKeys, field};
 use super::keys::{PublicKey, StaticSecret};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN};
 use super::proxy::PageMeta;
@@ -347,9 +347,10 @@ impl SecureClient {
         if self.attempts.len() >= MAX_ATTEMPTS {
             self.attempts.pop_front();
         }
-        let natural = noise.len() + handshake::OUTER_OVERHEAD;
+        let time = OuterTime::encode(self.secure.clock.unix_ms(now));
+        let natural = noise.len() + time.len() + handshake::OUTER_OVERHEAD;
         let len = natural.max(MSG1_MIN + (self.rng.next_u32() as usize) % (MSG1_MAX - MSG1_MIN + 1));
-        let nonce = self.outer.seal(&mut *self.rng, &noise, len, b"", buf);
+        let nonce = self.outer.seal(&mut *self.rng, &noise, &time, len, b"", buf);
         self.attempts.push_back((attempt, nonce));
         self.stats.initiations += 1;
         true

@@ -57,14 +57,17 @@ impl Outer {
     }
 
     /// Appends a handshake datagram of exactly `len` bytes (at least the
-    /// natural length) carrying `noise`; returns its nonce. An answer is
-    /// sealed with the first message's nonce as associated data, so that a
-    /// client with several first messages out knows which one it answers
-    /// without trying (a failed Noise read spends the handshake state).
+    /// natural length) carrying `noise`, then `trailer` (a first message's
+    /// [`OuterTime`]; nothing in an answer); returns its nonce. An answer
+    /// is sealed with the first message's nonce as associated data, so
+    /// that a client with several first messages out knows which one it
+    /// answers without trying (a failed Noise read spends the handshake
+    /// state).
     pub(crate) fn seal(
         &self,
         rng: &mut dyn RngCore,
         noise: &[u8],
+        trailer: &[u8],
         len: usize,
         ad: &[u8],
         out: &mut Vec<u8>,
@@ -75,7 +78,8 @@ impl Outer {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&(noise.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
         out.extend_from_slice(noise);
-        let len = len.max(noise.len() + OUTER_OVERHEAD);
+        out.extend_from_slice(trailer);
+        let len = len.max(noise.len() + trailer.len() + OUTER_OVERHEAD);
         out.resize(start + len - OUTER_TAG_LEN, 0);
         let Some(body) = out.get_mut(start + OUTER_NONCE_LEN..) else { return nonce };
         match self.0.encrypt_in_place_detached(XNonce::from_slice(&nonce), ad, body) {
@@ -100,6 +104,30 @@ impl Outer {
         let range = 2..2 + len;
         scratch.get(range.clone())?;
         Some(range)
+    }
+}
+
+/// A first message's clock in its outer layer, after the Noise message
+/// (milliseconds since the Unix epoch, big-endian): checked before any
+/// Diffie-Hellman work, so that a recorded first message replayed once the
+/// replay filter has forgotten it costs the server no X25519 operation.
+/// Only a holder of the bridge line can change it; the TIME field inside
+/// the Noise payload stays the authenticated one (docs/PROTOCOL.md §8.3).
+pub(crate) struct OuterTime;
+
+impl OuterTime {
+    /// Its length.
+    pub(crate) const LEN: usize = 8;
+
+    pub(crate) fn encode(unix_ms: u64) -> [u8; Self::LEN] {
+        unix_ms.to_be_bytes()
+    }
+
+    /// The clock of the first message opened into `scratch`, its Noise
+    /// message at `noise`.
+    pub(crate) fn read(scratch: &[u8], noise: &std::ops::Range<usize>) -> Option<u64> {
+        let bytes = scratch.get(noise.end..noise.end + Self::LEN)?;
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
     }
 }
 
@@ -341,7 +369,7 @@ mod tests {
         let outer = Outer::new(&PublicKey([3; 32]));
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let mut d = Vec::new();
-        outer.seal(&mut rng, &[0xaa; 100], 300, b"ad", &mut d);
+        outer.seal(&mut rng, &[0xaa; 100], &[], 300, b"ad", &mut d);
         assert_eq!(d.len(), 300);
         let mut scratch = Vec::new();
         let r = outer.open(&d, b"ad", &mut scratch).expect("opens");

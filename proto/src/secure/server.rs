@@ -17,7 +17,9 @@ use bytes::Bytes;
 use rand::RngCore;
 use rustc_hash::FxHashMap;
 
-use super::handshake::{self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERHEAD, Outer, Responder, field};
+use super::handshake::{
+    self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERHEAD, Outer, OuterTime, Responder, field,
+};
 use super::keys::{PublicKey, StaticSecret};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN, TokenKey};
 use super::proxy::{FetchRequest, FetchedPage, MAX_URL_LEN, PageMeta};
@@ -97,6 +99,10 @@ pub struct SecureStats {
     /// Outer layer right, but the Noise message did not decrypt under our
     /// static key, or its payload was malformed.
     pub bad_handshakes: u64,
+    /// First messages read under our static key: the Diffie-Hellman work
+    /// (two X25519 operations each) that only a fresh message made with
+    /// the bridge line costs, never a replay or a stale one.
+    pub noise_reads: u64,
     /// First messages whose clock was too far from ours.
     pub stale_handshakes: u64,
     /// First messages seen before (a replay), ignored.
@@ -573,18 +579,26 @@ impl SecureServer {
         let msg1_nonce: [u8; 24] = datagram.get(..24)?.try_into().ok()?;
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
-        let noise = self.scratch.get(range)?;
-        // A replay is dropped before the Diffie-Hellman work of reading it:
-        // the client's ephemeral key opens the Noise message in clear, so a
-        // recorded first message, sent again at line rate by anyone who saw
-        // it, costs a set lookup instead of two X25519 operations.
         let now_ms = self.config.clock.unix_ms(now);
+        let skew = self.config.max_clock_skew.as_millis() as u64;
+        // Neither a stale message nor a replay costs the Diffie-Hellman
+        // work of reading it. The outer clock says when the message was
+        // made, and the client's ephemeral key opens the Noise message in
+        // clear: a recorded first message sent again at line rate, by
+        // anyone who saw it, costs a comparison or a filter lookup instead
+        // of two X25519 operations, whenever it comes.
+        if OuterTime::read(&self.scratch, &range).is_none_or(|t| t.abs_diff(now_ms) > skew) {
+            self.stats.stale_handshakes += 1;
+            return Some(Belongs::None);
+        }
+        let noise = self.scratch.get(range)?;
         self.replay.expire(now_ms);
         let eph = handshake::replay_key(noise);
         if eph.is_some_and(|e| self.replay.contains(&e)) {
             self.stats.replayed_handshakes += 1;
             return Some(Belongs::None);
         }
+        self.stats.noise_reads += 1;
         let Some(init) = Responder::read(&self.config.key, seed, noise) else {
             self.stats.bad_handshakes += 1;
             return Some(Belongs::None);
@@ -614,7 +628,6 @@ impl SecureServer {
             self.stats.bad_handshakes += 1;
             return Some(Belongs::None);
         };
-        let skew = self.config.max_clock_skew.as_millis() as u64;
         if time.abs_diff(now_ms) > skew {
             self.stats.stale_handshakes += 1;
             return Some(Belongs::None);
@@ -625,14 +638,14 @@ impl SecureServer {
             self.stats.bad_handshakes += 1;
             return Some(Belongs::None);
         };
-        // Before the replay filter: a client that is not served gets no
-        // entry, so one outside the allow list cannot load the filter
-        // until the listed ones' messages look like replays.
+        // Remembered, an unlisted client's message too: its replays then
+        // cost a lookup, not a read. (A client outside the list loads the
+        // filter no more than any holder of the bridge line can.)
+        self.replay.insert(&eph);
         if self.config.allow_clients.as_ref().is_some_and(|allow| !allow.contains(&init.client)) {
             self.stats.unlisted_clients += 1;
             return Some(Belongs::None);
         }
-        self.replay.insert(&eph);
         // An authenticated first message from a client we serve: the log
         // shows its inner SYN (a refused request's included).
         self.last_inner = Header::decode(&inner).ok().map(|(h, _)| h);
@@ -893,7 +906,7 @@ impl SecureServer {
         let Some((noise, _keys)) = opening.responder.answer(&payload) else { return };
         let mut d = Vec::new();
         let len = self.answer_len(noise.len(), opening.msg1_len);
-        self.outer.seal(&mut *self.rng, &noise, len, &opening.msg1_nonce, &mut d);
+        self.outer.seal(&mut *self.rng, &noise, &[], len, &opening.msg1_nonce, &mut d);
         self.outbox.push_back((opening.peer, d));
         self.stats.rejected += 1;
     }
@@ -1172,7 +1185,7 @@ impl SecureServer {
         let (peer, msg1_len, ad) = (session.peer, session.msg1_len, session.msg1_nonce);
         let len = self.answer_len(noise.len(), msg1_len);
         let start = buf.len();
-        self.outer.seal(&mut *self.rng, &noise, len, &ad, buf);
+        self.outer.seal(&mut *self.rng, &noise, &[], len, &ad, buf);
         Some(Transmit { peer, len: buf.len() - start, belongs: Belongs::Connection, inner: None, plain: false })
     }
 
