@@ -829,6 +829,16 @@ impl Server {
         self.knows_kind(peer) == Belongs::Connection
     }
 
+    /// `peer`'s client has moved (secure mode, where `peer` is a virtual
+    /// address, docs/PROTOCOL.md §8.4): what is outstanding is sent again
+    /// at once.
+    pub fn path_changed(&mut self, now: Instant, peer: SocketAddr) {
+        let Some(slot) = self.conns.get_mut(&peer) else { return };
+        let was_half_open = slot.conn.half_open_isn().is_some();
+        slot.conn.on_path_change();
+        self.after_activity(now, peer, was_half_open);
+    }
+
     /// A payload-free segment that restates where `peer`'s transfer is, and
     /// draws the client's ACK at once; `None` unless the page is being sent
     /// (secure mode's path probe, docs/PROTOCOL.md §8.4).

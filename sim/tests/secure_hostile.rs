@@ -239,6 +239,26 @@ fn a_replay_at_the_edge_of_the_skew_window_gets_silence() {
     assert_eq!(moved(before, server.secure_stats()), vec![("stale_handshakes", 1)]);
 }
 
+/// The same edge for a message that arrives in the last millisecond of a
+/// generation of the replay filter, the worst case for a filter that
+/// forgets a generation at a time: it is still remembered when its clock
+/// last passes, twice the skew later.
+#[test]
+fn a_replay_of_a_message_from_the_end_of_a_generation_gets_silence() {
+    let (mut server, key, start) = probe_server(5, false);
+    let skew = Duration::from_secs(300);
+    // The server's filter began at `start`; a generation lasts 2 * skew + 1 ms.
+    let late = start + 2 * skew;
+    let ahead = WallClock { at: start, unix_ms: SIM_UNIX_MS + skew.as_millis() as u64 };
+    let mut c = secure_client(key.public(), None, "index", ahead, 31, late);
+    let msg = secure::first_datagram(&mut c, late);
+    answered(&mut server, late, client_addr(0), &msg, "a message in a generation's last millisecond");
+    let now = late + 2 * skew;
+    let before = server.secure_stats();
+    silent(&mut server, now, prober(9), &msg, "its replay at the edge");
+    assert_eq!(moved(before, server.secure_stats()), vec![("replayed_handshakes", 1)]);
+}
+
 /// Clocks outside the allowed skew, either way: silence, counted stale;
 /// clocks just inside it are answered.
 #[test]
@@ -424,6 +444,106 @@ fn a_client_cannot_aim_its_page_at_a_victim() {
             assert!(s.path_probes >= 3 && s.migrations == 0, "{what}: {s:?}");
             assert_eq!(c.outcome(), Some(&Ok(())), "{what}: the page went to the client: {s:?}");
         }
+    }
+}
+
+/// A big page, so that a transfer lasts many rounds, and a client of it.
+fn big_transfer(seed: u64) -> (SecureServer, anon_proto::secure::SecureClient, Instant) {
+    let start = Instant::now();
+    let key = server_key(seed);
+    let config = SecureServerConfig::new(key.clone(), vec!["index".into()], clock(start));
+    let pages = vec![Bytes::from(page(2_000_000, seed))];
+    let rng = Box::new(StdRng::seed_from_u64(seed));
+    let mut server = SecureServer::new(config, ServerConfig::default(), pages, None, rng);
+    let (mut c, msg) = first_message(key.public(), 990 + seed, clock(start), start);
+    let answer = answered(&mut server, start, client_addr(0), &msg, "the answer");
+    c.handle(start, &answer);
+    (server, c, start)
+}
+
+/// An observer that sees the client's datagrams races a copy of each to
+/// the server from its own address, and forwards to the client whatever
+/// the server sends it (RFC 9000 §9.3.3's off-path forwarding). The
+/// genuine datagram, arriving second, shows the client has not moved: the
+/// connection stays, nothing but probes goes to the observer, and the
+/// page completes.
+#[test]
+fn raced_copies_of_a_clients_datagrams_do_not_move_its_connection() {
+    let observer = prober(77);
+    let own = client_addr(0);
+    for seed in seeds(4) {
+        let (mut server, mut c, start) = big_transfer(seed);
+        let (mut now, mut to_observer, mut from_observer) = (start, 0, 0);
+        for round in 0..4_000u32 {
+            if c.outcome().is_some() {
+                break;
+            }
+            now += Duration::from_millis(5);
+            server.handle_timeout(now);
+            c.handle_timeout(now);
+            for (to, d) in drain(&mut server, now) {
+                if to == observer {
+                    to_observer += d.len();
+                }
+                c.handle(now, &d);
+            }
+            for d in secure::drain_client(&mut c, now) {
+                from_observer += d.len();
+                server.handle_kind(now, observer, &d);
+                // Half the time the server sends before the genuine one
+                // comes: the probe reaches the observer, which forwards it.
+                if round % 2 == 0 {
+                    for (to, p) in drain(&mut server, now) {
+                        if to == observer {
+                            to_observer += p.len();
+                        }
+                        c.handle(now, &p);
+                    }
+                }
+                server.handle_kind(now, own, &d);
+            }
+            assert!(to_observer <= 3 * from_observer, "seed {seed}: {to_observer} bytes to the observer");
+        }
+        let s = server.secure_stats();
+        assert_eq!(c.outcome(), Some(&Ok(())), "seed {seed}: {s:?}");
+        assert_eq!(s.migrations, 0, "seed {seed}: moved to the observer: {s:?}");
+        assert!(s.path_probes > 0, "seed {seed}: the race was run: {s:?}");
+    }
+}
+
+/// A NAT that gives every datagram a new source port (against RFC 4787's
+/// REQ-2) and delivers what comes back only to its 2 newest: the client
+/// proves a port with a later datagram, from another, and the transfer
+/// goes on from port to port and completes.
+#[test]
+fn a_client_behind_a_nat_that_changes_port_every_datagram_completes() {
+    for seed in seeds(4) {
+        let (mut server, mut c, start) = big_transfer(seed);
+        let mut now = start;
+        let mut port = 0u16;
+        for _ in 0..8_000 {
+            if c.outcome().is_some() {
+                break;
+            }
+            now += Duration::from_millis(5);
+            server.handle_timeout(now);
+            c.handle_timeout(now);
+            for (to, d) in drain(&mut server, now) {
+                let offset = to.port().wrapping_sub(client_addr(0).port());
+                if port.wrapping_sub(offset) < 2 {
+                    c.handle(now, &d);
+                }
+            }
+            for d in secure::drain_client(&mut c, now) {
+                port = port.wrapping_add(1);
+                let mut from = client_addr(0);
+                from.set_port(from.port().wrapping_add(port));
+                server.handle_kind(now, from, &d);
+            }
+        }
+        let s = server.secure_stats();
+        assert_eq!(c.outcome(), Some(&Ok(())), "seed {seed}: {s:?}");
+        assert!(s.migrations > 0, "seed {seed}: {s:?}");
     }
 }
 

@@ -512,6 +512,14 @@ impl ServerConn {
         Some(Header::new(self.isn + 1 + self.acked_at_close as u32, fin_ack_seq + 1, Flags::ACK))
     }
 
+    /// The client moved to a new address (secure mode, docs/PROTOCOL.md
+    /// §8.4): see [`Sender::on_path_change`].
+    pub(crate) fn on_path_change(&mut self) {
+        if let State::Established(sender) = &mut self.state {
+            sender.on_path_change();
+        }
+    }
+
     /// A segment without payload that restates where the transfer is:
     /// sequence number at the first byte not yet acknowledged, so that it is
     /// never beyond what the client holds and draws its ACK at once (a

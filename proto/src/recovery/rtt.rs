@@ -98,6 +98,12 @@ impl RttEstimator {
         self.backoff = self.backoff.saturating_add(1);
     }
 
+    /// Forgets the backoff: the timeouts were not the path's doing (secure
+    /// mode's move to a client's new address, docs/PROTOCOL.md §8.4).
+    pub fn reset_backoff(&mut self) {
+        self.backoff = 0;
+    }
+
     /// How many consecutive timeouts have happened.
     pub fn backoff(&self) -> u32 {
         self.backoff

@@ -9,17 +9,21 @@
 //! replay passes) and never fills up; a flood only raises the chance that a
 //! fresh first message is taken for a replay, and a client whose message is
 //! dropped so sends another with a new ephemeral key on its timer. At the
-//! default size that chance stays below 0.3% even at more first messages
-//! than one core can read (docs/PROTOCOL.md §8.3, rule 5; the estimate is
-//! [`ReplayFilter::false_positive_rate`]).
+//! default size that chance stays below 0.3% even at twice the first
+//! messages one core can read (docs/PROTOCOL.md §8.3, rule 5; the estimate
+//! is [`ReplayFilter::false_positive_rate`]).
 
 use aes::Aes128;
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
 
-/// Bit positions set per message: near the optimum, ln 2 * bits per
-/// entry, for about 14 bits per entry, the default's load at 1M entries a
-/// generation.
+/// Bit positions set per message: the optimum, ln 2 * bits per entry,
+/// for about 10 bits an entry; at the default's worst load (28 bits an
+/// entry) more would do little better.
 const PROBES: u32 = 7;
+
+/// The largest generation, 512 MiB (256 MiB on 32-bit): a bound on what a setting can
+/// allocate.
+pub(crate) const MAX_BITS: usize = 1 << (if usize::BITS > 32 { 32 } else { 31 });
 
 /// Two generations of a Bloom filter (a "rotating" filter): entries go into
 /// the current one; every `period` the current one becomes the previous one
@@ -74,9 +78,10 @@ impl std::fmt::Debug for ReplayFilter {
 
 impl ReplayFilter {
     /// A filter of `bits` bits a generation (rounded up to a power of two,
-    /// at least 64), generations of `period_ms`, starting at `now_ms`.
+    /// between 64 and [`MAX_BITS`]), generations of `period_ms`, starting
+    /// at `now_ms`.
     pub(crate) fn new(key: &[u8; 16], bits: usize, period_ms: u64, now_ms: u64) -> ReplayFilter {
-        let bits = bits.max(64).checked_next_power_of_two().unwrap_or(1 << 40);
+        let bits = bits.clamp(64, MAX_BITS).next_power_of_two();
         ReplayFilter {
             hash: Aes128::new(&(*key).into()),
             generations: [Generation::new(bits), Generation::new(bits)],
@@ -93,7 +98,7 @@ impl ReplayFilter {
         if elapsed < self.period_ms {
             return;
         }
-        if elapsed >= 2 * self.period_ms {
+        if elapsed >= self.period_ms.saturating_mul(2) {
             // Quiet for two periods: nothing is left to remember.
             for g in &mut self.generations {
                 g.clear();
@@ -105,7 +110,7 @@ impl ReplayFilter {
         if let Some(g) = self.generations.get_mut(self.current) {
             g.clear();
         }
-        self.began_ms += self.period_ms;
+        self.began_ms = self.began_ms.saturating_add(self.period_ms);
     }
 
     /// The bit positions of `key` (double hashing, Kirsch and Mitzenmacher).
@@ -231,14 +236,19 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_fixed_whatever_is_added() {
+    fn sizes_round_up_to_a_power_of_two_and_a_saturated_filter_says_so() {
+        assert_eq!(ReplayFilter::new(&[9; 16], 0, 1_000, 0).memory(), 2 * 64 / 8);
+        assert_eq!(ReplayFilter::new(&[9; 16], 100, 1_000, 0).memory(), 2 * 128 / 8);
         let mut f = ReplayFilter::new(&[9; 16], 1 << 16, 1_000, 0);
-        let before = f.memory();
+        assert_eq!(f.memory(), 2 * (1 << 16) / 8);
         for i in 0..100_000 {
             f.insert(&key(i));
         }
-        assert_eq!(f.memory(), before);
-        assert_eq!(before, 2 * (1 << 16) / 8);
         assert!(f.false_positive_rate() > 0.99, "saturated, and says so");
+        // A period too long to add up: no overflow, nothing forgotten.
+        let mut f = ReplayFilter::new(&[9; 16], 1 << 10, u64::MAX, u64::MAX - 5);
+        f.insert(&key(1));
+        f.expire(u64::MAX);
+        assert!(f.contains(&key(1)));
     }
 }

@@ -79,7 +79,7 @@ impl SecureServerConfig {
             page_names,
             max_clock_skew: Duration::from_secs(300),
             max_pending: 4096,
-            replay_filter_bits: 1 << 25,
+            replay_filter_bits: 1 << 26,
             clock,
             fetch: false,
             max_fetching: 256,
@@ -187,6 +187,9 @@ struct Session {
     /// the client proved it receives at: at first the first message's,
     /// where the answer went), not yet proven.
     unproven: Option<Unproven>,
+    /// The token serials of the newest probes and where each went: a
+    /// datagram that carries one proves that address.
+    probes: [Option<(u64, SocketAddr)>; PROBES_KEPT],
     /// In [`SecureServer::probes`].
     probe_queued: bool,
 }
@@ -196,9 +199,8 @@ struct Session {
 /// docs/PROTOCOL.md §8.4). Until then only probes go there.
 struct Unproven {
     addr: SocketAddr,
-    /// The token serials of the newest probes sent there: a datagram that
-    /// carries one, from wherever, proves the address.
-    probes: [Option<u64>; PROBES_KEPT],
+    /// The packet number of the datagram that made it a candidate.
+    first_pn: u64,
     /// Bytes of authenticated datagrams from there, and of probes sent
     /// there: never more than three times as many (RFC 9000 §8.1).
     received: u64,
@@ -206,8 +208,8 @@ struct Unproven {
 }
 
 impl Unproven {
-    fn new(addr: SocketAddr, received: usize) -> Unproven {
-        Unproven { addr, probes: [None; PROBES_KEPT], received: received as u64, sent: 0 }
+    fn new(addr: SocketAddr, received: usize, first_pn: u64) -> Unproven {
+        Unproven { addr, first_pn, received: received as u64, sent: 0 }
     }
 
     /// Whether `len` more bytes may go there.
@@ -215,17 +217,9 @@ impl Unproven {
         self.sent.saturating_add(len as u64) <= self.received.saturating_mul(AMPLIFICATION)
     }
 
-    /// A probe of `len` bytes with token serial `serial` went there.
-    fn probed(&mut self, serial: u64, len: usize) {
+    /// A probe of `len` bytes went there.
+    fn probed(&mut self, len: usize) {
         self.sent = self.sent.saturating_add(len as u64);
-        self.probes.rotate_right(1);
-        if let Some(newest) = self.probes.first_mut() {
-            *newest = Some(serial);
-        }
-    }
-
-    fn proven_by(&self, serial: u64) -> bool {
-        self.probes.contains(&Some(serial))
     }
 }
 
@@ -417,7 +411,8 @@ impl SecureServer {
         rng.fill_bytes(&mut replay_key);
         // A message is remembered while its timestamp can pass the clock
         // check, up to twice the skew after it arrived (rule 5).
-        let period = 2 * secure.max_clock_skew.as_millis() as u64 + 1;
+        let skew_ms = u64::try_from(secure.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let period = skew_ms.saturating_mul(2).saturating_add(1);
         let replay = ReplayFilter::new(&replay_key, secure.replay_filter_bits, period, secure.clock.unix_ms);
         SecureServer {
             outer: Outer::new(&secure.key.public()),
@@ -506,30 +501,45 @@ impl SecureServer {
             self.stats.forged += 1;
             return Some(Belongs::None);
         };
-        if !session.replay.accept(pn) {
+        let fresh = session.replay.accept(pn);
+        // From the proven address, a datagram at least as new as the one
+        // that made another address a candidate shows that the client is
+        // still here: the candidate was a copy raced from elsewhere (then
+        // the datagram itself is a duplicate), or the client came back.
+        // Older ones (replays an observer recorded) do not count.
+        if peer == session.peer && session.unproven.as_ref().is_some_and(|u| pn >= u.first_pn) {
+            session.unproven = None;
+            session.probes = [None; PROBES_KEPT];
+        }
+        if !fresh {
             self.stats.replayed += 1;
             return Some(Belongs::None);
         }
         let virt = session.virt;
         let newest = session.replay.highest() == Some(pn);
-        if let Some(u) = &mut session.unproven {
-            if u.proven_by(serial) {
-                // The client read a probe sent there: move.
-                session.peer = u.addr;
+        // The token of a probe: the client read it where it went. From
+        // wherever this datagram comes (RFC 9000 §8.2.2): a NAT that moves
+        // the client again meanwhile still lets it prove the address.
+        let mut moved = false;
+        if let Some(&(_, to)) = session.probes.iter().flatten().find(|(s, _)| *s == serial) {
+            session.probes = [None; PROBES_KEPT];
+            if session.unproven.as_ref().is_some_and(|u| u.addr == to) {
                 session.unproven = None;
+            }
+            if to != session.peer {
+                session.peer = to;
+                moved = true;
                 self.stats.migrations += 1;
-            } else if u.addr == peer {
-                u.received = u.received.saturating_add(datagram.len() as u64);
             }
         }
+        if let Some(u) = session.unproven.as_mut().filter(|u| u.addr == peer) {
+            u.received = u.received.saturating_add(datagram.len() as u64);
+        }
         // Only the newest datagram says where the client is: a reordered or
-        // delayed one is not news. From the proven address, it ends any
-        // unproven one (a copy raced from elsewhere, or a move back).
-        if newest && peer == session.peer {
-            session.unproven = None;
-        } else if newest {
+        // delayed one is not news.
+        if newest && peer != session.peer {
             if session.unproven.as_ref().is_none_or(|u| u.addr != peer) {
-                session.unproven = Some(Unproven::new(peer, datagram.len()));
+                session.unproven = Some(Unproven::new(peer, datagram.len(), pn));
             }
             // Probed on its newest datagrams, one probe waiting at a time:
             // a probe lost draws another when the client, hearing nothing,
@@ -549,7 +559,13 @@ impl SecureServer {
         let belongs = match packet::parse_body(&buf) {
             Some(body) => {
                 self.last_inner = Header::decode(body.inner).ok().map(|(h, _)| h);
-                self.inner.handle_kind(now, virt, body.inner)
+                let belongs = self.inner.handle_kind(now, virt, body.inner);
+                if moved {
+                    // What went to the old address since the client left it
+                    // is lost: sent again now, not on a backed-off timer.
+                    self.inner.path_changed(now, virt);
+                }
+                belongs
             }
             None => Belongs::None,
         };
@@ -880,6 +896,7 @@ impl SecureServer {
                 replay: ReplayWindow::default(),
                 tokens_issued: 0,
                 unproven: None,
+                probes: [None; PROBES_KEPT],
                 probe_queued: false,
                 msg1_len,
                 msg1_nonce,
@@ -1150,9 +1167,14 @@ impl SecureServer {
         let session = self.sessions.get_mut(&cid)?;
         let serial = session.tokens_issued.checked_sub(1)?;
         let u = session.unproven.as_mut()?;
-        u.probed(serial, t.len);
+        u.probed(t.len);
+        let to = u.addr;
+        session.probes.rotate_right(1);
+        if let Some(newest) = session.probes.first_mut() {
+            *newest = Some((serial, to));
+        }
         self.stats.path_probes += 1;
-        Some(Transmit { peer: u.addr, inner: Some(header), ..t })
+        Some(Transmit { peer: to, inner: Some(header), ..t })
     }
 
     /// Writes the answer of attempt `cid` around the inner SYN|ACK.
@@ -1311,7 +1333,7 @@ mod tests {
     use std::collections::HashSet;
     use std::hash::BuildHasher;
 
-    use super::{PAD_MAX, PN_LEN, PROBES_KEPT, Unproven, packet, virtual_addr};
+    use super::{PAD_MAX, PN_LEN, Unproven, packet, virtual_addr};
 
     /// hashbrown picks a bucket from a hash's low bits: consecutive
     /// connection numbers must spread over them, or every lookup in
@@ -1329,17 +1351,11 @@ mod tests {
     /// byte more; the smallest client datagram pays for the largest probe.
     #[test]
     fn an_unproven_address_gets_at_most_three_times_what_it_sent() {
-        let mut u = Unproven::new("192.0.2.1:9".parse().unwrap_or_else(|_| unreachable!()), 100);
+        let mut u = Unproven::new("192.0.2.1:9".parse().unwrap_or_else(|_| unreachable!()), 100, 7);
         assert!(u.allows(300) && !u.allows(301));
-        u.probed(0, 250);
+        u.probed(250);
         assert!(u.allows(50) && !u.allows(51));
         let probe = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
-        assert!(Unproven::new(u.addr, packet::C2S_OVERHEAD).allows(probe), "a probe of {probe} bytes");
-        // Only the newest probes' tokens prove it.
-        for serial in 1..=PROBES_KEPT as u64 {
-            u.probed(serial, 0);
-        }
-        assert!(!u.proven_by(0) && (1..=PROBES_KEPT as u64).all(|s| u.proven_by(s)), "{:?}", u.probes);
-        assert!(!u.proven_by(PROBES_KEPT as u64 + 1));
+        assert!(Unproven::new(u.addr, packet::C2S_OVERHEAD, 7).allows(probe), "a probe of {probe} bytes");
     }
 }

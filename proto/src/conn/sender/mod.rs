@@ -395,6 +395,25 @@ impl Sender {
         self.pacer.reset();
     }
 
+    /// The client has moved. If the timer fired meanwhile, the old address
+    /// had gone silent and what went there since is lost: resend everything
+    /// outstanding at once, with the timer and its backoff started afresh
+    /// (neither the losses nor the timeouts tell of congestion, so the
+    /// controller keeps its state: a NAT rebinding changes the port, not
+    /// the path, RFC 9000 §9.4). Without a timeout, ACKs kept coming and
+    /// the recovery already knows what is lost.
+    pub(crate) fn on_path_change(&mut self) {
+        if self.rtt.backoff() == 0 {
+            return;
+        }
+        self.rto.stop();
+        self.tlp.reset();
+        self.rack.cancel_reorder_timer();
+        self.rtt.reset_backoff();
+        self.board.mark_all_lost();
+        self.pacer.reset();
+    }
+
     pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
         self.has_sendable() && self.pacer.allows(now)
     }
@@ -468,6 +487,30 @@ mod tests {
         assert_eq!(send_all(&mut s, at).len(), 10, "new segments, sent once");
         s.on_ack(at + Duration::from_millis(50), 20 * SEG, false, &[], None);
         assert_eq!(s.min_rtt, Some(Duration::from_millis(50)));
+    }
+
+    /// A move to a client's new address (secure mode): after a timeout,
+    /// everything outstanding is sendable again at once and the backoff is
+    /// gone; with no timeout (ACKs kept coming), nothing changes.
+    #[test]
+    fn a_path_change_resends_at_once_only_after_a_timeout() {
+        let t0 = Instant::now();
+        let mut s = sender(40 * SEG, 10 * SEG);
+        assert_eq!(send_all(&mut s, t0).len(), 10);
+        s.on_path_change();
+        assert!(send_all(&mut s, t0).is_empty(), "no timeout: nothing to resend");
+        let rto = s.poll_timeout().expect("the RTO is armed");
+        s.handle_timeout(rto);
+        assert_eq!(send_all(&mut s, rto).len(), 10, "resent on the timer");
+        let second = s.poll_timeout().expect("armed again");
+        assert!(second - rto > rto - t0, "backed off");
+        // The client moved before the backed-off timer: resent now.
+        let moved = rto + Duration::from_millis(1);
+        s.on_path_change();
+        assert_eq!(s.rtt.backoff(), 0);
+        assert_eq!(send_all(&mut s, moved).len(), 10, "resent at once");
+        let next = s.poll_timeout().expect("armed");
+        assert!(next - moved <= rto - t0, "the timer starts afresh");
     }
 
     /// The hostile client of issue 10: a 16 MiB window, the first segment
