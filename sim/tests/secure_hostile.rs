@@ -415,16 +415,7 @@ fn a_client_cannot_aim_its_page_at_a_victim() {
     for seed in seeds(4) {
         for every_other in [false, true] {
             let what = format!("seed {seed}, every other datagram: {every_other}");
-            // A page that takes many rounds.
-            let start = Instant::now();
-            let key = server_key(seed);
-            let config = SecureServerConfig::new(key.clone(), vec!["index".into()], clock(start));
-            let pages = vec![Bytes::from(page(2_000_000, seed))];
-            let rng = Box::new(StdRng::seed_from_u64(seed));
-            let mut server = SecureServer::new(config, ServerConfig::default(), pages, None, rng);
-            let (mut c, msg) = first_message(key.public(), 970 + seed, clock(start), start);
-            let answer = answered(&mut server, start, client_addr(0), &msg, "the answer");
-            c.handle(start, &answer);
+            let (mut server, mut c, start) = big_transfer(seed);
             let mut now = start;
             exchange(&mut server, &mut c, now, client_addr(0), client_addr(0), victim);
             let (mut to_victim, mut from_victim) = (0, 0);
