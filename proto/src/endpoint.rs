@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rand::RngCore;
 
 use crate::config::ServerConfig;
-use crate::conn::{Accepted, CloseReason, Mode, ServerConn, encode_syn_ack, negotiate};
+use crate::conn::{Accepted, CloseReason, EarlyData, Mode, ServerConn, encode_syn_ack, negotiate};
 use crate::cookie::{CookieJar, CookieMode};
 use crate::page::{Body, Page};
 use crate::wire::{Flags, Header, Seq};
@@ -846,6 +846,21 @@ impl Server {
         self.conns.get(&peer).and_then(|slot| slot.conn.empty_ack())
     }
 
+    /// Secure mode's early segment for `peer` (a virtual address) while
+    /// its handshake ACK has not come: see [`EarlyData`]. Appended to `buf`.
+    pub(crate) fn early_segment(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        max_payload: usize,
+        buf: &mut Vec<u8>,
+    ) -> EarlyData {
+        match self.conns.get_mut(&peer) {
+            Some(slot) => slot.conn.early_segment(now, max_payload, buf),
+            None => EarlyData::Never,
+        }
+    }
+
     /// Segments on every connection's scoreboard together.
     pub fn tracked_segments(&self) -> u64 {
         self.tracked
@@ -912,9 +927,13 @@ impl Server {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // any instant will do as time zero
+    use std::time::Duration;
+
     use rand::SeedableRng;
 
     use super::*;
+    use crate::wire::HEADER_LEN;
 
     fn server() -> Server {
         Server::new(
@@ -934,6 +953,60 @@ mod tests {
         let numbered = server().with_numbered_peers();
         assert!(matches!(numbered.conns.hasher(), PeerHasher::Numbered));
         assert!(matches!(numbered.time_wait.hasher(), PeerHasher::Numbered));
+    }
+
+    /// Secure mode's early segment (docs/PROTOCOL.md §8.3): the page's
+    /// first bytes before the handshake ACK, which may then acknowledge
+    /// them (the client's ACK of them, its handshake ACK lost); an ACK
+    /// beyond them is no handshake ACK. The sender then starts from offset
+    /// 0 as ever, and the client trims what it has.
+    #[test]
+    fn an_early_segment_may_be_acknowledged_by_the_handshake_ack() {
+        let t0 = Instant::now();
+        let page: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut s = Server::new(
+            ServerConfig::default(),
+            Bytes::from(page.clone()),
+            Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(1)),
+        );
+        let mut c = crate::ClientConn::new(crate::ClientConfig::default(), 7, t0);
+        let peer = SocketAddr::from(([10, 0, 0, 1], 4000));
+        let (mut syn, mut syn_ack, mut early) = (Vec::new(), Vec::new(), Vec::new());
+        assert!(c.poll_transmit(t0, &mut syn));
+        s.handle(t0, peer, &syn);
+        assert_eq!(s.poll_transmit(t0, &mut syn_ack), Some(peer));
+        let isn = Header::decode(&syn_ack).unwrap().0.seq;
+        // Nothing to send before the handshake but the early segment.
+        assert_eq!(s.early_segment(t0, peer, 0, &mut early), EarlyData::Never);
+        let EarlyData::Sent(h, n) = s.early_segment(t0, peer, 900, &mut early) else { panic!("no early segment") };
+        assert_eq!((h.seq, h.flags, n, early.len()), (isn + 1, Flags::ACK, 900, HEADER_LEN + 900));
+        assert!(s.poll_transmit(t0, &mut Vec::new()).is_none());
+
+        let t1 = t0 + Duration::from_millis(25);
+        c.handle(t1, &syn_ack);
+        c.handle(t1, &early);
+        assert_eq!(c.readable(), &page[..900]);
+        // The handshake ACK (lost), then, on the delayed-ACK timer, the
+        // ACK of the early bytes.
+        let mut buf = Vec::new();
+        while c.poll_transmit(t1, &mut buf) {}
+        let t2 = c.poll_timeout().unwrap();
+        c.handle_timeout(t2);
+        let mut last = Vec::new();
+        assert!(c.poll_transmit(t2, &mut last));
+        let (h, _) = Header::decode(&last).unwrap();
+        assert_eq!(h.ack, isn + 901, "the client acknowledges the early bytes");
+
+        let beyond = Header::new(h.seq, isn + 902, Flags::ACK).to_bytes();
+        s.handle(t2, peer, &beyond);
+        assert!(s.poll_transmit(t2, &mut Vec::new()).is_none(), "an ACK beyond the early bytes");
+        s.handle(t2, peer, &last);
+        let mut first = Vec::new();
+        assert_eq!(s.poll_transmit(t2, &mut first), Some(peer), "established by the ACK of the early bytes");
+        let (h, payload) = Header::decode(&first).unwrap();
+        assert_eq!(h.seq, isn + 1, "the sender starts at offset 0");
+        c.handle(t2 + Duration::from_millis(25), &first);
+        assert_eq!(c.readable(), &page[..payload.len()], "the client trims the overlap");
     }
 
     /// Both hashers find what was put in.

@@ -38,6 +38,29 @@ fn secure_transfer_is_byte_exact_over_a_lossy_link() {
     }
 }
 
+/// A page in memory starts arriving one round trip after the first
+/// message: its first bytes come in the early segment, right behind the
+/// answer (docs/PROTOCOL.md §8.3), not after the client's first sealed
+/// datagram has come back, half a round trip later.
+#[test]
+fn a_pages_first_bytes_come_with_the_answer() {
+    let one_way = Duration::from_millis(50);
+    for seed in seeds(4) {
+        let body = page(100_000, seed);
+        let setup = Setup::new(seed, LinkConfig::clean(one_way), body.clone());
+        let mut sim = Sim::secure(setup, SecureSetup::new(seed));
+        sim.run(one_way * 2 + Duration::from_millis(5), 100_000);
+        let have = sim.clients[0].data.len();
+        assert!(have >= 800, "seed {seed}: {have} page bytes one round trip after the first message");
+        assert!(body.starts_with(&sim.clients[0].data), "seed {seed}");
+        let report = sim.run(Duration::from_secs(30), 1_000_000);
+        assert!(report.quiescent, "seed {seed}: {report:?}");
+        assert_eq!(sim.clients[0].conn.outcome(), Some(&Ok(())), "seed {seed}");
+        assert!(sim.clients[0].data == body, "seed {seed}: page differs");
+        assert_eq!(sim.server.secure_stats().early_segments, 1, "seed {seed}");
+    }
+}
+
 #[test]
 fn clients_ask_for_pages_by_name() {
     let first = page(10_000, 1);

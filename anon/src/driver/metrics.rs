@@ -208,6 +208,12 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
         &[("", st.path_probes)],
     );
     metric(
+        "secure_early_segments_total",
+        "counter",
+        "Early segments sent: a page's first bytes right behind a secure answer, in what its first message's length leaves (docs/PROTOCOL.md §8.3).",
+        &[("", st.early_segments)],
+    );
+    metric(
         "secure_fetch_requests_total",
         "counter",
         "Pages asked for by URL (docs/PROTOCOL.md §9), handed to the proxy; first messages sent again while waiting; requests the proxy did not answer in time.",
@@ -320,6 +326,7 @@ pub fn log_counters(s: &Snapshot, what: &str) {
         secure_evicted = field(|x| x.evicted),
         secure_migrations = field(|x| x.migrations),
         secure_path_probes = field(|x| x.path_probes),
+        secure_early_segments = field(|x| x.early_segments),
         "{what}"
     );
 }

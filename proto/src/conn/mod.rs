@@ -21,7 +21,7 @@ mod server;
 use std::time::Duration;
 
 pub use client::{ClientConn, ClientEvent, ClientStats};
-pub(crate) use server::{Accepted, ServerConn, encode_syn_ack, negotiate};
+pub(crate) use server::{Accepted, EarlyData, ServerConn, encode_syn_ack, negotiate};
 pub use server::{CloseReason, ConnStats, Mode};
 
 /// Why a connection failed.

@@ -120,6 +120,29 @@ struct Handshake {
     /// estimate and its TIME-WAIT.
     timed_out: bool,
     retransmits: u32,
+    /// Secure mode's early segment (docs/PROTOCOL.md §8.3): page bytes
+    /// `0..len` sent before the handshake ACK, first at `sent_at`. The
+    /// handshake ACK may then acknowledge up to them (RFC 9293 §3.10.7.4:
+    /// SND.UNA < SEG.ACK ≤ SND.NXT).
+    early: Option<Early>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Early {
+    len: u64,
+    sent_at: Instant,
+}
+
+/// What [`ServerConn::early_segment`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EarlyData {
+    /// Appended a segment with this header and this many page bytes.
+    Sent(Header, usize),
+    /// Not enough of a streamed page yet: ask again when it grows.
+    Later,
+    /// None to send: the handshake is over, the mode is baseline, the page
+    /// is empty, or there is no room.
+    Never,
 }
 
 /// Counters of one server connection.
@@ -182,6 +205,7 @@ impl ServerConn {
                 sent_at: None,
                 timed_out: false,
                 retransmits: 0,
+                early: None,
             }),
             mode,
             body,
@@ -317,12 +341,25 @@ impl ServerConn {
         // the client's ISN + 1, or a little more if the client has sent ACKs
         // since that were lost or dropped (RFC 9293 §3.10.7.4: acceptable
         // within the window).
+        // It may also acknowledge secure mode's early segment, whole or in
+        // part; never more.
         let ahead = h.seq.since(self.peer_isn + 1);
-        if !(h.flags.contains(Flags::ACK) && h.ack == self.isn + 1 && (0..HANDSHAKE_SEQ_WINDOW).contains(&ahead)) {
+        let acked = i64::from(h.ack.since(self.isn + 1));
+        let early_len = hs.early.map_or(0, |e| e.len as i64);
+        if !(h.flags.contains(Flags::ACK)
+            && (0..=early_len).contains(&acked)
+            && (0..HANDSHAKE_SEQ_WINDOW).contains(&ahead))
+        {
             return false;
         }
         let mut rtt = hs.rtt.clone();
-        if let (Some(sent), false) = (hs.sent_at, hs.timed_out) {
+        // An ACK of early bytes answers the early segment, which may have
+        // waited for the origin well after the SYN|ACK: timed from it.
+        let sent = match hs.early {
+            Some(e) if acked > 0 => Some(e.sent_at),
+            _ => hs.sent_at.filter(|_| !hs.timed_out),
+        };
+        if let Some(sent) = sent {
             rtt.on_sample(now.saturating_duration_since(sent));
         }
         self.peer_seq = h.seq;
@@ -528,6 +565,39 @@ impl ServerConn {
     pub(crate) fn empty_ack(&self) -> Option<Header> {
         let State::Established(sender) = &self.state else { return None };
         Some(Header::new(self.isn + 1 + sender.acked() as u32, self.peer_seq + 1, Flags::ACK))
+    }
+
+    /// Secure mode's early segment (docs/PROTOCOL.md §8.3): while the
+    /// handshake ACK has not come, the page's first bytes, at most
+    /// `max_payload` and one segment, in a segment like the first the
+    /// sender will send (sequence number ISN + 1, the handshake's ack
+    /// field, ACK, never FIN), appended to `buf`. The sender does not track
+    /// it: it sends its own first segment from offset 0 as usual, which the
+    /// client trims; the early bytes only let the client have them half a
+    /// round trip sooner. A streamed page's is sent once `max_payload`
+    /// bytes (or the whole stream) are in. Sent again for each attempt of
+    /// the handshake, within that attempt's room.
+    pub(crate) fn early_segment(&mut self, now: Instant, max_payload: usize, buf: &mut Vec<u8>) -> EarlyData {
+        let (State::SynReceived(hs), Mode::Fast { segment }) = (&mut self.state, self.mode) else {
+            return EarlyData::Never;
+        };
+        let (available, len) = self.body.available();
+        let want = (max_payload as u64).min(u64::from(segment)).min(len.unwrap_or(u64::MAX));
+        if want == 0 {
+            return EarlyData::Never;
+        }
+        if available < want {
+            return EarlyData::Later;
+        }
+        // The handshake ACK may acknowledge the longest sent; it is timed
+        // from the first.
+        hs.early = Some(hs.early.map_or(Early { len: want, sent_at: now }, |e| Early { len: e.len.max(want), ..e }));
+        let header = Header::new(self.isn + 1, self.peer_seq + 1, Flags::ACK);
+        buf.extend_from_slice(&header.to_bytes());
+        self.body.copy(0, want, buf);
+        self.stats.datagrams_sent += 1;
+        self.stats.payload_bytes_sent += want;
+        EarlyData::Sent(header, want as usize)
     }
 
     /// The client's FIN|ACK that completed a fast-mode transfer: its

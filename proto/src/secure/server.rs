@@ -27,6 +27,7 @@ use super::replay::ReplayFilter;
 use super::{SECURE_MAX_SEGMENT, WallClock, handshake::SessionKeys};
 use crate::Refusal;
 use crate::config::ServerConfig;
+use crate::conn::EarlyData;
 use crate::endpoint::{Belongs, Server, ServerEvent, ServerStats, source_key};
 use crate::page::{Body, Page, StreamView};
 use crate::wire::Header;
@@ -129,6 +130,9 @@ pub struct SecureStats {
     /// Path probes sent to a new address, to prove it before the
     /// connection moves there (docs/PROTOCOL.md §8.4, "Path validation").
     pub path_probes: u64,
+    /// Early segments sent: a page's first bytes right after the answer,
+    /// in what the first message's length leaves (docs/PROTOCOL.md §8.3).
+    pub early_segments: u64,
     /// Pages asked for by URL, handed to the driver.
     pub fetch_requests: u64,
     /// First messages sent again while their URL was being fetched (the
@@ -192,6 +196,9 @@ struct Session {
     probes: [Option<(u64, SocketAddr)>; PROBES_KEPT],
     /// In [`SecureServer::probes`].
     probe_queued: bool,
+    /// Bytes the early segment's datagram may take: the first message's
+    /// length less the answer's; 0 once it is sent or will never be.
+    early_room: usize,
 }
 
 /// An address a connection may move to, once the client proves it
@@ -291,6 +298,14 @@ const AMPLIFICATION: u64 = 3;
 const PROBES_KEPT: usize = 4;
 /// Padding of a data datagram, drawn per run between these: a token
 /// rides in it, so a datagram with one is as long as one without.
+/// An answer with a connection is padded by at most this much, so that
+/// what its first message leaves carries the page's first bytes (the
+/// early segment, docs/PROTOCOL.md §8.3).
+const ANSWER_PAD_MAX: usize = 64;
+/// An early segment carries at least this much of the page, or is not sent.
+const MIN_EARLY_PAYLOAD: usize = 64;
+/// It is shorter than its room by up to this much, at random.
+const EARLY_SLACK_MAX: usize = 64;
 const PAD_MIN: usize = TOKEN_LEN;
 const PAD_MAX: usize = 32;
 
@@ -337,6 +352,10 @@ pub struct SecureServer {
     /// Sessions whose unproven address is owed a probe (each at most once:
     /// `Session::probe_queued`).
     probes: VecDeque<u64>,
+    /// Answered sessions whose early segment may go now, and those waiting
+    /// for their streamed page to grow (moved back on each growth).
+    early_ready: VecDeque<u64>,
+    early_waiting: Vec<u64>,
     events: VecDeque<ServerEvent>,
     stats: SecureStats,
     scratch: Vec<u8>,
@@ -442,6 +461,8 @@ impl SecureServer {
             next_fetch: 1,
             outbox: VecDeque::new(),
             probes: VecDeque::new(),
+            early_ready: VecDeque::new(),
+            early_waiting: Vec::new(),
             events: VecDeque::new(),
             stats: SecureStats::default(),
             scratch: Vec::new(),
@@ -898,6 +919,7 @@ impl SecureServer {
                 unproven: None,
                 probes: [None; PROBES_KEPT],
                 probe_queued: false,
+                early_room: 0,
                 msg1_len,
                 msg1_nonce,
                 pad: 0,
@@ -1022,6 +1044,15 @@ impl SecureServer {
     /// after its fetches append.
     pub fn streams_grew(&mut self, now: Instant) {
         self.inner.streams_grew(now);
+        // Each growth tries every waiting early segment again: at most one
+        // per unconfirmed handshake, each waiting at most until its client
+        // confirms (half a round trip) or the handshake is forgotten.
+        let sessions = &self.sessions;
+        self.early_ready.extend(
+            self.early_waiting
+                .drain(..)
+                .filter(|c| sessions.get(c).is_some_and(|s| matches!(s.phase, Phase::Answered))),
+        );
         self.pump_events(now);
     }
 
@@ -1053,6 +1084,7 @@ impl SecureServer {
     pub fn has_pending_transmit(&self) -> bool {
         !self.outbox.is_empty()
             || !self.probes.is_empty()
+            || !self.early_ready.is_empty()
             || self.inner.has_pending_transmit()
             || self.plain.as_ref().is_some_and(Server::has_pending_transmit)
     }
@@ -1084,6 +1116,11 @@ impl SecureServer {
         }
         while let Some(cid) = self.probes.pop_front() {
             if let Some(t) = self.probe(cid, buf) {
+                return Some(t);
+            }
+        }
+        while let Some(cid) = self.early_ready.pop_front() {
+            if let Some(t) = self.early(now, cid, buf) {
                 return Some(t);
             }
         }
@@ -1177,6 +1214,50 @@ impl SecureServer {
         Some(Transmit { peer: to, inner: Some(header), ..t })
     }
 
+    /// The early segment of attempt `cid`, answered and not yet confirmed:
+    /// the page's first bytes in what the first message's length leaves
+    /// after the answer, so that the client has them half a round trip
+    /// after the answer rather than after its own first sealed datagram
+    /// has come back (docs/PROTOCOL.md §8.3). `None` when it is not to go
+    /// now (waiting for a streamed page's bytes, or none to send).
+    fn early(&mut self, now: Instant, cid: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let session = self.sessions.get_mut(&cid)?;
+        if !matches!(session.phase, Phase::Answered) {
+            session.early_room = 0;
+            return None;
+        }
+        // Its length before sealing, so that the answer and it together
+        // stay within the first message.
+        let overhead = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
+        let room = session.early_room;
+        // A little shorter at random, so that the answer's and its lengths
+        // do not add up to a fixed distance below the first message's.
+        let slack = (self.rng.next_u32() as usize) % (EARLY_SLACK_MAX + 1);
+        let max_payload = room.checked_sub(overhead + slack).filter(|&m| m >= MIN_EARLY_PAYLOAD)?;
+        let virt = session.virt;
+        let start = buf.len();
+        buf.resize(start + PN_LEN + packet::BODY_PREFIX, 0);
+        let sent = self.inner.early_segment(now, virt, max_payload, buf);
+        let EarlyData::Sent(header, n) = sent else {
+            buf.truncate(start);
+            match sent {
+                EarlyData::Later => self.early_waiting.push(cid),
+                _ => session.early_room = 0,
+            }
+            return None;
+        };
+        let Some(t) = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN + n) else {
+            buf.truncate(start);
+            return None;
+        };
+        debug_assert!(t.len <= room, "early segment {} > room {room}", t.len);
+        if let Some(session) = self.sessions.get_mut(&cid) {
+            session.early_room = 0;
+        }
+        self.stats.early_segments += 1;
+        Some(Transmit { inner: Some(header), ..t })
+    }
+
     /// Writes the answer of attempt `cid` around the inner SYN|ACK.
     fn answer(&mut self, cid: u64, inner: &[u8], buf: &mut Vec<u8>) -> Option<Transmit> {
         let session = self.sessions.get_mut(&cid)?;
@@ -1205,10 +1286,19 @@ impl SecureServer {
         keys.material = None;
         session.keys = Some(keys);
         let (peer, msg1_len, ad) = (session.peer, session.msg1_len, session.msg1_nonce);
-        let len = self.answer_len(noise.len(), msg1_len);
+        // Padded by a little only: the rest of the first message's length
+        // is the early segment's (never more in all: no amplification).
+        let natural = noise.len() + OUTER_OVERHEAD;
+        let pad = msg1_len.saturating_sub(natural).min(ANSWER_PAD_MAX);
+        let len = natural + (self.rng.next_u32() as usize) % (pad + 1);
         let start = buf.len();
         self.outer.seal(&mut *self.rng, &noise, &[], len, &ad, buf);
-        Some(Transmit { peer, len: buf.len() - start, belongs: Belongs::Connection, inner: None, plain: false })
+        let sent = buf.len() - start;
+        if let Some(session) = self.sessions.get_mut(&cid) {
+            session.early_room = msg1_len.saturating_sub(sent);
+            self.early_ready.push_back(cid);
+        }
+        Some(Transmit { peer, len: sent, belongs: Belongs::Connection, inner: None, plain: false })
     }
 
     /// Seals the inner datagram at `buf[start + PN_LEN + 3..]` for the
