@@ -361,13 +361,19 @@ local function track(tvb, pinfo)
     elseif not c and secure_pairs[key] then
         -- Decrypted secure mode: the SYN and SYN|ACK travelled inside the
         -- (still opaque) handshake, whose first datagram came from the
-        -- client. Its first data datagram is the handshake ACK: seq = client
-        -- ISN + 1, ack = server ISN + 1.
+        -- client. The first data datagram is the server's early segment
+        -- (PROTOCOL.md §8.3: seq = server ISN + 1, ack = client ISN + 1)
+        -- or, when there is none, the client's handshake ACK (seq = client
+        -- ISN + 1, ack = server ISN + 1).
         local client = secure_pairs[key]
         c = { client = client, server = (client == src) and dst or src, secure = true, fast = true }
-        if client == src and is_ack then
-            c.client_isn = (seq - 1) % 4294967296
-            c.server_isn = (tvb(4, 4):uint() - 1) % 4294967296
+        if is_ack then
+            local own, peer = (seq - 1) % 4294967296, (tvb(4, 4):uint() - 1) % 4294967296
+            if client == src then
+                c.client_isn, c.server_isn = own, peer
+            else
+                c.server_isn, c.client_isn = own, peer
+            end
             c.inferred_at = pinfo.number
         end
         conns[key] = c

@@ -848,15 +848,9 @@ impl Server {
 
     /// Secure mode's early segment for `peer` (a virtual address) while
     /// its handshake ACK has not come: see [`EarlyData`]. Appended to `buf`.
-    pub(crate) fn early_segment(
-        &mut self,
-        now: Instant,
-        peer: SocketAddr,
-        max_payload: usize,
-        buf: &mut Vec<u8>,
-    ) -> EarlyData {
+    pub(crate) fn early_segment(&mut self, peer: SocketAddr, max_payload: usize, buf: &mut Vec<u8>) -> EarlyData {
         match self.conns.get_mut(&peer) {
-            Some(slot) => slot.conn.early_segment(now, max_payload, buf),
+            Some(slot) => slot.conn.early_segment(max_payload, buf),
             None => EarlyData::Never,
         }
     }
@@ -977,8 +971,8 @@ mod tests {
         assert_eq!(s.poll_transmit(t0, &mut syn_ack), Some(peer));
         let isn = Header::decode(&syn_ack).unwrap().0.seq;
         // Nothing to send before the handshake but the early segment.
-        assert_eq!(s.early_segment(t0, peer, 0, &mut early), EarlyData::Never);
-        let EarlyData::Sent(h, n) = s.early_segment(t0, peer, 900, &mut early) else { panic!("no early segment") };
+        assert_eq!(s.early_segment(peer, 0, &mut early), EarlyData::Never);
+        let EarlyData::Sent(h, n) = s.early_segment(peer, 900, &mut early) else { panic!("no early segment") };
         assert_eq!((h.seq, h.flags, n, early.len()), (isn + 1, Flags::ACK, 900, HEADER_LEN + 900));
         assert!(s.poll_transmit(t0, &mut Vec::new()).is_none());
 

@@ -51,7 +51,9 @@ fn a_pages_first_bytes_come_with_the_answer() {
         let mut sim = Sim::secure(setup, SecureSetup::new(seed));
         sim.run(one_way * 2 + Duration::from_millis(5), 100_000);
         let have = sim.clients[0].data.len();
-        assert!(have >= 800, "seed {seed}: {have} page bytes one round trip after the first message");
+        // The room an answer leaves is at least 1,200 - 576 bytes, less the
+        // early datagram's 71 bytes and a slack of up to 64.
+        assert!(have >= 489, "seed {seed}: {have} page bytes one round trip after the first message");
         assert!(body.starts_with(&sim.clients[0].data), "seed {seed}");
         let report = sim.run(Duration::from_secs(30), 1_000_000);
         assert!(report.quiescent, "seed {seed}: {report:?}");

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use common::{SYN, dgram};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use secure::{clock, drain, first_message, secure_client, secure_server, server_key};
+use secure::{clock, drain, first_datagram, first_message, secure_client, secure_server, server_key};
 
 /// A prober's address.
 fn prober(i: u32) -> SocketAddr {
@@ -96,6 +96,13 @@ fn answered(server: &mut SecureServer, now: Instant, from: SocketAddr, msg: &[u8
     assert!(sent.iter().all(|d| d.0 == from), "{what}");
     let total: usize = sent.iter().map(|d| d.1.len()).sum();
     assert!(total <= msg.len(), "{what}: answer and early segment {total} > first message {}", msg.len());
+    // The early segment takes what the answer leaves, but for 0 to 64
+    // bytes, whatever the page's length.
+    assert!(
+        early == 0 || total + 64 >= msg.len(),
+        "{what}: answer and early segment {total}, first message {}",
+        msg.len()
+    );
     sent.into_iter().next().unwrap().1
 }
 
@@ -745,7 +752,7 @@ fn a_flood_of_valid_first_messages_keeps_state_bounded_and_honest_clients_comple
     for from in &spoofed {
         let (n_in, b_in, n_out, b_out) = tally[from];
         assert_eq!(n_in, 1);
-        assert!(n_out <= 2 && b_out <= b_in, "{from}: sent {n_out} datagrams, {b_out} bytes for {b_in}");
+        assert!((1..=2).contains(&n_out) && b_out <= b_in, "{from}: sent {n_out} datagrams, {b_out} bytes for {b_in}");
         sent += n_out;
     }
     // One answer each, the handshake the key lets anyone make, and its
@@ -812,6 +819,45 @@ fn a_secure_client_against_a_plaintext_server_times_out_and_takes_nothing() {
     let high = sent / 4 + 4 * ((sent as f64 * 3.0 / 16.0).sqrt() as usize) + 1;
     println!("plaintext server took {taken} of {sent} secure first messages for a SYN (random bytes: 1/4)");
     assert!(taken <= high, "{taken} of {sent} taken for a SYN; random bytes: at most {high}");
+}
+
+/// Answers and early segments have the same lengths whatever the page:
+/// a page of 5 bytes, one of 2 MB, and a refusal (no such page) are
+/// answered in one band of lengths, and the two early segments, padded to
+/// what their answers leave, do not show the short page's length.
+#[test]
+fn answer_and_early_segment_lengths_do_not_show_the_page() {
+    let mut answers: Vec<Vec<usize>> = vec![Vec::new(); 3];
+    for seed in seeds(8) {
+        for (i, page_len) in [5usize, 2_000_000, 0].into_iter().enumerate() {
+            let start = Instant::now();
+            let key = server_key(seed);
+            let config = SecureServerConfig::new(key.clone(), vec!["index".into()], clock(start));
+            let pages = vec![Bytes::from(page(page_len.max(1), seed))];
+            let rng = Box::new(StdRng::seed_from_u64(seed));
+            let mut server = SecureServer::new(config, ServerConfig::default(), pages, None, rng);
+            let ask = if page_len == 0 { "missing" } else { "index" };
+            let mut c = secure_client(key.public(), None, ask, clock(start), 70 + seed, start);
+            let msg = first_datagram(&mut c, start);
+            server.handle_kind(start, client_addr(0), &msg);
+            let sent = drain(&mut server, start);
+            let lens: Vec<usize> = sent.iter().map(|d| d.1.len()).collect();
+            let what = format!("seed {seed}, page of {page_len} bytes: {lens:?} for {}", msg.len());
+            assert!((512..=576).contains(&lens[0]), "{what}: the answer");
+            if page_len == 0 {
+                assert_eq!(lens.len(), 1, "{what}: a refusal has no early segment");
+            } else {
+                assert_eq!(lens.len(), 2, "{what}: answer and early segment");
+                let total = lens[0] + lens[1];
+                assert!(total <= msg.len() && total + 64 >= msg.len(), "{what}");
+            }
+            answers[i].push(lens[0]);
+        }
+    }
+    // The answers' lengths are drawn, not fixed.
+    for a in &answers {
+        assert!(a.iter().collect::<HashSet<_>>().len() > 1, "{answers:?}");
+    }
 }
 
 // ---- state is freed -------------------------------------------------------

@@ -349,7 +349,10 @@ impl ClientConn {
         }
         // New page bytes, in order or kept beyond a gap: the only thing that
         // holds the give-up deadline off, and the proof that the server has
-        // our handshake ACK (its timer is no longer needed).
+        // our handshake ACK (its timer is no longer needed). Secure mode's
+        // early bytes come before that proof (docs/PROTOCOL.md §8.3): there
+        // the silence probe, which a secure client always runs, repeats our
+        // latest ACK, which the server takes as the handshake ACK.
         if self.received > held.0 || self.buffered() > held.1 {
             if matches!(self.state, State::Established(_)) {
                 self.give_up_at = after(now, self.config.idle_timeout);

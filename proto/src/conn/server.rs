@@ -120,17 +120,11 @@ struct Handshake {
     /// estimate and its TIME-WAIT.
     timed_out: bool,
     retransmits: u32,
-    /// Secure mode's early segment (docs/PROTOCOL.md §8.3): page bytes
-    /// `0..len` sent before the handshake ACK, first at `sent_at`. The
+    /// Secure mode's early segment (docs/PROTOCOL.md §8.3): the length of
+    /// the longest sent before the handshake ACK, page bytes `0..len`. The
     /// handshake ACK may then acknowledge up to them (RFC 9293 §3.10.7.4:
     /// SND.UNA < SEG.ACK ≤ SND.NXT).
-    early: Option<Early>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Early {
-    len: u64,
-    sent_at: Instant,
+    early_len: u64,
 }
 
 /// What [`ServerConn::early_segment`] did.
@@ -205,7 +199,7 @@ impl ServerConn {
                 sent_at: None,
                 timed_out: false,
                 retransmits: 0,
-                early: None,
+                early_len: 0,
             }),
             mode,
             body,
@@ -345,7 +339,7 @@ impl ServerConn {
         // part; never more.
         let ahead = h.seq.since(self.peer_isn + 1);
         let acked = i64::from(h.ack.since(self.isn + 1));
-        let early_len = hs.early.map_or(0, |e| e.len as i64);
+        let early_len = hs.early_len as i64;
         if !(h.flags.contains(Flags::ACK)
             && (0..=early_len).contains(&acked)
             && (0..HANDSHAKE_SEQ_WINDOW).contains(&ahead))
@@ -353,13 +347,10 @@ impl ServerConn {
             return false;
         }
         let mut rtt = hs.rtt.clone();
-        // An ACK of early bytes answers the early segment, which may have
-        // waited for the origin well after the SYN|ACK: timed from it.
-        let sent = match hs.early {
-            Some(e) if acked > 0 => Some(e.sent_at),
-            _ => hs.sent_at.filter(|_| !hs.timed_out),
-        };
-        if let Some(sent) = sent {
+        // An ACK of early bytes is no sample: the early segment may have
+        // waited for the origin after the SYN|ACK, and the client delays
+        // its ACK of data (the sender then starts as after a SYN cookie).
+        if let (Some(sent), false, 0) = (hs.sent_at, hs.timed_out, acked) {
             rtt.on_sample(now.saturating_duration_since(sent));
         }
         self.peer_seq = h.seq;
@@ -577,7 +568,7 @@ impl ServerConn {
     /// round trip sooner. A streamed page's is sent once `max_payload`
     /// bytes (or the whole stream) are in. Sent again for each attempt of
     /// the handshake, within that attempt's room.
-    pub(crate) fn early_segment(&mut self, now: Instant, max_payload: usize, buf: &mut Vec<u8>) -> EarlyData {
+    pub(crate) fn early_segment(&mut self, max_payload: usize, buf: &mut Vec<u8>) -> EarlyData {
         let (State::SynReceived(hs), Mode::Fast { segment }) = (&mut self.state, self.mode) else {
             return EarlyData::Never;
         };
@@ -589,9 +580,7 @@ impl ServerConn {
         if available < want {
             return EarlyData::Later;
         }
-        // The handshake ACK may acknowledge the longest sent; it is timed
-        // from the first.
-        hs.early = Some(hs.early.map_or(Early { len: want, sent_at: now }, |e| Early { len: e.len.max(want), ..e }));
+        hs.early_len = hs.early_len.max(want);
         let header = Header::new(self.isn + 1, self.peer_seq + 1, Flags::ACK);
         buf.extend_from_slice(&header.to_bytes());
         self.body.copy(0, want, buf);

@@ -298,16 +298,24 @@ const AMPLIFICATION: u64 = 3;
 const PROBES_KEPT: usize = 4;
 /// Padding of a data datagram, drawn per run between these: a token
 /// rides in it, so a datagram with one is as long as one without.
-/// An answer with a connection is padded by at most this much, so that
-/// what its first message leaves carries the page's first bytes (the
-/// early segment, docs/PROTOCOL.md §8.3).
-const ANSWER_PAD_MAX: usize = 64;
-/// An early segment carries at least this much of the page, or is not sent.
-const MIN_EARLY_PAYLOAD: usize = 64;
-/// It is shorter than its room by up to this much, at random.
-const EARLY_SLACK_MAX: usize = 64;
 const PAD_MIN: usize = TOKEN_LEN;
 const PAD_MAX: usize = 32;
+/// An answer (a refusal too) is this long at least, plus 0 to
+/// [`ANSWER_PAD_MAX`] bytes at random: its length then says nothing of
+/// what it carries (a META up to about 280 bytes, a RESUME) while what
+/// the first message's length leaves carries the page's first bytes (the
+/// early segment, docs/PROTOCOL.md §8.3).
+const ANSWER_LEN_MIN: usize = 512;
+const ANSWER_PAD_MAX: usize = 64;
+/// The early segment's room must leave at least this much for the page,
+/// or it is not sent.
+const MIN_EARLY_PAYLOAD: usize = 64;
+/// The early segment's datagram is shorter than its room by up to this
+/// much, at random, and padded to that length whatever the page's.
+const EARLY_SLACK_MAX: usize = 64;
+/// A first message shorter than a client ever sends (it pads to 1,200 to
+/// 1,232 bytes) is dropped unread: an answer is always shorter than it.
+const MIN_FIRST_MESSAGE_LEN: usize = 1200;
 
 /// A secure-mode server; drive it like [`Server`].
 pub struct SecureServer {
@@ -612,6 +620,9 @@ impl SecureServer {
 
     /// A first message: `None` when the outer layer is not ours.
     fn handle_initiation(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<Belongs> {
+        if datagram.len() < MIN_FIRST_MESSAGE_LEN {
+            return None;
+        }
         let range = self.outer.open(datagram, b"", &mut self.scratch)?;
         let msg1_nonce: [u8; 24] = datagram.get(..24)?.try_into().ok()?;
         let mut seed = [0u8; 32];
@@ -950,12 +961,15 @@ impl SecureServer {
         self.stats.rejected += 1;
     }
 
-    /// An answer's length: random between its natural length and the first
-    /// message's (never more: no amplification).
+    /// An answer's length, a refusal's too: at least [`ANSWER_LEN_MIN`] (or
+    /// its natural length if longer), plus 0 to [`ANSWER_PAD_MAX`] bytes
+    /// at random, never more than the first message's (no amplification;
+    /// a first message is at least [`MIN_FIRST_MESSAGE_LEN`], more than
+    /// any natural length that fits in it, META's room included).
     fn answer_len(&mut self, noise_len: usize, msg1_len: usize) -> usize {
         let natural = noise_len + OUTER_OVERHEAD;
-        let room = msg1_len.saturating_sub(natural);
-        natural + (self.rng.next_u32() as usize) % (room + 1)
+        let pad = (self.rng.next_u32() as usize) % (ANSWER_PAD_MAX + 1);
+        natural.max(ANSWER_LEN_MIN).saturating_add(pad).min(msg1_len).max(natural)
     }
 
     /// Frees a connection's secure state and, if still there, its inner
@@ -1120,7 +1134,7 @@ impl SecureServer {
             }
         }
         while let Some(cid) = self.early_ready.pop_front() {
-            if let Some(t) = self.early(now, cid, buf) {
+            if let Some(t) = self.early(cid, buf) {
                 return Some(t);
             }
         }
@@ -1156,7 +1170,7 @@ impl SecureServer {
             let header = buf.get(inner_at..).and_then(|d| Header::decode(d).ok()).map(|(h, _)| h);
             let Some(v) = self.virtuals.get(&virt) else { continue };
             if let Some(cid) = v.confirmed {
-                let Some(t) = self.seal_data(cid, buf, start, inner_len) else { continue };
+                let Some(t) = self.seal_data(cid, buf, start, inner_len, None) else { continue };
                 return Some(Transmit { belongs, inner: header, ..t });
             }
             // Not confirmed: the inner datagram is the SYN|ACK, which goes
@@ -1197,7 +1211,7 @@ impl SecureServer {
         let start = buf.len();
         buf.resize(start + PN_LEN + packet::BODY_PREFIX, 0);
         buf.extend_from_slice(&header.to_bytes());
-        let Some(t) = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN) else {
+        let Some(t) = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN, None) else {
             buf.truncate(start);
             return None;
         };
@@ -1220,7 +1234,7 @@ impl SecureServer {
     /// after the answer rather than after its own first sealed datagram
     /// has come back (docs/PROTOCOL.md §8.3). `None` when it is not to go
     /// now (waiting for a streamed page's bytes, or none to send).
-    fn early(&mut self, now: Instant, cid: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
+    fn early(&mut self, cid: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
         let session = self.sessions.get_mut(&cid)?;
         if !matches!(session.phase, Phase::Answered) {
             session.early_room = 0;
@@ -1237,16 +1251,28 @@ impl SecureServer {
         let virt = session.virt;
         let start = buf.len();
         buf.resize(start + PN_LEN + packet::BODY_PREFIX, 0);
-        let sent = self.inner.early_segment(now, virt, max_payload, buf);
+        let sent = self.inner.early_segment(virt, max_payload, buf);
         let EarlyData::Sent(header, n) = sent else {
             buf.truncate(start);
             match sent {
-                EarlyData::Later => self.early_waiting.push(cid),
+                EarlyData::Later => {
+                    // Stale entries (sessions confirmed, forgotten or
+                    // removed) go at each growth, and here once they could
+                    // outnumber the handshakes that may be waiting.
+                    if self.early_waiting.len() >= 2 * self.config.max_pending * MAX_ATTEMPTS + 64 {
+                        let sessions = &self.sessions;
+                        self.early_waiting
+                            .retain(|c| sessions.get(c).is_some_and(|s| matches!(s.phase, Phase::Answered)));
+                    }
+                    self.early_waiting.push(cid);
+                }
                 _ => session.early_room = 0,
             }
             return None;
         };
-        let Some(t) = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN + n) else {
+        // Padded to its room less the slack whatever the page's length, so
+        // that a short page's length does not show.
+        let Some(t) = self.seal_data(cid, buf, start, crate::wire::HEADER_LEN + n, Some(room - slack)) else {
             buf.truncate(start);
             return None;
         };
@@ -1286,11 +1312,9 @@ impl SecureServer {
         keys.material = None;
         session.keys = Some(keys);
         let (peer, msg1_len, ad) = (session.peer, session.msg1_len, session.msg1_nonce);
-        // Padded by a little only: the rest of the first message's length
-        // is the early segment's (never more in all: no amplification).
-        let natural = noise.len() + OUTER_OVERHEAD;
-        let pad = msg1_len.saturating_sub(natural).min(ANSWER_PAD_MAX);
-        let len = natural + (self.rng.next_u32() as usize) % (pad + 1);
+        // The rest of the first message's length is the early segment's
+        // (never more in all: no amplification).
+        let len = self.answer_len(noise.len(), msg1_len);
         let start = buf.len();
         self.outer.seal(&mut *self.rng, &noise, &[], len, &ad, buf);
         let sent = buf.len() - start;
@@ -1301,9 +1325,17 @@ impl SecureServer {
         Some(Transmit { peer, len: sent, belongs: Belongs::Connection, inner: None, plain: false })
     }
 
-    /// Seals the inner datagram at `buf[start + PN_LEN + 3..]` for the
-    /// confirmed attempt `cid`.
-    fn seal_data(&mut self, cid: u64, buf: &mut Vec<u8>, start: usize, inner_len: usize) -> Option<Transmit> {
+    /// Seals the inner datagram at `buf[start + PN_LEN + 3..]` for attempt
+    /// `cid`, padded as its run is, or to `len` bytes in all when given
+    /// (and at least the run's padding).
+    fn seal_data(
+        &mut self,
+        cid: u64,
+        buf: &mut Vec<u8>,
+        start: usize,
+        inner_len: usize,
+        len: Option<usize>,
+    ) -> Option<Transmit> {
         let session = self.sessions.get_mut(&cid)?;
         if session.pad_left == 0 {
             session.pad = PAD_MIN + (self.rng.next_u32() as usize) % (PAD_MAX - PAD_MIN + 1);
@@ -1323,7 +1355,8 @@ impl SecureServer {
             session.tokens_issued += 1;
             pad -= TOKEN_LEN;
         }
-        buf.resize(buf.len() + pad, 0);
+        let fill = len.map_or(0, |l| (start + l).saturating_sub(buf.len() + packet::TAG_LEN));
+        buf.resize(buf.len() + pad.max(fill), 0);
         let keys = session.keys.as_ref()?;
         keys.send.seal(buf, start, PN_LEN, session.next_pn);
         session.next_pn += 1;
