@@ -982,7 +982,12 @@ mod tests {
         assert_eq!(c.readable(), &page[..900]);
         // The handshake ACK (lost), then, on the delayed-ACK timer, the
         // ACK of the early bytes.
+        // The handshake ACK still acknowledges the SYN|ACK alone, so it is
+        // the server's first RTT sample even when the early bytes came in
+        // the same batch.
         let mut buf = Vec::new();
+        assert!(c.poll_transmit(t1, &mut buf));
+        assert_eq!(Header::decode(&buf).unwrap().0.ack, isn + 1, "the handshake ACK");
         while c.poll_transmit(t1, &mut buf) {}
         let t2 = c.poll_timeout().unwrap();
         c.handle_timeout(t2);
