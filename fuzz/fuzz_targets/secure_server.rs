@@ -6,10 +6,11 @@
 //!
 //! Invariants: no panic; state stays within its bounds; and the server is
 //! silent to what did not authenticate: until a client's real sealed
-//! datagram has reached it, it sends at most one secure datagram per
-//! distinct real first message it was given (none at all without one; a
-//! replay, a mutation or random bytes draw nothing), none longer than the
-//! longest of them.
+//! datagram has reached it, it sends at most two secure datagrams (an
+//! answer and its early segment) per distinct real first message it was
+//! given (none at all without one; a replay, a mutation or random bytes
+//! draw nothing), none longer than the longest of them, and no more bytes
+//! in all than those first messages had.
 #![no_main]
 
 mod secure_wire;
@@ -112,10 +113,12 @@ struct Books {
     produced: HashMap<Vec<u8>, Kind>,
     /// Real first messages delivered (each counted once).
     firsts: HashSet<Vec<u8>>,
+    firsts_bytes: usize,
     longest_first: usize,
     /// A real sealed datagram was delivered: data may flow from then on.
     sealed: bool,
     secure_sent: usize,
+    secure_bytes: usize,
     delivered: Vec<(Vec<u8>, SocketAddr)>,
 }
 
@@ -138,6 +141,7 @@ fn check_sent(books: &mut Books, plaintext: bool, has_inner: bool, d: &[u8]) {
     let word = d.get(8..12).map_or(u32::MAX, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
     if !plaintext || has_inner || word >= 8 {
         books.secure_sent += 1;
+        books.secure_bytes += d.len();
         if !books.sealed {
             assert!(
                 d.len() <= books.longest_first,
@@ -181,9 +185,11 @@ fuzz_target!(|input: Input| {
     let mut books = Books {
         produced: HashMap::new(),
         firsts: HashSet::new(),
+        firsts_bytes: 0,
         longest_first: 0,
         sealed: false,
         secure_sent: 0,
+        secure_bytes: 0,
         delivered: Vec::new(),
     };
     let mut to_clients: Vec<Vec<u8>> = Vec::new();
@@ -193,7 +199,9 @@ fuzz_target!(|input: Input| {
         match books.produced.get(&d) {
             Some(Kind::First) => {
                 books.longest_first = books.longest_first.max(d.len());
-                books.firsts.insert(d.clone());
+                if books.firsts.insert(d.clone()) {
+                    books.firsts_bytes += d.len();
+                }
             }
             Some(Kind::Sealed) => books.sealed = true,
             None => {}
@@ -348,10 +356,12 @@ fuzz_target!(|input: Input| {
         let s = server.secure_stats();
         if !books.sealed {
             assert!(
-                books.secure_sent <= books.firsts.len(),
-                "{} secure datagrams sent for {} real first messages ({s:?})",
+                books.secure_sent <= 2 * books.firsts.len() && books.secure_bytes <= books.firsts_bytes,
+                "{} secure datagrams, {} bytes, sent for {} real first messages of {} bytes ({s:?})",
                 books.secure_sent,
-                books.firsts.len()
+                books.secure_bytes,
+                books.firsts.len(),
+                books.firsts_bytes
             );
         }
         assert!((s.handshakes + s.rejected) as usize <= books.firsts.len(), "{s:?}");
