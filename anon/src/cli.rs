@@ -267,6 +267,18 @@ pub struct ServerArgs {
     /// tell that something serves here.
     #[arg(long, requires = "key")]
     pub plaintext: bool,
+    /// Secure mode: first messages read a second (each costs about 250 µs
+    /// of Diffie-Hellman work) before the server is under load; then it
+    /// reads only those that carry the cookie of their source address,
+    /// which it sends in a short reply, and at most
+    /// --handshake-rate-per-source a second from one source
+    /// (docs/PROTOCOL.md §8.3, rule 1).
+    #[arg(long, value_name = "N", default_value_t = 2000, requires = "key")]
+    pub handshake_rate: u32,
+    /// Secure mode, under load: first messages with a valid cookie read a
+    /// second from one source (as --max-per-source counts sources).
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "key")]
+    pub handshake_rate_per_source: u32,
     /// Secure mode: the host name or address that clients reach the server
     /// by, for the bridge line. Needed when listening on every address (the
     /// default, or --bind 0.0.0.0 or ::) or behind NAT; otherwise the
@@ -781,6 +793,8 @@ pub fn server_main(args: ServerArgs) -> ExitCode {
                 args.web.iter().zip(&pages).map(|(p, b)| format!("{}={} ({} bytes)", p.name, p.url, b.len())).collect();
             let mut secure = SecureServerConfig::new(setup.key, names, wall_clock());
             secure.allow_clients = setup.allow;
+            secure.handshake_reads = args.handshake_rate;
+            secure.handshake_reads_per_source = args.handshake_rate_per_source;
             let proxy = (!args.fetch_allow.is_empty()).then(|| {
                 let policy = FetchPolicy { patterns: args.fetch_allow.clone(), allow_private: args.fetch_private };
                 let limits = FetchLimits { max_bytes: args.fetch_max_size << 20, timeout: args.fetch_timeout };

@@ -761,6 +761,114 @@ fn a_flood_of_valid_first_messages_keeps_state_bounded_and_honest_clients_comple
     assert_eq!(sim.server.session_count(), (0, 0), "state left after the flood");
 }
 
+/// The same leaked bridge line, 5,000 fresh first messages a second from
+/// spoofed addresses, against a server that reads 500 a second: beyond
+/// its budget it reads only messages with their source's cookie, which
+/// the spoofer never gets (the replies go to the spoofed addresses), so
+/// its Diffie-Hellman work stays within the budget while honest clients,
+/// which get cookies and send their first message again with them,
+/// complete. No spoofed address gets more than one datagram, nor more
+/// bytes than it sent (docs/PROTOCOL.md §8.3, rule 1).
+#[test]
+fn under_a_flood_the_server_reads_within_its_budget_and_cookies_let_honest_clients_in() {
+    let seed = 11;
+    let (flood, per_sec) = (5_000usize, 500u32);
+    let key = server_key(seed);
+    let mut setup = Setup::new(seed, LinkConfig::clean(Duration::from_millis(10)), page(1, 1));
+    setup.clients = 0;
+    let mut sim = Sim::secure(setup, SecureSetup { key: key.clone(), ..SecureSetup::new(seed) });
+    sim.server = secure_server(&key, seed, sim.start, false, |s, _| s.handshake_reads = per_sec);
+    sim.net.record = Some(Vec::new());
+    let start = sim.start;
+    let attacker = Some(StaticSecret::generate(&mut StdRng::seed_from_u64(71)));
+    let mut spoofed = Vec::with_capacity(flood);
+    for i in 0..flood {
+        let at = start + Duration::from_micros(200 * i as u64);
+        let mut c = secure_client(key.public(), attacker.clone(), "index", clock(start), 20_000 + i as u64, at);
+        let msg = secure::first_datagram(&mut c, at);
+        let from = prober(i as u32);
+        sim.net.send(at, from, SERVER_ADDR, &msg);
+        spoofed.push(from);
+    }
+    let mut honest = 0;
+    for ms in [100u64, 400, 700] {
+        sim.run(Duration::from_millis(ms), u64::MAX);
+        let now = sim.now;
+        let c = secure_client(key.public(), None, "index", clock(start), 95 + honest as u64, now);
+        sim.clients.push(SimClient::new(client_addr(honest), c));
+        honest += 1;
+    }
+    let report = sim.run(Duration::from_secs(120), u64::MAX);
+    assert!(report.quiescent, "{report:?}");
+    let want = secure::probe_page();
+    for (i, c) in sim.clients.iter().enumerate() {
+        assert_eq!(c.conn.outcome(), Some(&Ok(())), "honest client {i}");
+        assert!(c.data == want, "honest client {i}");
+        assert!(c.conn.secure_stats().cookies >= 1, "honest client {i} came during the flood");
+    }
+    let s = sim.server.secure_stats();
+    println!("flood with cookies: {s:?}");
+    // The flood lasts one second: its budget and one burst (a tenth of
+    // it), and the honest clients' first messages.
+    let budget = u64::from(per_sec) + u64::from(per_sec / 10) + 4 * honest as u64;
+    assert!(s.noise_reads <= budget, "{} reads for a budget of {budget}: {s:?}", s.noise_reads);
+    assert!(s.cookie_replies >= (flood as u64).saturating_sub(budget), "{s:?}");
+    let mut tally: HashMap<SocketAddr, (usize, usize, usize)> = HashMap::new();
+    for d in sim.net.record.as_ref().unwrap() {
+        if d.to == SERVER_ADDR {
+            tally.entry(d.from).or_default().0 += d.bytes.len();
+        } else {
+            let e = tally.entry(d.to).or_default();
+            e.1 += 1;
+            e.2 += d.bytes.len();
+        }
+    }
+    for from in &spoofed {
+        let (b_in, n_out, b_out) = tally[from];
+        assert!(n_out <= 2 && b_out <= b_in, "{from}: {n_out} datagrams, {b_out} bytes for {b_in}");
+    }
+}
+
+/// A source that holds its cookie (its address is real) and sends fresh
+/// first messages with it as fast as it can gets its own budget of reads
+/// while the server is under load, no more.
+#[test]
+fn under_load_one_real_source_gets_its_own_budget_of_reads() {
+    let start = Instant::now();
+    let key = server_key(12);
+    let defaults = SecureServerConfig::new(key.clone(), Vec::new(), clock(start));
+    let mut server = secure_server(&key, 12, start, false, |s, _| s.handshake_reads = defaults.handshake_reads);
+    // Spend the global budget (a tenth of a second's reads) from spoofed
+    // sources.
+    for i in 0..400u32 {
+        let (_, msg) = first_message(key.public(), 30_000 + u64::from(i), clock(start), start);
+        server.handle_kind(start, prober(i), &msg);
+        drain(&mut server, start);
+    }
+    let reads = server.secure_stats().noise_reads;
+    let from = client_addr(5);
+    let mut cookies = 0;
+    for i in 0..100u64 {
+        let (mut c, msg) = first_message(key.public(), 40_000 + i, clock(start), start);
+        server.handle_kind(start, from, &msg);
+        let replies = drain(&mut server, start);
+        assert_eq!(replies.len(), 1, "message {i}: a cookie");
+        assert!(replies[0].1.len() <= msg.len(), "message {i}: a cookie reply longer than its message");
+        c.handle(start, &replies[0].1);
+        assert_eq!(c.secure_stats().cookies, 1, "message {i}: the client took the cookie");
+        let again = secure::first_datagram(&mut c, start);
+        server.handle_kind(start, from, &again);
+        if !drain(&mut server, start).is_empty() {
+            cookies += 1;
+        }
+    }
+    let s = server.secure_stats();
+    let per_source = defaults.handshake_reads_per_source;
+    assert_eq!(s.noise_reads - reads, u64::from(per_source), "{s:?}");
+    assert_eq!(cookies, u64::from(per_source), "{s:?}");
+    assert_eq!(s.rate_limited, 100 - u64::from(per_source), "{s:?}");
+}
+
 // ---- a secure client and a plaintext server -------------------------------
 
 /// A secure client sent to a plaintext-only server (a wrong port, an old

@@ -214,6 +214,18 @@ fn render_secure(s: &SecureSnapshot, metric: &mut impl FnMut(&str, &str, &str, &
         &[("", st.early_segments)],
     );
     metric(
+        "secure_cookie_replies_total",
+        "counter",
+        "Under load: secure first messages answered with a cookie for their source address instead of being read (docs/PROTOCOL.md §8.3, rule 1).",
+        &[("", st.cookie_replies)],
+    );
+    metric(
+        "secure_rate_limited_total",
+        "counter",
+        "Under load: secure first messages with a valid cookie dropped unread, their source's budget of reads spent.",
+        &[("", st.rate_limited)],
+    );
+    metric(
         "secure_fetch_requests_total",
         "counter",
         "Pages asked for by URL (docs/PROTOCOL.md §9), handed to the proxy; first messages sent again while waiting; requests the proxy did not answer in time.",
@@ -327,6 +339,8 @@ pub fn log_counters(s: &Snapshot, what: &str) {
         secure_migrations = field(|x| x.migrations),
         secure_path_probes = field(|x| x.path_probes),
         secure_early_segments = field(|x| x.early_segments),
+        secure_cookie_replies = field(|x| x.cookie_replies),
+        secure_rate_limited = field(|x| x.rate_limited),
         "{what}"
     );
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rand::RngCore;
 
-use super::handshake::{self, Initiator, Outer, OuterTime, SessionKeys, field};
+use super::handshake::{self, COOKIE_LEN, Initiator, Outer, OuterTime, SessionKeys, field};
 use super::keys::{PublicKey, StaticSecret};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN};
 use super::proxy::PageMeta;
@@ -52,6 +52,9 @@ pub struct SecureClientStats {
     pub token_reuses: u64,
     /// Fresh tokens received.
     pub tokens_received: u64,
+    /// Cookies received from a server under load (docs/PROTOCOL.md §8.3,
+    /// rule 1), each answered with a first message that carries it.
+    pub cookies: u64,
 }
 
 /// One line for a key log (`ANON_KEYLOG`), from which the dissector
@@ -120,6 +123,12 @@ pub struct SecureClient {
     stream_end: Option<StreamEnd>,
     /// The outcome when the stream's trailer says the page was cut short.
     failed: Option<Result<(), ConnectionError>>,
+    /// The inner SYN of our first messages, the server's cookie for our
+    /// address once it sent one, and whether a first message carrying it
+    /// is due.
+    syn: Vec<u8>,
+    cookie: Option<[u8; COOKIE_LEN]>,
+    cookie_due: bool,
 }
 
 impl std::fmt::Debug for SecureClient {
@@ -170,6 +179,9 @@ impl SecureClient {
             stream_head: None,
             stream_end: None,
             failed: None,
+            syn: Vec::new(),
+            cookie: None,
+            cookie_due: false,
         }
     }
 
@@ -247,6 +259,19 @@ impl SecureClient {
             self.stats.not_ours += 1;
             return;
         };
+        // An empty Noise message: the server is under load and sends the
+        // cookie of our address, which our next first message carries. A
+        // new cookie only: the same one again draws nothing.
+        if range.is_empty() {
+            let cookie: [u8; COOKIE_LEN] =
+                self.scratch.get(range.end..range.end + COOKIE_LEN).and_then(|c| c.try_into().ok()).unwrap_or_default();
+            if cookie != [0; COOKIE_LEN] && self.cookie != Some(cookie) {
+                self.cookie = Some(cookie);
+                self.cookie_due = true;
+                self.stats.cookies += 1;
+            }
+            return;
+        }
         let finished = match (self.attempts.remove(i), self.scratch.get(range)) {
             (Some((attempt, _)), Some(noise)) => attempt.finish(noise),
             _ => None,
@@ -300,6 +325,16 @@ impl SecureClient {
     /// there is nothing to send.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        if std::mem::take(&mut self.cookie_due) && self.keys.is_none() && !self.syn.is_empty() {
+            buf.clear();
+            let syn = std::mem::take(&mut self.syn);
+            let sent = self.initiate(now, &syn, buf);
+            self.syn = syn;
+            if sent {
+                self.last_inner_sent = Header::decode(&self.syn).ok().map(|(h, _)| h);
+                return true;
+            }
+        }
         let mut inner = std::mem::take(&mut self.scratch);
         let sent = loop {
             if !self.conn.poll_transmit(now, &mut inner) {
@@ -310,6 +345,7 @@ impl SecureClient {
             if header.flags.contains(Flags::SYN) && !header.flags.contains(Flags::ACK) {
                 if self.keys.is_none() && self.initiate(now, &inner, buf) {
                     self.last_inner_sent = Some(header);
+                    self.syn.clone_from(&inner);
                     break true;
                 }
                 continue;
@@ -347,10 +383,15 @@ impl SecureClient {
         if self.attempts.len() >= MAX_ATTEMPTS {
             self.attempts.pop_front();
         }
-        let time = OuterTime::encode(self.secure.clock.unix_ms(now));
-        let natural = noise.len() + time.len() + handshake::OUTER_OVERHEAD;
+        // The outer clock, then the server's cookie for our address if it
+        // sent one (rule 1).
+        let mut trailer = OuterTime::encode(self.secure.clock.unix_ms(now)).to_vec();
+        if let Some(cookie) = self.cookie {
+            trailer.extend_from_slice(&cookie);
+        }
+        let natural = noise.len() + trailer.len() + handshake::OUTER_OVERHEAD;
         let len = natural.max(MSG1_MIN + (self.rng.next_u32() as usize) % (MSG1_MAX - MSG1_MIN + 1));
-        let nonce = self.outer.seal(&mut *self.rng, &noise, &time, len, b"", buf);
+        let nonce = self.outer.seal(&mut *self.rng, &noise, &trailer, len, b"", buf);
         self.attempts.push_back((attempt, nonce));
         self.stats.initiations += 1;
         true

@@ -16,6 +16,7 @@ use snow::types::{Cipher, Dh, Hash, Random};
 use snow::{Builder, HandshakeState};
 
 use super::keys::{PublicKey, StaticSecret, obfuscation_key};
+pub(crate) use super::load::COOKIE_LEN;
 use super::packet::{DirectionKeys, KeyMaterial};
 
 /// The Noise protocol: IK (the client knows the server's static key in
@@ -128,6 +129,13 @@ impl OuterTime {
     pub(crate) fn read(scratch: &[u8], noise: &std::ops::Range<usize>) -> Option<u64> {
         let bytes = scratch.get(noise.end..noise.end + Self::LEN)?;
         Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+
+    /// The cookie after the clock (docs/PROTOCOL.md §8.3, rule 1): all
+    /// zero when there is none (the padding is zero).
+    pub(crate) fn cookie(scratch: &[u8], noise: &std::ops::Range<usize>) -> [u8; COOKIE_LEN] {
+        let at = noise.end + Self::LEN;
+        scratch.get(at..at + COOKIE_LEN).and_then(|c| c.try_into().ok()).unwrap_or([0; COOKIE_LEN])
     }
 }
 

@@ -15,6 +15,8 @@
 //!   the replay window;
 //! - `replay`: the first messages a server has seen, in memory fixed at
 //!   start;
+//! - `load`: the server under a flood of valid first messages: a budget of
+//!   Noise reads, then cookies that prove a source address;
 //! - [`server`] and [`client`]: the two ends, each wrapping the plaintext
 //!   core's state machines;
 //! - [`proxy`]: pages asked for by URL, which the server's driver fetches
@@ -23,6 +25,7 @@
 pub mod client;
 pub mod handshake;
 pub mod keys;
+pub(crate) mod load;
 pub mod packet;
 pub mod proxy;
 pub(crate) mod replay;

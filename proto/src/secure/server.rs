@@ -21,6 +21,7 @@ use super::handshake::{
     self, MIN_HANDSHAKE_LEN, NOISE_MSG2_OVERHEAD, OUTER_OVERHEAD, Outer, OuterTime, Responder, field,
 };
 use super::keys::{PublicKey, StaticSecret};
+use super::load::{Admit, Load};
 use super::packet::{self, PN_LEN, ReplayWindow, TOKEN_LEN, TokenKey};
 use super::proxy::{FetchRequest, FetchedPage, MAX_URL_LEN, PageMeta};
 use super::replay::ReplayFilter;
@@ -69,6 +70,13 @@ pub struct SecureServerConfig {
     /// A request the driver has not answered after this long is refused
     /// (timed out), so that its state is bounded whatever the driver does.
     pub fetch_timeout: Duration,
+    /// First messages read a second (each costs Diffie-Hellman work) before
+    /// the server is under load and asks for cookies (docs/PROTOCOL.md
+    /// §8.3, rule 1); bursts of a tenth of that.
+    pub handshake_reads: u32,
+    /// Under load, first messages with a valid cookie read a second from
+    /// one source (as `--max-per-source` counts sources).
+    pub handshake_reads_per_source: u32,
 }
 
 impl SecureServerConfig {
@@ -86,6 +94,9 @@ impl SecureServerConfig {
             max_fetching: 256,
             max_fetching_per_source: 256,
             fetch_timeout: Duration::from_secs(90),
+            // About half a core at 250 µs a read.
+            handshake_reads: 2000,
+            handshake_reads_per_source: 20,
         }
     }
 }
@@ -140,6 +151,12 @@ pub struct SecureStats {
     pub fetch_repeats: u64,
     /// Requests the driver did not answer within `fetch_timeout`.
     pub fetch_timeouts: u64,
+    /// Under load: first messages answered with a cookie instead of being
+    /// read (docs/PROTOCOL.md §8.3, rule 1).
+    pub cookie_replies: u64,
+    /// Under load: first messages with a valid cookie dropped unread, their
+    /// source's budget spent.
+    pub rate_limited: u64,
 }
 
 /// A datagram to send, and what the packet log needs of it.
@@ -345,6 +362,7 @@ pub struct SecureServer {
     source_prefixes: (u8, u8),
     max_connections: usize,
     replay: ReplayFilter,
+    load: Load,
     /// Requests being fetched, by request ID (a counter); by client, for
     /// first messages sent again meanwhile; by source; their deadlines,
     /// oldest first (answered ones skipped); and those the driver has not
@@ -441,6 +459,7 @@ impl SecureServer {
         let skew_ms = u64::try_from(secure.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
         let period = skew_ms.saturating_mul(2).saturating_add(1);
         let replay = ReplayFilter::new(&replay_key, secure.replay_filter_bits, period, secure.clock.unix_ms);
+        let load = Load::new(secure.handshake_reads, secure.handshake_reads_per_source, &mut *rng);
         SecureServer {
             outer: Outer::new(&secure.key.public()),
             tokens: TokenKey::new(&token_key),
@@ -461,6 +480,7 @@ impl SecureServer {
             source_prefixes,
             max_connections,
             replay,
+            load,
             fetching: FxHashMap::default(),
             fetching_by_client: HashMap::new(),
             fetching_per_source: HashMap::new(),
@@ -602,6 +622,19 @@ impl SecureServer {
         Some(belongs)
     }
 
+    /// Under load: the cookie of `peer`, in a reply shaped as an answer (the
+    /// outer layer, the first message's nonce as associated data, an empty
+    /// Noise message, then the cookie; as long as an answer), never longer
+    /// than the first message.
+    fn send_cookie(&mut self, now: Instant, peer: SocketAddr, msg1_nonce: &[u8; 24], msg1_len: usize) {
+        let cookie = self.load.cookie(now, peer, &mut *self.rng);
+        let len = self.answer_len(0, msg1_len);
+        let mut d = Vec::with_capacity(len);
+        self.outer.seal(&mut *self.rng, &[], &cookie, len, msg1_nonce, &mut d);
+        self.outbox.push_back((peer, d));
+        self.stats.cookie_replies += 1;
+    }
+
     /// The client confirmed attempt `cid`: the others are dropped.
     fn confirm(&mut self, virt: SocketAddr, cid: u64) {
         let Some(v) = self.virtuals.get_mut(&virt) else { return };
@@ -639,13 +672,29 @@ impl SecureServer {
             self.stats.stale_handshakes += 1;
             return Some(Belongs::None);
         }
-        let noise = self.scratch.get(range)?;
+        let cookie = OuterTime::cookie(&self.scratch, &range);
+        let noise = self.scratch.get(range.clone())?;
         self.replay.expire(now_ms);
         let eph = handshake::replay_key(noise);
         if eph.is_some_and(|e| self.replay.contains(&e)) {
             self.stats.replayed_handshakes += 1;
             return Some(Belongs::None);
         }
+        // Rule 1, under load: within the budget of reads, or with the
+        // cookie of its source address within that source's.
+        let (v4, v6) = self.source_prefixes;
+        match self.load.admit(now, peer, source_key(peer.ip(), v4, v6), &cookie, &mut *self.rng) {
+            Admit::Read => {}
+            Admit::SendCookie => {
+                self.send_cookie(now, peer, &msg1_nonce, datagram.len());
+                return Some(Belongs::None);
+            }
+            Admit::Limited => {
+                self.stats.rate_limited += 1;
+                return Some(Belongs::None);
+            }
+        }
+        let noise = self.scratch.get(range)?;
         self.stats.noise_reads += 1;
         let Some(init) = Responder::read(&self.config.key, seed, noise) else {
             self.stats.bad_handshakes += 1;
