@@ -192,7 +192,7 @@ fn front_end_serves_rewrites_proxies_and_refuses_with_reasons() {
     let cases = [
         (format!("GET {}", path_of(go(&front, &origin.url("/missing")))), "", 502, "HTTP 404"),
         (format!("GET {}", path_of(go(&front, "http://127.0.0.2:9/x"))), "", 403, "not allowed"),
-        (format!("GET {}", path_of(go(&front, &long))), "", 414, "at most 990 bytes"),
+        (format!("GET {}", path_of(go(&front, &long))), "", 414, "at most 974 bytes"),
         (format!("GET {}", path_of(go(&front, "ftp://x/"))), "", 400, "http://"),
         ("CONNECT 127.0.0.1:443".to_owned(), "", 405, "CONNECT"),
         ("POST /go".to_owned(), "Content-Length: 0\r\n", 405, "GET only"),

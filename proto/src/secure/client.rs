@@ -129,6 +129,7 @@ pub struct SecureClient {
     syn: Vec<u8>,
     cookie: Option<[u8; COOKIE_LEN]>,
     cookie_due: bool,
+    cookie_retried: bool,
 }
 
 impl std::fmt::Debug for SecureClient {
@@ -182,6 +183,7 @@ impl SecureClient {
             syn: Vec::new(),
             cookie: None,
             cookie_due: false,
+            cookie_retried: false,
         }
     }
 
@@ -260,14 +262,19 @@ impl SecureClient {
             return;
         };
         // An empty Noise message: the server is under load and sends the
-        // cookie of our address, which our next first message carries. A
-        // new cookie only: the same one again draws nothing.
+        // cookie of our address, which our next first message carries. Sent
+        // again at once only for a new cookie in answer to our newest first
+        // message, once per first message the inner SYN timer sends: forged
+        // replies (a bridge-line holder on the path) cannot make us send
+        // more than that, nor push out the attempt the server answers.
         if range.is_empty() {
             let cookie: [u8; COOKIE_LEN] =
                 self.scratch.get(range.end..range.end + COOKIE_LEN).and_then(|c| c.try_into().ok()).unwrap_or_default();
-            if cookie != [0; COOKIE_LEN] && self.cookie != Some(cookie) {
+            let newest = i + 1 == self.attempts.len();
+            if newest && !self.cookie_retried && cookie != [0; COOKIE_LEN] && self.cookie != Some(cookie) {
                 self.cookie = Some(cookie);
-                self.cookie_due = true;
+                self.cookie_due = self.conn.outcome().is_none();
+                self.cookie_retried = true;
                 self.stats.cookies += 1;
             }
             return;
@@ -346,6 +353,7 @@ impl SecureClient {
                 if self.keys.is_none() && self.initiate(now, &inner, buf) {
                     self.last_inner_sent = Some(header);
                     self.syn.clone_from(&inner);
+                    self.cookie_retried = false;
                     break true;
                 }
                 continue;

@@ -7,9 +7,14 @@
 //! here), and anyone with the bridge line can make fresh ones from spoofed
 //! addresses. While reads stay within their budget nothing changes. Beyond
 //! it, a message is read only if it carries the cookie of its source
-//! address, which the server sent that address in a short reply (so the
-//! sender receives there: no spoofing), and then only within that
-//! source's own budget (so one real address cannot take them all).
+//! address, which the server sent that address in a reply (so the sender
+//! receives there: no spoofing), and then only within that source's own
+//! budget and a second budget for all such reads together. Cookie replies
+//! have a budget of their own too, ten times the reads' (each costs an
+//! AEAD seal and a MAC, a hundredth of a read), and the messages they
+//! answer are remembered in the replay filter (so that a replay gets
+//! silence) within a budget as large as the reads', so that the filter's
+//! load stays bounded (docs/PROTOCOL.md §8.3, rules 1 and 5).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -72,26 +77,34 @@ impl Budget {
 }
 
 /// What the server decides about a first message before reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Admit {
     /// Read it.
     Read,
-    /// Under load and without its source's cookie: send the cookie.
-    SendCookie,
-    /// Under load, with its cookie, but its source's budget is spent.
+    /// Under load and without its source's cookie: send the cookie, and
+    /// remember the message in the replay filter if `remember`.
+    SendCookie { remember: bool },
+    /// Under load, with its cookie, but its source's budget (or that of
+    /// all such reads) is spent; or without it, and the budget of cookie
+    /// replies is spent: drop it unread.
     Limited,
 }
 
 /// The server's budgets and cookie secrets.
 pub(crate) struct Load {
     global: Budget,
+    /// Reads of messages with a valid cookie, all sources together.
+    with_cookie: Budget,
+    replies: Budget,
+    remembered: Budget,
     per_source_rate: u32,
     per_source_burst: u32,
     sources: HashMap<IpAddr, Budget>,
-    /// The current secret and the one before, and when the current one
-    /// was made.
+    /// The current secret and the one before, the epoch of the current
+    /// one, counted from `base`.
     secrets: [Zeroizing<[u8; 32]>; 2],
-    made: Option<Instant>,
+    base: Option<Instant>,
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Load {
@@ -102,40 +115,45 @@ impl std::fmt::Debug for Load {
 
 impl Load {
     /// `reads` Noise reads a second in all before cookies are asked for
-    /// (bursts of a tenth of a second's), and `per_source` a second from
-    /// one source after that (bursts of as many).
+    /// (bursts of a tenth of a second's); as many cookie replies, and as
+    /// many reads of messages with a valid cookie, at most `per_source` a
+    /// second of them from one source (bursts of as many).
     pub(crate) fn new(reads: u32, per_source: u32, rng: &mut dyn RngCore) -> Load {
         let mut secrets = [Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 32])];
         for s in &mut secrets {
             rng.fill_bytes(&mut s[..]);
         }
+        let burst = (reads / 10).max(1);
         Load {
-            global: Budget::new(reads, (reads / 10).max(1)),
+            global: Budget::new(reads, burst),
+            with_cookie: Budget::new(reads, burst),
+            replies: Budget::new(reads.saturating_mul(10), burst.saturating_mul(10)),
+            remembered: Budget::new(reads, burst),
             per_source_rate: per_source,
             per_source_burst: per_source.max(1),
             sources: HashMap::new(),
             secrets,
-            made: None,
+            base: None,
+            epoch: 0,
         }
     }
 
-    /// A new secret once the current one is an epoch old.
+    /// A new secret every epoch, epochs counted from the first use: a
+    /// cookie is valid in its epoch and the next, 2 to 4 minutes.
     fn rotate(&mut self, now: Instant, rng: &mut dyn RngCore) {
-        let Some(made) = self.made else {
-            self.made = Some(now);
-            return;
-        };
-        if now.saturating_duration_since(made) < EPOCH {
+        let base = *self.base.get_or_insert(now);
+        let epoch = now.saturating_duration_since(base).as_secs() / EPOCH.as_secs();
+        if epoch <= self.epoch {
             return;
         }
         let [current, previous] = &mut self.secrets;
-        if now.saturating_duration_since(made) < EPOCH * 2 {
+        if epoch == self.epoch + 1 {
             std::mem::swap(current, previous);
         } else {
             rng.fill_bytes(&mut previous[..]);
         }
         rng.fill_bytes(&mut current[..]);
-        self.made = Some(now);
+        self.epoch = epoch;
     }
 
     fn cookie_under(secret: &[u8; 32], peer: SocketAddr) -> [u8; COOKIE_LEN] {
@@ -159,9 +177,11 @@ impl Load {
     }
 
     /// Whether `cookie` is `peer`'s, under the current secret or the one
-    /// before (compared in constant time).
+    /// before (compared in constant time). None (all zero, which is
+    /// public) costs no MAC.
     fn valid(&self, peer: SocketAddr, cookie: &[u8]) -> bool {
-        self.secrets.iter().any(|s| bool::from(Self::cookie_under(s, peer).ct_eq(cookie)))
+        cookie.iter().any(|&b| b != 0)
+            && self.secrets.iter().any(|s| bool::from(Self::cookie_under(s, peer).ct_eq(cookie)))
     }
 
     /// Decides about a first message from `peer` that passed the outer
@@ -181,14 +201,21 @@ impl Load {
             return Admit::Read;
         }
         if !self.valid(peer, cookie) {
-            return Admit::SendCookie;
+            if !self.replies.take(now) {
+                return Admit::Limited;
+            }
+            return Admit::SendCookie { remember: self.remembered.take(now) };
         }
         if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&source) {
             self.sources.clear();
         }
         let (rate, burst) = (self.per_source_rate, self.per_source_burst);
         let budget = self.sources.entry(source).or_insert_with(|| Budget::new(rate, burst));
-        if budget.take(now) { Admit::Read } else { Admit::Limited }
+        if !budget.has(now) || !self.with_cookie.take(now) {
+            return Admit::Limited;
+        }
+        budget.take(now);
+        Admit::Read
     }
 
     /// Sources whose budgets are kept.
@@ -224,11 +251,12 @@ mod tests {
             assert_eq!(l.admit(t0, addr(1, 1000 + i), addr(1, 0).ip(), &none, &mut rng), Admit::Read, "{i}");
         }
         let peer = addr(1, 2000);
-        assert_eq!(l.admit(t0, peer, peer.ip(), &none, &mut rng), Admit::SendCookie);
+        let send = Admit::SendCookie { remember: true };
+        assert_eq!(l.admit(t0, peer, peer.ip(), &none, &mut rng), send);
         let cookie = l.cookie(t0, peer, &mut rng);
         // Another address's cookie, or another port's, is no cookie.
-        assert_eq!(l.admit(t0, addr(2, 2000), addr(2, 0).ip(), &cookie, &mut rng), Admit::SendCookie);
-        assert_eq!(l.admit(t0, addr(1, 2001), peer.ip(), &cookie, &mut rng), Admit::SendCookie);
+        assert_eq!(l.admit(t0, addr(2, 2000), addr(2, 0).ip(), &cookie, &mut rng), send);
+        assert_eq!(l.admit(t0, addr(1, 2001), peer.ip(), &cookie, &mut rng), send);
         // With its own, a source gets its own budget, and no more.
         for i in 0..5 {
             assert_eq!(l.admit(t0, peer, peer.ip(), &cookie, &mut rng), Admit::Read, "{i}");
@@ -241,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cookie_lasts_two_epochs_at_least_and_four_at_most() {
+    fn a_cookie_lasts_from_one_epoch_to_two() {
         let (mut l, mut rng) = load(0, 5);
         let t0 = Instant::now();
         let peer = addr(9, 9);
@@ -250,7 +278,7 @@ mod tests {
         assert_eq!(l.admit(t0, peer, peer.ip(), &none, &mut rng), Admit::Read);
         let cookie = l.cookie(t0, peer, &mut rng);
         let read = |l: &mut Load, rng: &mut rand_chacha::ChaCha8Rng, at: Instant| {
-            l.admit(at, peer, peer.ip(), &cookie, rng) != Admit::SendCookie
+            !matches!(l.admit(at, peer, peer.ip(), &cookie, rng), Admit::SendCookie { .. })
         };
         assert!(read(&mut l, &mut rng, t0 + EPOCH - Duration::from_secs(1)));
         assert!(read(&mut l, &mut rng, t0 + EPOCH + Duration::from_secs(1)), "the secret before still counts");
@@ -259,7 +287,7 @@ mod tests {
         let (mut l, mut rng) = load(0, 5);
         let _ = l.admit(t0, peer, peer.ip(), &none, &mut rng);
         let cookie = l.cookie(t0, peer, &mut rng);
-        assert!(l.admit(t0 + EPOCH * 10, peer, peer.ip(), &cookie, &mut rng) == Admit::SendCookie);
+        assert!(matches!(l.admit(t0 + EPOCH * 10, peer, peer.ip(), &cookie, &mut rng), Admit::SendCookie { .. }));
     }
 
     #[test]
@@ -273,5 +301,31 @@ mod tests {
             let _ = l.admit(t0, peer, peer.ip(), &cookie, &mut rng);
         }
         assert!(l.sources() <= MAX_SOURCES);
+        assert!(l.sources() < 100, "cleared when full: {}", l.sources());
+    }
+
+    #[test]
+    fn cookie_replies_and_reads_with_cookies_have_budgets_of_their_own() {
+        let (mut l, mut rng) = load(100, 1_000);
+        let t0 = Instant::now();
+        let none = [0u8; COOKIE_LEN];
+        let mut admits = std::collections::HashMap::new();
+        for i in 0..200u16 {
+            *admits.entry(l.admit(t0, addr(1, i), addr(1, 0).ip(), &none, &mut rng)).or_insert(0) += 1;
+        }
+        // Ten reads, a hundred cookie replies of which ten remembered,
+        // then silence.
+        assert_eq!(admits[&Admit::Read], 10);
+        assert_eq!(admits[&Admit::SendCookie { remember: true }], 10);
+        assert_eq!(admits[&Admit::SendCookie { remember: false }], 90);
+        assert_eq!(admits[&Admit::Limited], 90);
+        // Many sources with cookies: ten reads in all, whatever each may.
+        let mut read = 0;
+        for i in 0..100u8 {
+            let peer = addr(i, 7);
+            let cookie = l.cookie(t0, peer, &mut rng);
+            read += u32::from(l.admit(t0, peer, peer.ip(), &cookie, &mut rng) == Admit::Read);
+        }
+        assert_eq!(read, 10);
     }
 }

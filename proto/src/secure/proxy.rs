@@ -10,13 +10,14 @@ use crate::page::Body;
 /// accept); a longer one is refused as not allowed.
 pub const MAX_URL_LEN: usize = 2048;
 /// Longest URL that fits a first message of [`MSG1_MAX`](super::client::MSG1_MAX)
-/// bytes (outer layer and its clock, Noise, TIME, CONN_ID, the URL's field header and the
+/// bytes (outer layer, its clock and a cookie, Noise, TIME, CONN_ID, the URL's field header and the
 /// inner SYN with its offer): the longest a client asks for, so that no
 /// handshake datagram needs fragmenting.
 pub const MAX_REQUEST_URL_LEN: usize = super::client::MSG1_MAX
     - super::handshake::OUTER_OVERHEAD
     - super::handshake::NOISE_MSG1_OVERHEAD
     - super::handshake::OuterTime::LEN
+    - super::handshake::COOKIE_LEN
     - (3 + 8)
     - (3 + 8)
     - 3

@@ -333,6 +333,10 @@ const EARLY_SLACK_MAX: usize = 64;
 /// A first message shorter than a client ever sends (it pads to 1,200 to
 /// 1,232 bytes) is dropped unread: an answer is always shorter than it.
 const MIN_FIRST_MESSAGE_LEN: usize = 1200;
+/// Refusals and cookie replies waiting to be sent, at most: beyond, a
+/// cookie reply is not sent (the client sends its first message again on
+/// its timer).
+const MAX_OUTBOX: usize = 4096;
 
 /// A secure-mode server; drive it like [`Server`].
 pub struct SecureServer {
@@ -629,6 +633,9 @@ impl SecureServer {
     fn send_cookie(&mut self, now: Instant, peer: SocketAddr, msg1_nonce: &[u8; 24], msg1_len: usize) {
         let cookie = self.load.cookie(now, peer, &mut *self.rng);
         let len = self.answer_len(0, msg1_len);
+        if self.outbox.len() >= MAX_OUTBOX {
+            return;
+        }
         let mut d = Vec::with_capacity(len);
         self.outer.seal(&mut *self.rng, &[], &cookie, len, msg1_nonce, &mut d);
         self.outbox.push_back((peer, d));
@@ -685,7 +692,14 @@ impl SecureServer {
         let (v4, v6) = self.source_prefixes;
         match self.load.admit(now, peer, source_key(peer.ip(), v4, v6), &cookie, &mut *self.rng) {
             Admit::Read => {}
-            Admit::SendCookie => {
+            Admit::SendCookie { remember } => {
+                // Remembered, so that a replay of it (a censor's, from its
+                // own address) gets silence, not a cookie reply nor, once
+                // the load has passed, an answer; within a budget, so that
+                // this loads the filter no more than reads do.
+                if let Some(e) = eph.filter(|_| remember) {
+                    self.replay.insert(&e);
+                }
                 self.send_cookie(now, peer, &msg1_nonce, datagram.len());
                 return Some(Belongs::None);
             }
