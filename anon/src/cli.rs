@@ -267,14 +267,14 @@ pub struct ServerArgs {
     /// tell that something serves here.
     #[arg(long, requires = "key")]
     pub plaintext: bool,
-    /// Secure mode: first messages read a second (reading one costs about
-    /// 250 µs of Diffie-Hellman work, answering it about as much again)
-    /// before the server is under load; then it sends as many cookie
+    /// Secure mode: first messages read a second (reading and answering
+    /// one costs about 330 µs, mostly Diffie-Hellman work) before the
+    /// server is under load; then it sends as many cookie
     /// replies a second (each as long as an answer) and reads only first
     /// messages that carry the cookie of their source address, as many a
     /// second in all and at most --handshake-rate-per-source from one
     /// source (docs/PROTOCOL.md §8.3, rule 1).
-    #[arg(long, value_name = "N", default_value_t = 2000, requires = "key",
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "key",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub handshake_rate: u32,
     /// Secure mode, under load: first messages with a valid cookie read a

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 mod crowd;
+mod handshakes;
 mod holders;
 mod load;
 mod path;
@@ -167,6 +168,17 @@ enum What {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// A flood of valid secure first messages from spoofed sources (a
+    /// leaked bridge line) against the secure server in process: its CPU
+    /// with the default read budget and cookies, and reading every one.
+    Handshakes {
+        /// First messages in the flood.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Their rate a second, in the server's (virtual) time.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+    },
     /// Server memory with this many connections open at once.
     Memory {
         /// Connections to hold open.
@@ -213,6 +225,7 @@ fn main() -> ExitCode {
         What::Holders { holders, size, budget, seconds } => {
             holders::run(&holders::Options { bins, holders, size, budget_mib: budget, seconds })
         }
+        What::Handshakes { messages, rate } => handshakes::run(&handshakes::Options { messages, rate }),
         What::Sackflood { size, fetches } => {
             sackflood::run(&sackflood::Options { bins, size, fetches: fetches.max(1) })
         }
