@@ -949,6 +949,34 @@ fn probes_get_silence() {
 
 /// With --plaintext, plaintext clients (both modes) fetch the first page
 /// from a secure server, and secure clients still fetch by name.
+/// Under load (`--handshake-rate 5`: a burst of one read, then cookies),
+/// clients that start together all get their page: those beyond the
+/// budget get a cookie reply and send their first message again with it
+/// (docs/PROTOCOL.md §8.3, rule 1), and the metrics count the replies.
+#[test]
+fn secure_clients_beyond_the_read_budget_get_in_with_cookies() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = page(50_000, 12);
+    let origin = Origin::serve(body.clone()).unwrap();
+    let key = dir.path().join("server.key");
+    let metrics = free_tcp_port();
+    let (mut server, bridge) = start_secure(
+        &dir.path().join("server.log"),
+        &key,
+        &origin.url(),
+        &["--handshake-rate", "5", "--metrics", &format!("127.0.0.1:{metrics}")],
+    );
+    let clients: Vec<_> = (0..6).map(|i| secure_client(&bridge, dir.path(), &format!("c{i}"), &["-q"], &[])).collect();
+    for (mut c, out, _) in clients {
+        assert!(c.wait(CLIENT_DEADLINE).unwrap().success(), "{:?}", c.stderr);
+        assert!(std::fs::read(&out).unwrap() == body, "a page differs");
+    }
+    let text = scrape(metrics);
+    assert_eq!(metric(&text, "anon_secure_handshakes_confirmed_total"), 6, "{text}");
+    assert!(metric(&text, "anon_secure_cookie_replies_total") >= 1, "no client needed a cookie:\n{text}");
+    assert!(server.stop(Duration::from_secs(10)).unwrap().success());
+}
+
 #[test]
 fn plaintext_beside_secure_mode() {
     let dir = tempfile::tempdir().unwrap();
