@@ -840,10 +840,14 @@ impl Server {
     }
 
     /// A payload-free segment that restates where `peer`'s transfer is, and
-    /// draws the client's ACK at once; `None` unless the page is being sent
-    /// (secure mode's path probe, docs/PROTOCOL.md §8.4).
+    /// draws the client's ACK at once, while the page is being sent; once
+    /// the transfer has completed, its final ACK (docs/PROTOCOL.md §6.3),
+    /// which ends the client's wait. Secure mode's path probe (§8.4).
     pub fn empty_ack(&self, peer: SocketAddr) -> Option<Header> {
-        self.conns.get(&peer).and_then(|slot| slot.conn.empty_ack())
+        match self.conns.get(&peer) {
+            Some(slot) => slot.conn.empty_ack().or_else(|| slot.conn.final_ack()),
+            None => self.time_wait.get(&peer).map(|t| t.reply),
+        }
     }
 
     /// Secure mode's early segment for `peer` (a virtual address) while

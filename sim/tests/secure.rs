@@ -86,6 +86,40 @@ fn clients_ask_for_pages_by_name() {
     assert!(sim.clients[0].data.is_empty());
 }
 
+/// A client whose address changes once it has the whole page, its FIN|ACK
+/// sent from the old one: the server's final ACK to the old address is
+/// lost, and its FIN|ACK sent again from the new one draws a probe that is
+/// the final ACK (docs/PROTOCOL.md §8.4), so it exits about one RTO after
+/// the move, not at the end of its linger (four RTOs).
+#[test]
+fn a_client_that_moves_during_its_final_exchange_exits_without_lingering() {
+    let one_way = Duration::from_millis(20);
+    for seed in seeds(4) {
+        let body = page(200_000, seed);
+        let mut sim = Sim::secure(Setup::new(seed, LinkConfig::clean(one_way), body.clone()), SecureSetup::new(seed));
+        let mut t = Duration::from_millis(10);
+        while !sim.clients[0].conn.is_finished() {
+            sim.run(t, u64::MAX);
+            t += Duration::from_millis(1);
+            assert!(t < Duration::from_secs(30), "seed {seed}: never finished");
+        }
+        let moved_at = sim.now;
+        let rto = sim.clients[0].conn.conn().rto();
+        let mut moved = client_addr(0);
+        moved.set_port(moved.port() + 1);
+        sim.clients[0].addr = moved;
+        while sim.clients[0].conn.outcome().is_none() {
+            sim.run(t, u64::MAX);
+            t += Duration::from_millis(1);
+            assert!(t < Duration::from_secs(60), "seed {seed}: never ended");
+        }
+        let waited = sim.now - moved_at;
+        assert_eq!(sim.clients[0].conn.outcome(), Some(&Ok(())), "seed {seed}");
+        assert!(sim.clients[0].data == body, "seed {seed}");
+        assert!(waited < rto * 2, "seed {seed}: {waited:?} after the move, RTO {rto:?}");
+    }
+}
+
 #[test]
 fn a_transfer_survives_an_address_change_and_the_two_halves_do_not_link() {
     for seed in seeds(4) {

@@ -964,6 +964,12 @@ impl ClientConn {
         self.outcome.as_ref()
     }
 
+    /// The current retransmission timeout (RFC 6298), by which the FIN|ACK
+    /// is sent again while the final ACK has not come.
+    pub fn rto(&self) -> std::time::Duration {
+        self.rtt.rto()
+    }
+
     /// Page bytes received in order so far.
     pub fn received(&self) -> u64 {
         self.received

@@ -1260,8 +1260,10 @@ impl SecureServer {
     /// The path probe owed to `cid`'s unproven address: a payload-free
     /// inner segment that draws the client's ACK at once, sealed like any
     /// datagram with the next token, which that ACK carries back (the
-    /// client spends its newest token first). Within three times what came
-    /// from there; `None` when nothing is owed or it does not fit.
+    /// client spends its newest token first); once the transfer has
+    /// completed, its final ACK, so that a client that moved during its
+    /// final exchange need not wait out its linger. Within three times what
+    /// came from there; `None` when nothing is owed or it does not fit.
     fn probe(&mut self, cid: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
         let session = self.sessions.get_mut(&cid)?;
         session.probe_queued = false;
