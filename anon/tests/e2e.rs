@@ -947,8 +947,6 @@ fn probes_get_silence() {
     assert_eq!(assert_log_format(&server_log), assert_log_format(&real_log));
 }
 
-/// With --plaintext, plaintext clients (both modes) fetch the first page
-/// from a secure server, and secure clients still fetch by name.
 /// Under load (`--handshake-rate 5`: a burst of one read, then cookies),
 /// clients that start together all get their page: those beyond the
 /// budget get a cookie reply and send their first message again with it
@@ -977,6 +975,8 @@ fn secure_clients_beyond_the_read_budget_get_in_with_cookies() {
     assert!(server.stop(Duration::from_secs(10)).unwrap().success());
 }
 
+/// With --plaintext, plaintext clients (both modes) fetch the first page
+/// from a secure server, and secure clients still fetch by name.
 #[test]
 fn plaintext_beside_secure_mode() {
     let dir = tempfile::tempdir().unwrap();

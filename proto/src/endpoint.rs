@@ -984,11 +984,10 @@ mod tests {
         c.handle(t1, &syn_ack);
         c.handle(t1, &early);
         assert_eq!(c.readable(), &page[..900]);
-        // The handshake ACK (lost), then, on the delayed-ACK timer, the
+        // The handshake ACK, which acknowledges the SYN|ACK alone (so it
+        // is the server's first RTT sample even when the early bytes came
+        // in the same batch), is lost; then, on the delayed-ACK timer, the
         // ACK of the early bytes.
-        // The handshake ACK still acknowledges the SYN|ACK alone, so it is
-        // the server's first RTT sample even when the early bytes came in
-        // the same batch.
         let mut buf = Vec::new();
         assert!(c.poll_transmit(t1, &mut buf));
         assert_eq!(Header::decode(&buf).unwrap().0.ack, isn + 1, "the handshake ACK");

@@ -669,6 +669,63 @@ fn sealed_forgeries_and_replays_are_dropped_and_move_nothing() {
 
 // ---- the flood ------------------------------------------------------------
 
+type SecureSim = Sim<SecureServer, anon_proto::secure::SecureClient>;
+
+/// `flood` valid first messages of a leaked bridge line, one every `gap`
+/// from the start, each from its own spoofed address (returned): one
+/// static key for all (the allow list is off, `attacker` seeds it), a
+/// fresh handshake and connection ID each (seeds from `seeds_from`).
+fn spoofed_flood(
+    sim: &mut SecureSim,
+    key: &StaticSecret,
+    flood: usize,
+    gap: Duration,
+    seeds_from: u64,
+    attacker: u64,
+) -> Vec<SocketAddr> {
+    let start = sim.start;
+    let attacker = Some(StaticSecret::generate(&mut StdRng::seed_from_u64(attacker)));
+    let mut spoofed = Vec::with_capacity(flood);
+    for i in 0..flood {
+        let at = start + gap * i as u32;
+        let mut c = secure_client(key.public(), attacker.clone(), "index", clock(start), seeds_from + i as u64, at);
+        let msg = secure::first_datagram(&mut c, at);
+        let from = prober(i as u32);
+        sim.net.send(at, from, SERVER_ADDR, &msg);
+        spoofed.push(from);
+    }
+    spoofed
+}
+
+/// Per address, from the simulator's record: datagrams and bytes to the
+/// server, datagrams and bytes from it.
+fn tally(sim: &SecureSim) -> HashMap<SocketAddr, (usize, usize, usize, usize)> {
+    let mut tally: HashMap<SocketAddr, (usize, usize, usize, usize)> = HashMap::new();
+    for d in sim.net.record.as_ref().unwrap() {
+        if d.to == SERVER_ADDR {
+            let e = tally.entry(d.from).or_default();
+            e.0 += 1;
+            e.1 += d.bytes.len();
+        } else {
+            let e = tally.entry(d.to).or_default();
+            e.2 += 1;
+            e.3 += d.bytes.len();
+        }
+    }
+    tally
+}
+
+/// Sends `n` fresh first messages from spoofed addresses at `start`
+/// (seeds from `seeds_from`), which spend the server's budget of reads
+/// (and beyond it draw cookie replies); what they draw is drained.
+fn spend_reads(server: &mut SecureServer, key: &StaticSecret, n: u32, seeds_from: u64, start: Instant) {
+    for i in 0..n {
+        let (_, msg) = first_message(key.public(), seeds_from + u64::from(i), clock(start), start);
+        server.handle_kind(start, prober(i), &msg);
+        drain(server, start);
+    }
+}
+
 /// A leaked bridge line: thousands of valid first messages from spoofed
 /// addresses, 2,000 a second for a second, each address sending one. Honest
 /// clients start during the flood and complete; the server's state stays
@@ -687,18 +744,7 @@ fn a_flood_of_valid_first_messages_keeps_state_bounded_and_honest_clients_comple
     sim.server = secure_server(&key, seed, sim.start, false, |s, _| s.max_pending = max_pending);
     sim.net.record = Some(Vec::new());
     let start = sim.start;
-    // The attacker's clients: one static key for all (the allow list is
-    // off), a fresh handshake and connection ID each.
-    let attacker = Some(StaticSecret::generate(&mut StdRng::seed_from_u64(70)));
-    let mut spoofed = Vec::with_capacity(flood);
-    for i in 0..flood {
-        let at = start + Duration::from_micros(500 * i as u64);
-        let mut c = secure_client(key.public(), attacker.clone(), "index", clock(start), 10_000 + i as u64, at);
-        let msg = secure::first_datagram(&mut c, at);
-        let from = prober(i as u32);
-        sim.net.send(at, from, SERVER_ADDR, &msg);
-        spoofed.push(from);
-    }
+    let spoofed = spoofed_flood(&mut sim, &key, flood, Duration::from_micros(500), 10_000, 70);
     let want = secure::probe_page();
     let mut honest = 0;
     let mut peak = (0usize, 0usize, 0usize, 0usize);
@@ -734,18 +780,7 @@ fn a_flood_of_valid_first_messages_keeps_state_bounded_and_honest_clients_comple
     assert!(s.handshakes >= flood as u64, "{s:?}");
     assert!(s.evicted >= (flood - max_pending) as u64, "{s:?}");
     // No amplification, no retransmission to an unverified address.
-    let mut tally: HashMap<SocketAddr, (usize, usize, usize, usize)> = HashMap::new();
-    for d in sim.net.record.as_ref().unwrap() {
-        if d.to == SERVER_ADDR {
-            let e = tally.entry(d.from).or_default();
-            e.0 += 1;
-            e.1 += d.bytes.len();
-        } else {
-            let e = tally.entry(d.to).or_default();
-            e.2 += 1;
-            e.3 += d.bytes.len();
-        }
-    }
+    let tally = tally(&sim);
     // An answer and an early segment at most, together no longer than
     // the first message (docs/PROTOCOL.md §8.3).
     let mut sent = 0;
@@ -781,16 +816,7 @@ fn under_a_flood_the_server_reads_within_its_budget_and_cookies_let_honest_clien
     sim.server = secure_server(&key, seed, sim.start, false, |s, _| s.handshake_reads = per_sec);
     sim.net.record = Some(Vec::new());
     let start = sim.start;
-    let attacker = Some(StaticSecret::generate(&mut StdRng::seed_from_u64(71)));
-    let mut spoofed = Vec::with_capacity(flood);
-    for i in 0..flood {
-        let at = start + Duration::from_micros(200 * i as u64);
-        let mut c = secure_client(key.public(), attacker.clone(), "index", clock(start), 20_000 + i as u64, at);
-        let msg = secure::first_datagram(&mut c, at);
-        let from = prober(i as u32);
-        sim.net.send(at, from, SERVER_ADDR, &msg);
-        spoofed.push(from);
-    }
+    let spoofed = spoofed_flood(&mut sim, &key, flood, Duration::from_micros(200), 20_000, 71);
     let mut honest = 0;
     for ms in [100u64, 400, 700] {
         sim.run(Duration::from_millis(ms), u64::MAX);
@@ -815,18 +841,9 @@ fn under_a_flood_the_server_reads_within_its_budget_and_cookies_let_honest_clien
     let budget = u64::from(per_sec) + u64::from(per_sec / 10) + 4 * honest as u64;
     assert!(s.noise_reads <= budget, "{} reads for a budget of {budget}: {s:?}", s.noise_reads);
     assert!(s.cookie_replies >= (flood as u64).saturating_sub(budget), "{s:?}");
-    let mut tally: HashMap<SocketAddr, (usize, usize, usize)> = HashMap::new();
-    for d in sim.net.record.as_ref().unwrap() {
-        if d.to == SERVER_ADDR {
-            tally.entry(d.from).or_default().0 += d.bytes.len();
-        } else {
-            let e = tally.entry(d.to).or_default();
-            e.1 += 1;
-            e.2 += d.bytes.len();
-        }
-    }
+    let tally = tally(&sim);
     for from in &spoofed {
-        let (b_in, n_out, b_out) = tally[from];
+        let (_, b_in, n_out, b_out) = tally[from];
         assert!(n_out <= 2 && b_out <= b_in, "{from}: {n_out} datagrams, {b_out} bytes for {b_in}");
     }
 }
@@ -841,11 +858,7 @@ fn a_replay_of_a_message_answered_with_a_cookie_gets_silence() {
     let key = server_key(13);
     let mut server = secure_server(&key, 13, start, false, |s, _| s.handshake_reads = 100);
     // The budget's burst: a tenth of a second's reads.
-    for i in 0..10u32 {
-        let (_, msg) = first_message(key.public(), 50_000 + u64::from(i), clock(start), start);
-        server.handle_kind(start, prober(i), &msg);
-        drain(&mut server, start);
-    }
+    spend_reads(&mut server, &key, 10, 50_000, start);
     let (_, msg) = first_message(key.public(), 60_000, clock(start), start);
     server.handle_kind(start, client_addr(1), &msg);
     assert_eq!(drain(&mut server, start).len(), 1, "a cookie reply");
@@ -865,11 +878,7 @@ fn a_client_answers_one_cookie_reply_per_first_message() {
     let start = Instant::now();
     let key = server_key(14);
     let mut server = secure_server(&key, 14, start, false, |s, _| s.handshake_reads = 100);
-    for i in 0..10u32 {
-        let (_, msg) = first_message(key.public(), 70_000 + u64::from(i), clock(start), start);
-        server.handle_kind(start, prober(i), &msg);
-        drain(&mut server, start);
-    }
+    spend_reads(&mut server, &key, 10, 70_000, start);
     let (mut c, msg) = first_message(key.public(), 80_000, clock(start), start);
     server.handle_kind(start, client_addr(1), &msg);
     let reply = drain(&mut server, start);
@@ -898,11 +907,7 @@ fn under_load_one_real_source_gets_its_own_budget_of_reads() {
     let mut server = secure_server(&key, 12, start, false, |s, _| s.handshake_reads = defaults.handshake_reads);
     // Spend the global budget (a tenth of a second's reads) from spoofed
     // sources.
-    for i in 0..400u32 {
-        let (_, msg) = first_message(key.public(), 30_000 + u64::from(i), clock(start), start);
-        server.handle_kind(start, prober(i), &msg);
-        drain(&mut server, start);
-    }
+    spend_reads(&mut server, &key, 400, 30_000, start);
     let reads = server.secure_stats().noise_reads;
     let from = client_addr(5);
     let mut cookies = 0;

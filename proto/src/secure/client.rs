@@ -268,8 +268,7 @@ impl SecureClient {
         // replies (a bridge-line holder on the path) cannot make us send
         // more than that, nor push out the attempt the server answers.
         if range.is_empty() {
-            let cookie: [u8; COOKIE_LEN] =
-                self.scratch.get(range.end..range.end + COOKIE_LEN).and_then(|c| c.try_into().ok()).unwrap_or_default();
+            let cookie = handshake::cookie_at(&self.scratch, range.end);
             let newest = i + 1 == self.attempts.len();
             if newest && !self.cookie_retried && cookie != [0; COOKIE_LEN] && self.cookie != Some(cookie) {
                 self.cookie = Some(cookie);

@@ -134,9 +134,15 @@ impl OuterTime {
     /// The cookie after the clock (docs/PROTOCOL.md §8.3, rule 1): all
     /// zero when there is none (the padding is zero).
     pub(crate) fn cookie(scratch: &[u8], noise: &std::ops::Range<usize>) -> [u8; COOKIE_LEN] {
-        let at = noise.end + Self::LEN;
-        scratch.get(at..at + COOKIE_LEN).and_then(|c| c.try_into().ok()).unwrap_or([0; COOKIE_LEN])
+        cookie_at(scratch, noise.end + Self::LEN)
     }
+}
+
+/// The cookie at `at` of an opened handshake datagram (after a first
+/// message's clock, or right after a cookie reply's empty Noise message):
+/// all zero when the datagram ends before it.
+pub(crate) fn cookie_at(scratch: &[u8], at: usize) -> [u8; COOKIE_LEN] {
+    scratch.get(at..at + COOKIE_LEN).and_then(|c| c.try_into().ok()).unwrap_or([0; COOKIE_LEN])
 }
 
 /// Fields of the handshake payloads (docs/PROTOCOL.md §8.2.1): type (1),

@@ -176,6 +176,12 @@ pub struct Transmit {
     pub plain: bool,
 }
 
+/// Whether attempt `cid` is answered and not yet confirmed: its early
+/// segment may still go.
+fn answered(sessions: &FxHashMap<u64, Session>, cid: u64) -> bool {
+    sessions.get(&cid).is_some_and(|s| matches!(s.phase, Phase::Answered))
+}
+
 /// Where one handshake attempt of a connection stands.
 enum Phase {
     /// First message read; the answer goes out with the inner SYN|ACK.
@@ -318,6 +324,10 @@ const PROBES_KEPT: usize = 4;
 /// rides in it, so a datagram with one is as long as one without.
 const PAD_MIN: usize = TOKEN_LEN;
 const PAD_MAX: usize = 32;
+/// A sealed server datagram around an inner header alone, at the widest
+/// padding: a probe's length before sealing, and what an early segment's
+/// room must leave beside its page bytes.
+const SEALED_HEADER_MAX: usize = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
 /// An answer (a refusal too) is this long at least, plus 0 to
 /// [`ANSWER_PAD_MAX`] bytes at random: its length then says nothing of
 /// what it carries (a META up to about 280 bytes, a RESUME) while what
@@ -632,11 +642,11 @@ impl SecureServer {
     /// Noise message, then the cookie; as long as an answer), never longer
     /// than the first message.
     fn send_cookie(&mut self, now: Instant, peer: SocketAddr, msg1_nonce: &[u8; 24], msg1_len: usize) {
-        let cookie = self.load.cookie(now, peer, &mut *self.rng);
-        let len = self.answer_len(0, msg1_len);
         if self.outbox.len() >= MAX_OUTBOX {
             return;
         }
+        let cookie = self.load.cookie(now, peer, &mut *self.rng);
+        let len = self.answer_len(0, msg1_len);
         let mut d = Vec::with_capacity(len);
         self.outer.seal(&mut *self.rng, &[], &cookie, len, msg1_nonce, &mut d);
         self.outbox.push_back((peer, d));
@@ -1126,11 +1136,7 @@ impl SecureServer {
         // per unconfirmed handshake, each waiting at most until its client
         // confirms (half a round trip) or the handshake is forgotten.
         let sessions = &self.sessions;
-        self.early_ready.extend(
-            self.early_waiting
-                .drain(..)
-                .filter(|c| sessions.get(c).is_some_and(|s| matches!(s.phase, Phase::Answered))),
-        );
+        self.early_ready.extend(self.early_waiting.drain(..).filter(|c| answered(sessions, *c)));
         self.pump_events(now);
     }
 
@@ -1269,8 +1275,7 @@ impl SecureServer {
         session.probe_queued = false;
         let u = session.unproven.as_ref()?;
         // Its length before sealing, so that nothing is sealed in vain.
-        let len = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
-        if !u.allows(len) {
+        if !u.allows(SEALED_HEADER_MAX) {
             return None;
         }
         let header = self.inner.empty_ack(session.virt)?;
@@ -1308,12 +1313,11 @@ impl SecureServer {
         }
         // Its length before sealing, so that the answer and it together
         // stay within the first message.
-        let overhead = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
         let room = session.early_room;
         // A little shorter at random, so that the answer's and its lengths
         // do not add up to a fixed distance below the first message's.
         let slack = (self.rng.next_u32() as usize) % (EARLY_SLACK_MAX + 1);
-        let max_payload = room.checked_sub(overhead + slack).filter(|&m| m >= MIN_EARLY_PAYLOAD)?;
+        let max_payload = room.checked_sub(SEALED_HEADER_MAX + slack).filter(|&m| m >= MIN_EARLY_PAYLOAD)?;
         let virt = session.virt;
         let start = buf.len();
         buf.resize(start + PN_LEN + packet::BODY_PREFIX, 0);
@@ -1327,8 +1331,7 @@ impl SecureServer {
                     // outnumber the handshakes that may be waiting.
                     if self.early_waiting.len() >= 2 * self.config.max_pending * MAX_ATTEMPTS + 64 {
                         let sessions = &self.sessions;
-                        self.early_waiting
-                            .retain(|c| sessions.get(c).is_some_and(|s| matches!(s.phase, Phase::Answered)));
+                        self.early_waiting.retain(|c| answered(sessions, *c));
                     }
                     self.early_waiting.push(cid);
                 }
@@ -1522,7 +1525,7 @@ mod tests {
     use std::collections::HashSet;
     use std::hash::BuildHasher;
 
-    use super::{PAD_MAX, PN_LEN, Unproven, packet, virtual_addr};
+    use super::{SEALED_HEADER_MAX, Unproven, packet, virtual_addr};
 
     /// hashbrown picks a bucket from a hash's low bits: consecutive
     /// connection numbers must spread over them, or every lookup in
@@ -1544,7 +1547,7 @@ mod tests {
         assert!(u.allows(300) && !u.allows(301));
         u.probed(250);
         assert!(u.allows(50) && !u.allows(51));
-        let probe = PN_LEN + packet::BODY_PREFIX + crate::wire::HEADER_LEN + PAD_MAX + packet::TAG_LEN;
+        let probe = SEALED_HEADER_MAX;
         assert!(Unproven::new(u.addr, packet::C2S_OVERHEAD, 7).allows(probe), "a probe of {probe} bytes");
     }
 }
