@@ -11,6 +11,14 @@
 //! the same page by URL (`anonclient --url`), with nginx as the origin and
 //! the page already in the proxy's cache (one client fetched it before):
 //! the proxy's cached case against nginx serving the file itself.
+//!
+//! Every crowd's CPU is counted too: its clients' (all their threads, exec
+//! to exit) and its server's over the crowd. On loopback a crowd is bound
+//! by CPU, so these say where a wall time comes from. Last, in process,
+//! what secure mode adds to one transfer of the page, both ends together:
+//! the protocol core alone over the simulator's link, without the sockets
+//! and processes every crowd has, so a floor of what the proxy's crowd
+//! needs beyond the plaintext crowd's CPU.
 
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -18,7 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use anon_sim::{LinkConfig, SecureSetup, Setup, Sim};
 use anon_tools::process::{Proc, ServerProcess, client_command, reported_secs};
+
+use super::procfs::{children_cpu_seconds, cpu_seconds};
 
 /// Options of `anon-bench crowd`.
 #[derive(Debug, Clone)]
@@ -43,11 +54,23 @@ struct Crowd {
     process: Vec<Duration>,
     /// What the clients say the transfer took (anonclient only).
     reported: Vec<Duration>,
+    /// CPU seconds of the client processes, all of them together.
+    clients_cpu: f64,
+    /// CPU seconds of the server over the crowd.
+    server_cpu: f64,
+}
+
+impl Crowd {
+    fn cpu(&self) -> f64 {
+        self.clients_cpu + self.server_cpu
+    }
 }
 
 /// Starts every command at once (as fast as they can be spawned), waits for
-/// all within `timeout`, checks every output against `page`.
-fn crowd(commands: Vec<(Command, PathBuf)>, page: &[u8], timeout: Duration) -> io::Result<Crowd> {
+/// all within `timeout`, checks every output against `page`; `server` is
+/// the pid of the process that serves them.
+fn crowd(commands: Vec<(Command, PathBuf)>, page: &[u8], timeout: Duration, server: u32) -> io::Result<Crowd> {
+    let (clients_before, server_before) = (children_cpu_seconds()?, cpu_seconds(server)?);
     let start = Instant::now();
     let mut procs = Vec::with_capacity(commands.len());
     for (mut cmd, out) in commands {
@@ -75,7 +98,14 @@ fn crowd(commands: Vec<(Command, PathBuf)>, page: &[u8], timeout: Duration) -> i
     if let Some(first) = failures.first() {
         return Err(io::Error::other(format!("{} of the clients failed; the first: {first}", failures.len())));
     }
-    Ok(Crowd { wall: last_exit.saturating_duration_since(start), spawned, process, reported })
+    Ok(Crowd {
+        wall: last_exit.saturating_duration_since(start),
+        spawned,
+        process,
+        reported,
+        clients_cpu: children_cpu_seconds()? - clients_before,
+        server_cpu: cpu_seconds(server)? - server_before,
+    })
 }
 
 /// nginx in the foreground, one process, serving `root` on 127.0.0.1.
@@ -187,7 +217,15 @@ pub fn run(o: &Options) -> io::Result<()> {
     );
     let result = proxy.and_then(|mut proxy| {
         let bridge = proxy.proc.bridge_line().ok_or_else(|| io::Error::other("the proxy printed no bridge line"));
-        let result = bridge.and_then(|b| runs(o, dir.path(), &page, server.port, nginx.port, &b));
+        let result = bridge.and_then(|bridge| {
+            let servers = Servers {
+                anon: (server.port, server.proc.pid()),
+                nginx: (nginx.port, nginx.proc.pid()),
+                proxy: proxy.proc.pid(),
+                bridge,
+            };
+            runs(o, dir.path(), &page, &servers)
+        });
         let stopped = proxy.stop(Duration::from_secs(10));
         result.and(stopped.map(drop))
     });
@@ -197,6 +235,15 @@ pub fn run(o: &Options) -> io::Result<()> {
     stopped.1
 }
 
+/// The three servers of a run: port and pid of anonserver and nginx, the
+/// proxy's pid and bridge line.
+struct Servers {
+    anon: (u16, u32),
+    nginx: (u16, u32),
+    proxy: u32,
+    bridge: String,
+}
+
 /// `anonclient --bridge LINE --url URL` into `file`.
 fn proxy_command(bins: &Path, bridge: &str, url: &str, log: &Path, file: &Path) -> Command {
     let mut cmd = Command::new(bins.join("anonclient"));
@@ -204,7 +251,10 @@ fn proxy_command(bins: &Path, bridge: &str, url: &str, log: &Path, file: &Path) 
     cmd
 }
 
-fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, bridge: &str) -> io::Result<()> {
+fn runs(o: &Options, dir: &Path, page: &[u8], servers: &Servers) -> io::Result<()> {
+    let (anon_port, anon_pid) = servers.anon;
+    let (nginx_port, nginx_pid) = servers.nginx;
+    let bridge = servers.bridge.as_str();
     println!(
         "{} clients at once, each fetching a {}-byte page ({}) once, on loopback; every file checked byte-exact",
         o.clients,
@@ -212,7 +262,7 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
         anon::units::size(o.size as u64)
     );
     println!(
-        "{:<4} {:>12} {:>12} {:>10} {:>13} {:>12} {:>14}   {:<26} {:<26} {:<26} {:<26}",
+        "{:<4} {:>12} {:>12} {:>10} {:>13} {:>12} {:>14}   {:<26} {:<26} {:<26} {:<26}   CPU s, clients+server: anon / proxy / nginx",
         "run",
         "anon wall s",
         "nginx wall s",
@@ -233,10 +283,12 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
         vec![(proxy_command(&o.bins, bridge, &url, &out.join("warm.log"), &out.join("warm")), out.join("warm"))],
         page,
         o.timeout,
+        servers.proxy,
     )?;
     drop(warm);
     let mut ratios = Vec::new();
     let mut proxy_ratios = Vec::new();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for run in 0..o.runs {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out)?;
@@ -249,14 +301,14 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
                 (cmd, file)
             })
             .collect();
-        let anon = crowd(anon_cmds, page, o.timeout)?;
+        let anon = crowd(anon_cmds, page, o.timeout, anon_pid)?;
         let proxy_cmds = (0..o.clients)
             .map(|i| {
                 let file = out.join(format!("proxy-{i}"));
                 (proxy_command(&o.bins, bridge, &url, &out.join(format!("proxy-{i}.log")), &file), file)
             })
             .collect();
-        let proxy = crowd(proxy_cmds, page, o.timeout)?;
+        let proxy = crowd(proxy_cmds, page, o.timeout, servers.proxy)?;
         let max_time = o.timeout.as_secs().max(1).to_string();
         let curl_cmds = (0..o.clients)
             .map(|i| {
@@ -266,13 +318,17 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
                 (cmd, file)
             })
             .collect();
-        let curl = crowd(curl_cmds, page, o.timeout)?;
+        let curl = crowd(curl_cmds, page, o.timeout, nginx_pid)?;
         let ratio = anon.wall.as_secs_f64() / curl.wall.as_secs_f64().max(1e-9);
         ratios.push(ratio);
         let proxy_ratio = proxy.wall.as_secs_f64() / curl.wall.as_secs_f64().max(1e-9);
         proxy_ratios.push(proxy_ratio);
+        for (v, c) in cpu.iter_mut().zip([&anon, &proxy, &curl]) {
+            v.push(c.cpu());
+        }
+        let cpus = [&anon, &proxy, &curl].map(|c| format!("{:.2}+{:.2}", c.clients_cpu, c.server_cpu)).join(" / ");
         println!(
-            "{:<4} {:>12.3} {:>12.3} {:>9.2}x {:>13.3} {:>11.2}x {:>14}   {:<26} {:<26} {:<26} {:<26}",
+            "{:<4} {:>12.3} {:>12.3} {:>9.2}x {:>13.3} {:>11.2}x {:>14}   {:<26} {:<26} {:<26} {:<26}   {}",
             run + 1,
             anon.wall.as_secs_f64(),
             curl.wall.as_secs_f64(),
@@ -283,7 +339,8 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
             spread(anon.process),
             spread(anon.reported),
             spread(curl.process),
-            spread(proxy.process)
+            spread(proxy.process),
+            cpus
         );
         io::stdout().flush()?;
     }
@@ -295,5 +352,70 @@ fn runs(o: &Options, dir: &Path, page: &[u8], anon_port: u16, nginx_port: u16, b
     if let Some(m) = proxy_ratios.get(proxy_ratios.len() / 2).filter(|_| proxy_ratios.len() > 1) {
         println!("median proxy (cached, secure mode)/nginx over {} runs: {m:.2}x", proxy_ratios.len());
     }
+    let [anon_cpu, proxy_cpu, nginx_cpu] = cpu.map(|v| super::median_f64(&v));
+    println!(
+        "CPU s of a crowd, median: anon {anon_cpu:.2}, proxy {proxy_cpu:.2}, nginx and curl {nginx_cpu:.2}: \
+         proxy/nginx {:.2}x",
+        proxy_cpu / nginx_cpu.max(1e-9)
+    );
+    const ROUNDS: usize = 21;
+    let (plain, secure) = in_process(page, ROUNDS)?;
+    let extra = secure.saturating_sub(plain).as_secs_f64();
+    let floor = anon_cpu + o.clients as f64 * extra;
+    println!(
+        "in process, one transfer of the page, both ends, median of {ROUNDS}: plaintext fast mode {:.2} ms, \
+         secure mode {:.2} ms: {:.2} ms more per client; the anon crowd's CPU plus {} x that: {floor:.2} s, \
+         {:.2}x nginx and curl's",
+        plain.as_secs_f64() * 1e3,
+        secure.as_secs_f64() * 1e3,
+        extra * 1e3,
+        o.clients,
+        floor / nginx_cpu.max(1e-9)
+    );
     Ok(())
+}
+
+/// One transfer of `page` over the simulator's clean link in plaintext
+/// fast mode, `rounds` times after one not counted, then as many in secure
+/// mode (a page asked for by name, so the same transfer, sealed): the
+/// medians of the time each took from the first datagram to the end of the
+/// exchange (so not the making of the client's static key, nor the
+/// server's start). The protocol core alone, both ends on this thread:
+/// what secure mode adds to a transfer whatever the sockets and processes
+/// around it cost. In blocks, not interleaved: a plaintext transfer right
+/// after a secure one reuses the memory the secure one freed, and is then
+/// faster than in a process of its own, which would overstate what secure
+/// mode adds.
+fn in_process(page: &[u8], rounds: usize) -> io::Result<(Duration, Duration)> {
+    let link = LinkConfig::clean(Duration::from_micros(50));
+    let (mut plain, mut secure) = (Vec::new(), Vec::new());
+    for seed in 0..=rounds as u64 {
+        let mut sim = Sim::new(Setup::new(seed, link, page.to_vec()));
+        let t = Instant::now();
+        let report = sim.run(Duration::from_secs(60), 10_000_000);
+        plain.push(t.elapsed());
+        check(report.quiescent, &report.outcomes, sim.clients.first().map(|c| c.data.as_slice()), page)?;
+    }
+    for seed in 0..=rounds as u64 {
+        let mut sim = Sim::secure(Setup::new(seed, link, page.to_vec()), SecureSetup::new(seed));
+        let t = Instant::now();
+        let report = sim.run(Duration::from_secs(60), 10_000_000);
+        secure.push(t.elapsed());
+        check(report.quiescent, &report.outcomes, sim.clients.first().map(|c| c.data.as_slice()), page)?;
+    }
+    // The first of each is not counted: it warms the caches.
+    Ok((super::median(plain.split_off(1)), super::median(secure.split_off(1))))
+}
+
+/// An in-process transfer that did not end with the page, whole.
+fn check<E: std::fmt::Debug>(
+    quiescent: bool,
+    outcomes: &[Option<Result<(), E>>],
+    got: Option<&[u8]>,
+    page: &[u8],
+) -> io::Result<()> {
+    if quiescent && outcomes.iter().all(|o| matches!(o, Some(Ok(())))) && got == Some(page) {
+        return Ok(());
+    }
+    Err(io::Error::other(format!("the in-process transfer failed: {outcomes:?}, quiescent {quiescent}")))
 }

@@ -41,3 +41,16 @@ pub fn memory_kib(pid: u32) -> io::Result<(u64, u64)> {
     };
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
+
+/// CPU seconds (user and system) of this process's children that have
+/// exited and been waited for, as getrusage(RUSAGE_CHILDREN) counts them:
+/// the difference across a crowd is what its client processes used, all
+/// their threads included, from exec to exit.
+pub fn children_cpu_seconds() -> io::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // cutime and cstime are fields 16 and 17 of stat(5), 13 and 14 after the name.
+    Ok((ticks(13) + ticks(14)) / clock_ticks())
+}
