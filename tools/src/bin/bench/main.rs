@@ -110,9 +110,10 @@ enum What {
         #[arg(long)]
         storm: bool,
     },
-    /// N anonclient processes at once against one anonserver, and N curl
-    /// processes against nginx serving the same file, on loopback: wall
-    /// time from the first start to the last exit. Needs nginx and curl.
+    /// N anonclient processes at once against one anonserver, N asking a
+    /// secure-mode proxy for the page cached, and N curl processes against
+    /// nginx serving the same file, on loopback: wall time from the first
+    /// start to the last exit, and each crowd's CPU. Needs nginx and curl.
     Crowd {
         /// Client processes started together.
         #[arg(long, default_value_t = 100)]
@@ -120,7 +121,7 @@ enum What {
         /// Page size in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         size: usize,
-        /// Crowds of each kind (anon, then nginx, per run).
+        /// Runs: a crowd of each kind (anon, the proxy, nginx) per run.
         #[arg(long, default_value_t = 1)]
         runs: usize,
         /// Seconds one crowd may take before it counts as failed.

@@ -21,13 +21,27 @@ fn clock_ticks() -> f64 {
 
 /// CPU seconds (user and system) a process has used so far.
 pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
+    // utime and stime: fields 14 and 15 of stat(5).
+    stat_seconds(&format!("/proc/{pid}/stat"), 14, 15)
+}
+
+/// The sum of fields `a` and `b` (numbered from 1, as stat(5) does) of a
+/// /proc stat file, clock ticks, in seconds.
+fn stat_seconds(path: &str, a: usize, b: usize) -> io::Result<f64> {
+    // First: its first call runs getconf, which a reading of this
+    // process's children's times taken before it would miss.
+    let ticks = clock_ticks();
+    let stat = std::fs::read_to_string(path)?;
+    // Fields after the command name (field 2), which is in parentheses and
+    // may hold spaces: field n is at n - 3 after it.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the name.
-    Ok((ticks(11) + ticks(12)) / clock_ticks())
+    let field = |n: usize| {
+        f.get(n.saturating_sub(3))
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| io::Error::other(format!("{path}: no field {n}")))
+    };
+    Ok((field(a)? + field(b)?) / ticks)
 }
 
 /// Resident and peak memory of a process, in KiB.
@@ -45,12 +59,8 @@ pub fn memory_kib(pid: u32) -> io::Result<(u64, u64)> {
 /// CPU seconds (user and system) of this process's children that have
 /// exited and been waited for, as getrusage(RUSAGE_CHILDREN) counts them:
 /// the difference across a crowd is what its client processes used, all
-/// their threads included, from exec to exit.
+/// their threads included, from spawn to exit.
 pub fn children_cpu_seconds() -> io::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // cutime and cstime are fields 16 and 17 of stat(5), 13 and 14 after the name.
-    Ok((ticks(13) + ticks(14)) / clock_ticks())
+    // cutime and cstime: fields 16 and 17 of stat(5).
+    stat_seconds("/proc/self/stat", 16, 17)
 }
