@@ -12,13 +12,13 @@
 //! the page already in the proxy's cache (one client fetched it before):
 //! the proxy's cached case against nginx serving the file itself.
 //!
-//! Every crowd's CPU is counted too: its clients' (all their threads, exec
+//! Every crowd's CPU is counted too: its clients' (all their threads, spawn
 //! to exit) and its server's over the crowd. On loopback a crowd is bound
 //! by CPU, so these say where a wall time comes from. Last, in process,
 //! what secure mode adds to one transfer of the page, both ends together:
-//! the protocol core alone over the simulator's link, without the sockets
-//! and processes every crowd has, so a floor of what the proxy's crowd
-//! needs beyond the plaintext crowd's CPU.
+//! the protocol cores over the simulator's link, without the sockets and
+//! processes every crowd has, so a floor of what the proxy's crowd needs
+//! beyond the plaintext crowd's CPU.
 
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anon_sim::{LinkConfig, Report, SecureSetup, Setup, Sim};
+use anon_sim::{LinkConfig, SecureSetup, Setup, Sim, SimEndpoint, SimPeer};
 use anon_tools::process::{Proc, ServerProcess, client_command, reported_secs};
 
 use super::procfs::{children_cpu_seconds, cpu_seconds};
@@ -182,13 +182,33 @@ impl Nginx {
     }
 }
 
-fn spread(mut v: Vec<Duration>) -> String {
-    v.sort();
-    match (v.first(), v.get(v.len() / 2), v.last()) {
-        (Some(a), Some(m), Some(b)) => {
-            format!("{:.3} / {:.3} / {:.3}", a.as_secs_f64(), m.as_secs_f64(), b.as_secs_f64())
-        }
-        _ => "-".to_string(),
+fn spread(v: Vec<Duration>) -> String {
+    Spread::of(v).map_or_else(
+        || "-".to_string(),
+        |s| format!("{:.3} / {:.3} / {:.3}", s.min.as_secs_f64(), s.median.as_secs_f64(), s.max.as_secs_f64()),
+    )
+}
+
+/// The least, the median and the greatest of some times.
+struct Spread {
+    min: Duration,
+    median: Duration,
+    max: Duration,
+}
+
+impl Spread {
+    /// `None` for no times.
+    fn of(mut v: Vec<Duration>) -> Option<Spread> {
+        v.sort();
+        Some(Spread { min: *v.first()?, median: *v.get(v.len() / 2)?, max: *v.last()? })
+    }
+}
+
+/// In milliseconds: "median (min-max)".
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(f, "{:.2} ms ({:.2}-{:.2})", ms(self.median), ms(self.min), ms(self.max))
     }
 }
 
@@ -383,28 +403,6 @@ fn runs(o: &Options, dir: &Path, page: &[u8], servers: &Servers) -> io::Result<C
     Ok(CrowdCpu { anon: anon_cpu, nginx: nginx_cpu })
 }
 
-/// Times of one kind of in-process transfer.
-struct Spread {
-    median: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Spread {
-    fn of(mut v: Vec<Duration>) -> Spread {
-        v.sort();
-        let at = |i: usize| v.get(i).copied().unwrap_or_default();
-        Spread { median: at(v.len() / 2), min: at(0), max: at(v.len().saturating_sub(1)) }
-    }
-}
-
-impl std::fmt::Display for Spread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        write!(f, "{:.2} ms ({:.2}-{:.2})", ms(self.median), ms(self.min), ms(self.max))
-    }
-}
-
 /// One transfer of `page` over the simulator's clean link in plaintext
 /// fast mode, `rounds` times after one not counted, then as many in secure
 /// mode (a page asked for by name: the same transfer, sealed; the proxy's
@@ -424,30 +422,27 @@ impl std::fmt::Display for Spread {
 /// runs under them, and the secure block is not slowed by the order.
 fn in_process(page: &[u8], rounds: usize) -> io::Result<(Spread, Spread)> {
     let link = LinkConfig::clean(Duration::from_micros(50));
-    let (mut plain, mut secure) = (Vec::new(), Vec::new());
-    for seed in 0..=rounds as u64 {
-        let mut sim = Sim::new(Setup::new(seed, link, page.to_vec()));
-        let t = Instant::now();
-        let report = sim.run(Duration::from_secs(60), 1_000_000);
-        plain.push(t.elapsed());
-        check(&report, sim.clients.first().map(|c| c.data.as_slice()), page)?;
-    }
-    for seed in 0..=rounds as u64 {
-        let mut sim = Sim::secure(Setup::new(seed, link, page.to_vec()), SecureSetup::new(seed));
-        let t = Instant::now();
-        let report = sim.run(Duration::from_secs(60), 1_000_000);
-        secure.push(t.elapsed());
-        check(&report, sim.clients.first().map(|c| c.data.as_slice()), page)?;
-    }
+    let setup = |seed| Setup::new(seed, link, page.to_vec());
+    let mut plain =
+        (0..=rounds as u64).map(|seed| timed(Sim::new(setup(seed)), page)).collect::<io::Result<Vec<_>>>()?;
+    let mut secure = (0..=rounds as u64)
+        .map(|seed| timed(Sim::secure(setup(seed), SecureSetup::new(seed)), page))
+        .collect::<io::Result<Vec<_>>>()?;
     // The first of each is not counted: it warms the caches.
-    Ok((Spread::of(plain.split_off(1)), Spread::of(secure.split_off(1))))
+    let spread = |v: Vec<Duration>| Spread::of(v).ok_or_else(|| io::Error::other("no in-process rounds"));
+    Ok((spread(plain.split_off(1))?, spread(secure.split_off(1))?))
 }
 
-/// An in-process transfer that did not end with the page, whole.
-fn check(report: &Report, got: Option<&[u8]>, page: &[u8]) -> io::Result<()> {
+/// How long `sim` takes to run its exchange, which must end with its first
+/// client holding the page, whole.
+fn timed<S: SimEndpoint, C: SimPeer>(mut sim: Sim<S, C>, page: &[u8]) -> io::Result<Duration> {
+    let t = Instant::now();
+    let report = sim.run(Duration::from_secs(60), 1_000_000);
+    let took = t.elapsed();
+    let got = sim.clients.first().map(|c| c.data.as_slice());
     let ended = report.quiescent && report.outcomes.iter().all(|o| matches!(o, Some(Ok(()))));
     if ended && got == Some(page) {
-        return Ok(());
+        return Ok(took);
     }
     Err(io::Error::other(format!(
         "the in-process transfer failed: outcomes {:?}, quiescent {}, {} of {} bytes",
